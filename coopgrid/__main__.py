@@ -1,0 +1,3 @@
+from coopgrid.cli import main
+
+main()

@@ -1,0 +1,3 @@
+from coopgrid.blobs.store import BlobStore
+
+__all__ = ["BlobStore"]

@@ -1,0 +1,78 @@
+"""The client people use (CLI, demo, tests): token-authenticated calls to the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from coopgrid.errors import CoordinatorUnavailable
+from coopgrid.worker.client import error_from_response
+
+
+class ApiClient:
+    def __init__(self, base_url: str, token: str | None, timeout: float = 120.0) -> None:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise CoordinatorUnavailable(
+                f"cannot reach the coordinator at {self.base_url} ({type(exc).__name__}); is it running?"
+            ) from exc
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.call(method, path, **kwargs).json()
+
+    # -- operations ---------------------------------------------------------------
+
+    def put_blob(self, data: bytes) -> str:
+        return self.json("PUT", "/v1/blobs", content=data)["sha256"]
+
+    def publish_model(self, onnx: bytes, spec: dict[str, Any]) -> dict[str, Any]:
+        digest = self.put_blob(onnx)
+        return self.json("POST", "/v1/models", json={**spec, "sha256": digest})
+
+    def models(self) -> list[dict[str, Any]]:
+        return self.json("GET", "/v1/models")
+
+    def model(self, ref: str) -> dict[str, Any]:
+        return self.json("GET", f"/v1/models/{ref}")
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.json("POST", "/v1/jobs", json=spec)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.json("GET", f"/v1/jobs/{job_id}")
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.json("GET", "/v1/jobs")
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self.json("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def output(self, job_id: str, path: Path) -> Path:
+        path.write_bytes(self.call("GET", f"/v1/jobs/{job_id}/output").content)
+        return path
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self.json("GET", "/v1/workers")
+
+    def create_token(self, name: str, role: str) -> dict[str, Any]:
+        return self.json("POST", "/v1/tokens", json={"name": name, "role": role})

@@ -1,0 +1,45 @@
+"""Settings, read from COOPGRID_* environment variables or given explicitly.
+
+Nothing is read at import time: callers build a :class:`Settings` and pass it
+to :func:`coopgrid.app.build`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """The coordinator's settings. Every field can be set as COOPGRID_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="COOPGRID_", extra="ignore")
+
+    data_dir: Path = Field(Path("coopgrid-data"), description="Where the database, blobs and keys live.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is SQLite in the data dir (postgresql+psycopg://... scales out)."
+    )
+    host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
+    port: int = Field(8750, ge=0, le=65535, description="Port the HTTP API listens on (0 picks a free one).")
+    lease_seconds: float = Field(60.0, gt=0, description="How long a worker holds leased replicas without a heartbeat.")
+    max_lease_batch: int = Field(1000, ge=1, description="Most replicas one lease request may take.")
+    max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Largest model or dataset upload accepted.")
+    inline_input_bytes: int = Field(
+        16 * 1024, ge=0, description="Task inputs up to this size travel inside the lease; larger ones as blobs."
+    )
+    reap_interval: float = Field(1.0, gt=0, description="Seconds between scans for expired leases.")
+    auth_skew_seconds: float = Field(300.0, gt=0, description="How old a worker's signed request may be.")
+    chain_id: int = Field(31337, description="EIP-712 domain chain id that workers sign results for.")
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "coopgrid.sqlite"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.sqlite_path}"

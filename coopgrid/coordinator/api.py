@@ -1,0 +1,298 @@
+"""The coordinator's HTTP API (FastAPI; OpenAPI docs at /docs).
+
+People authenticate with ``Authorization: Bearer <token>``; workers sign
+every request (see :mod:`coopgrid.identity`). Errors are JSON
+``{"error": <class>, "detail": <what to do>, ...data}`` with the status of
+the :mod:`coopgrid.errors` class.
+"""
+
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from coopgrid import __version__
+from coopgrid.app import App
+from coopgrid.errors import Conflict, CoopgridError, InvalidInput, TooLarge
+from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
+from coopgrid.registry.models import ModelSpec
+from coopgrid.store.base import JobRecord, ModelRecord, Token
+from coopgrid.coordinator.scheduler import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+    role: str = Field("submitter", pattern="^(operator|submitter)$")
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _error(exc: CoopgridError) -> JSONResponse:
+    extra = {k: v for k, v in exc.data.items() if isinstance(v, (str, int, float, bool, list)) and k != "error"}
+    return JSONResponse({"error": type(exc).__name__, "detail": exc.message, **extra}, status_code=exc.status_code)
+
+
+def job_view(app: App, job: JobRecord, counts: bool = True) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": job.id,
+        "name": job.name,
+        "state": job.state,
+        "task_type": job.task_type,
+        "model": job.model_hash,
+        "dataset": job.dataset_hash,
+        "items": job.n_items,
+        "tasks": job.n_tasks,
+        "task_size": job.task_size,
+        "tasks_done": job.tasks_done,
+        "tasks_failed": job.tasks_failed,
+        "reward_per_task": str(job.reward_per_task),
+        "params": job.params,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+        "summary": job.summary,
+        "output": job.output_hash,
+    }
+    if counts:
+        view["replicas"] = app.store.replica_counts(job.id)
+    return view
+
+
+def model_view(m: ModelRecord) -> dict[str, Any]:
+    return {"hash": m.hash, "name": m.name, "version": m.version, "task_type": m.task_type, **m.manifest}
+
+
+def create_api(app: App) -> FastAPI:
+    settings = app.settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for job_id in await run_in_threadpool(app.store.complete_unfinished_jobs):
+            await run_in_threadpool(app.summarizer.finalize, job_id)
+        reaper = asyncio.create_task(_reap_forever())
+        try:
+            yield
+        finally:
+            reaper.cancel()
+
+    async def _reap_forever() -> None:
+        while True:
+            await asyncio.sleep(settings.reap_interval)
+            try:
+                n = await run_in_threadpool(app.scheduler.reap)
+                if n:
+                    log.info("reissued %d replicas from expired leases", n)
+            except Exception:  # keep reaping; the next round may succeed
+                log.exception("reaping expired leases failed")
+
+    api = FastAPI(
+        title="coopgrid coordinator",
+        version=__version__,
+        description="Work units for untrusted grid workers; results signed with EIP-712.",
+        lifespan=lifespan,
+    )
+
+    @api.exception_handler(CoopgridError)
+    async def _coopgrid_error(_: Request, exc: CoopgridError) -> JSONResponse:
+        return _error(exc)
+
+    @api.exception_handler(ValidationError)
+    async def _validation_error(_: Request, exc: ValidationError) -> JSONResponse:
+        return JSONResponse(
+            {"error": "InvalidInput", "detail": orjson.loads(exc.json(include_url=False))}, status_code=422
+        )
+
+    @api.exception_handler(RequestValidationError)
+    async def _request_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"error": "InvalidInput", "detail": problems}, status_code=422)
+
+    def token(authorization: Annotated[str | None, Header()] = None) -> Token:
+        return app.auth.token(authorization)
+
+    TokenDep = Annotated[Token, Depends(token)]
+
+    async def worker_of(request: Request, body: bytes) -> Any:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return await run_in_threadpool(app.auth.worker, request.method, request.url.path, body, headers)
+
+    # -- info -----------------------------------------------------------------------
+
+    @api.get("/healthz", tags=["info"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/v1/info", tags=["info"])
+    def info() -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "chain_id": settings.chain_id,
+            "lease_seconds": settings.lease_seconds,
+            "max_lease_batch": settings.max_lease_batch,
+            "max_upload_bytes": settings.max_upload_bytes,
+        }
+
+    # -- tokens -----------------------------------------------------------------
+
+    @api.post("/v1/tokens", status_code=201, tags=["tokens"])
+    def create_token(req: TokenRequest, tok: TokenDep) -> dict[str, Any]:
+        app.auth.require_operator(tok)
+        new, secret = app.auth.issue(req.name, req.role)
+        return {"id": new.id, "name": new.name, "role": new.role, "token": secret}
+
+    # -- blobs --------------------------------------------------------------------
+
+    @api.put("/v1/blobs", status_code=201, tags=["blobs"])
+    async def put_blob(request: Request, tok: TokenDep) -> dict[str, Any]:
+        limit = settings.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise TooLarge(f"the upload is {int(declared)} bytes; this coordinator accepts at most {limit}", limit=limit)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"the upload is over {limit} bytes, the most this coordinator accepts", limit=limit)
+            chunks.append(chunk)
+        if not size:
+            raise InvalidInput("the upload is empty")
+        digest = await run_in_threadpool(app.blobs.put, b"".join(chunks))
+        return {"sha256": digest, "size": size}
+
+    @api.get("/v1/blobs/{digest}", tags=["blobs"])
+    async def get_blob(digest: str, request: Request, authorization: Annotated[str | None, Header()] = None) -> Any:
+        if authorization:
+            await run_in_threadpool(app.auth.token, authorization)
+        else:
+            await worker_of(request, b"")
+        path = app.blobs.path(digest)
+        if not path.exists():
+            app.blobs.get(digest)  # raises BlobNotFound with the usual message
+        return FileResponse(path, media_type="application/octet-stream")
+
+    # -- models -------------------------------------------------------------------
+
+    @api.post("/v1/models", status_code=201, tags=["models"])
+    def publish_model(spec: ModelSpec, tok: TokenDep) -> dict[str, Any]:
+        app.auth.require_operator(tok)
+        return model_view(app.registry.publish(spec))
+
+    @api.get("/v1/models", tags=["models"])
+    def list_models(tok: TokenDep) -> list[dict[str, Any]]:
+        return [model_view(m) for m in app.store.list_models()]
+
+    @api.get("/v1/models/{ref}", tags=["models"])
+    def get_model(ref: str, tok: TokenDep) -> dict[str, Any]:
+        return model_view(app.registry.resolve(ref))
+
+    @api.get("/v1/worker/models/{ref}", tags=["workers"], include_in_schema=True)
+    async def worker_get_model(ref: str, request: Request) -> dict[str, Any]:
+        await worker_of(request, b"")
+        return model_view(await run_in_threadpool(app.registry.resolve, ref))
+
+    # -- jobs -------------------------------------------------------------------
+
+    @api.post("/v1/jobs", status_code=201, tags=["jobs"])
+    def submit_job(spec: JobSpec, tok: TokenDep) -> dict[str, Any]:
+        return job_view(app, app.scheduler.submit(spec, tok))
+
+    @api.get("/v1/jobs", tags=["jobs"])
+    def list_jobs(tok: TokenDep) -> list[dict[str, Any]]:
+        owner = None if tok.role == "operator" else tok.id
+        return [job_view(app, j, counts=False) for j in app.store.list_jobs(owner)]
+
+    @api.get("/v1/jobs/{job_id}", tags=["jobs"])
+    def get_job(job_id: str, tok: TokenDep) -> dict[str, Any]:
+        return job_view(app, app.scheduler.job_for(job_id, tok))
+
+    @api.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
+    def cancel_job(job_id: str, tok: TokenDep) -> dict[str, Any]:
+        app.scheduler.job_for(job_id, tok)
+        return job_view(app, app.store.cancel_job(job_id, time.time()))
+
+    @api.get("/v1/jobs/{job_id}/output", tags=["jobs"])
+    def job_output(job_id: str, tok: TokenDep) -> Response:
+        job = app.scheduler.job_for(job_id, tok)
+        if job.output_hash is None:
+            raise Conflict(
+                f"job {job_id} is {job.state} with {job.tasks_done}/{job.n_tasks} tasks done; it has no output yet",
+                job_id=job_id,
+            )
+        return Response(
+            app.blobs.get(job.output_hash),
+            media_type="application/vnd.apache.parquet",
+            headers={"x-coopgrid-sha256": job.output_hash},
+        )
+
+    # -- workers ----------------------------------------------------------------
+
+    @api.post("/v1/workers", status_code=201, tags=["workers"])
+    async def register_worker(request: Request) -> dict[str, Any]:
+        body = await request.body()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        address = await run_in_threadpool(
+            app.auth.worker_address, request.method, request.url.path, body, headers
+        )
+        reg = WorkerRegistration.model_validate_json(body or b"{}")
+        record = await run_in_threadpool(app.store.register_worker, address, reg.name, reg.owner, time.time())
+        app.auth.forget_worker(address)
+        return {"id": record.id, "address": record.address, "name": record.name, "owner": record.owner}
+
+    @api.get("/v1/workers", tags=["workers"])
+    def list_workers(tok: TokenDep) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": w.id,
+                "address": w.address,
+                "name": w.name,
+                "owner": w.owner,
+                "last_seen": w.last_seen,
+                "accepted": accepted,
+            }
+            for w, accepted in app.store.list_workers()
+        ]
+
+    @api.post("/v1/leases", tags=["workers"], responses={204: {"description": "no work right now"}})
+    async def lease(request: Request) -> Response:
+        body = await request.body()
+        worker = await worker_of(request, body)
+        req = LeaseRequest.model_validate_json(body or b"{}")
+        granted = await run_in_threadpool(app.scheduler.lease, worker, req)
+        if granted is None:
+            return Response(status_code=204)
+        return _json(granted, 201)
+
+    @api.post("/v1/leases/{lease_id}/heartbeat", tags=["workers"])
+    async def heartbeat(lease_id: int, request: Request) -> Response:
+        worker = await worker_of(request, await request.body())
+        expires = await run_in_threadpool(app.scheduler.heartbeat, worker, lease_id)
+        return _json({"lease_id": lease_id, "expires_at": expires})
+
+    @api.post("/v1/leases/{lease_id}/results", tags=["workers"])
+    async def results(lease_id: int, request: Request) -> Response:
+        body = await request.body()
+        worker = await worker_of(request, body)
+        batch = ResultBatch.model_validate_json(body)
+        outcome = await run_in_threadpool(app.scheduler.submit_results, worker, lease_id, batch)
+        for job_id in outcome.completed_jobs:
+            asyncio.get_running_loop().run_in_executor(None, app.summarizer.finalize, job_id)
+        counts: dict[str, int] = {}
+        for status in outcome.statuses.values():
+            counts[status] = counts.get(status, 0) + 1
+        return _json({"lease_id": lease_id, "results": counts})
+
+    return api

@@ -1,0 +1,184 @@
+"""Jobs in, work units out: submission, leasing, results and reissue.
+
+The scheduler turns a job into tasks (through its task type's ``split``),
+hands replicas out in batched leases, checks each result batch's EIP-712
+signature against the values it leased, and records results. Expired
+leases are reaped and their tasks reissued to other workers.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from coopgrid import tasks
+from coopgrid.blobs import BlobStore
+from coopgrid.config import Settings
+from coopgrid.datasets import Dataset
+from coopgrid.errors import AuthError, DatasetError, IntegrityError, InvalidInput, JobNotFound, LeaseError
+from coopgrid.identity import recover_batch_signer
+from coopgrid.protocol import ZERO_HASH, LeaseRequest, ResultBatch, ResultRef, b64decode, b64encode, sha256_hex
+from coopgrid.registry import ModelRegistry
+from coopgrid.store.base import IncomingResult, JobRecord, NewJob, NewTask, RecordOutcome, Store, Token, WorkerRecord
+
+
+class JobSpec(BaseModel):
+    """POST /v1/jobs."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str = Field("", max_length=100)
+    task_type: str = Field(min_length=1, max_length=50)
+    model: str | None = Field(None, max_length=120, description="Model hash, name, or name:version.")
+    dataset: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the dataset .npz, uploaded as a blob.")
+    task_size: int = Field(256, ge=1, le=1_000_000, description="Items per task (work unit).")
+    reward_per_task: int = Field(0, ge=0, lt=2**256, description="Reward token base units per accepted task.")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Scheduler:
+    def __init__(
+        self, settings: Settings, store: Store, blobs: BlobStore, registry: ModelRegistry, summarizer: Any
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.blobs = blobs
+        self.registry = registry
+        self.summarizer = summarizer
+
+    # -- submission ---------------------------------------------------------------
+
+    def submit(self, spec: JobSpec, token: Token) -> JobRecord:
+        task_type = tasks.get(spec.task_type)
+        try:
+            params = task_type.validate_params(spec.params)
+        except ValidationError as exc:
+            raise InvalidInput(f"params for {spec.task_type!r} are not valid: {_first_error(exc)}") from exc
+        model_hash = None
+        if task_type.needs_model:
+            if not spec.model:
+                raise InvalidInput(f"{spec.task_type!r} jobs need a model: pass its hash or name")
+            model = self.registry.resolve(spec.model)
+            self.registry.check_task_type(model, spec.task_type)
+            model_hash = model.hash
+        elif spec.model:
+            raise InvalidInput(f"{spec.task_type!r} jobs take no model")
+        dataset = Dataset.from_npz(self.blobs.get(spec.dataset))
+        new_tasks = []
+        first = 0
+        try:
+            for data, n in task_type.split(dataset, spec.task_size, params):
+                digest = sha256_hex(data)
+                if len(data) <= self.settings.inline_input_bytes:
+                    new_tasks.append(NewTask(digest, data, first, n))
+                else:
+                    self.blobs.put(data)
+                    new_tasks.append(NewTask(digest, None, first, n))
+                first += n
+        except (ValueError, TypeError) as exc:
+            raise DatasetError(f"cannot split the dataset into {spec.task_type!r} tasks: {exc}") from exc
+        job = NewJob(
+            id=secrets.token_hex(32),
+            owner_token_id=token.id,
+            name=spec.name or f"{spec.task_type} job",
+            task_type=spec.task_type,
+            model_hash=model_hash,
+            params=params.model_dump(mode="json"),
+            dataset_hash=spec.dataset,
+            n_items=len(dataset),
+            task_size=spec.task_size,
+            reward_per_task=spec.reward_per_task,
+        )
+        return self.store.create_job(job, new_tasks, time.time())
+
+    def job_for(self, job_id: str, token: Token) -> JobRecord:
+        """The job if ``token`` may see it; a submitter sees only its own."""
+        job = self.store.get_job(job_id)
+        if job is None or (token.role != "operator" and job.owner_token_id != token.id):
+            raise JobNotFound(f"no job {job_id}; `coopgrid status` lists yours", job_id=job_id)
+        return job
+
+    # -- leasing ------------------------------------------------------------------
+
+    def lease(self, worker: WorkerRecord, request: LeaseRequest) -> dict[str, Any] | None:
+        n = min(request.max_replicas, self.settings.max_lease_batch)
+        lease = self.store.lease(worker.id, n, request.task_types, self.settings.lease_seconds, time.time())
+        if lease is None:
+            return None
+        return {
+            "lease_id": lease.id,
+            "expires_at": lease.expires_at,
+            "lease_seconds": self.settings.lease_seconds,
+            "chain_id": self.settings.chain_id,
+            "jobs": {
+                j.id: {"task_type": j.task_type, "model_hash": j.model_hash, "params": j.params}
+                for j in lease.jobs.values()
+            },
+            "replicas": [
+                {
+                    "id": r.replica_id,
+                    "job": r.job_id,
+                    "task_index": r.task_index,
+                    "input_hash": r.input_hash,
+                    "input": b64encode(r.input_data) if r.input_data is not None else None,
+                    "n_items": r.n_items,
+                }
+                for r in lease.replicas
+            ],
+        }
+
+    def heartbeat(self, worker: WorkerRecord, lease_id: int) -> float:
+        return self.store.extend_lease(lease_id, worker.id, self.settings.lease_seconds, time.time())
+
+    def submit_results(self, worker: WorkerRecord, lease_id: int, batch: ResultBatch) -> RecordOutcome:
+        view = self.store.lease_view(lease_id)
+        if view is None or view.worker_id != worker.id:
+            raise LeaseError(f"lease {lease_id} is unknown to this coordinator", lease_id=lease_id)
+        refs, incoming = [], []
+        for item in batch.results:
+            rep = view.replicas.get(item.replica_id)
+            if rep is None:
+                raise LeaseError(f"replica {item.replica_id} is not part of lease {lease_id}", lease_id=lease_id)
+            output = None
+            if item.error is None:
+                if item.output is None:
+                    raise InvalidInput(f"result for replica {item.replica_id} has neither output nor error")
+                try:
+                    output = b64decode(item.output)
+                except ValueError:
+                    raise InvalidInput(f"output of replica {item.replica_id} is not valid base64") from None
+                if sha256_hex(output) != item.output_hash:
+                    raise IntegrityError(
+                        f"output of replica {item.replica_id} does not hash to its output_hash",
+                        replica_id=item.replica_id,
+                    )
+            refs.append(
+                ResultRef(rep.job_id, rep.task_index, rep.input_hash, rep.model_hash or ZERO_HASH, item.output_hash)
+            )
+            incoming.append(IncomingResult(item.replica_id, item.output_hash, output, item.error))
+        signer = recover_batch_signer(self.settings.chain_id, worker.address, lease_id, refs, batch.signature)
+        if signer != worker.address:
+            raise AuthError(
+                f"the result batch is signed by {signer}, not by lease {lease_id}'s worker {worker.address}",
+                lease_id=lease_id,
+            )
+        outcome = self.store.record_results(lease_id, worker.id, batch.signature, incoming, batch.release, time.time())
+        if outcome.lease_expired:
+            raise LeaseError(
+                f"lease {lease_id} expired at {view.expires_at:.0f} and its replicas were reissued; "
+                f"the {len(incoming)} results were recorded as late and not counted",
+                lease_id=lease_id,
+            )
+        return outcome
+
+    def reap(self) -> int:
+        return self.store.reap_expired(time.time())
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {err['msg']}" if loc else err["msg"]

@@ -1,0 +1,185 @@
+"""coopgrid's one exception tree.
+
+Every error coopgrid raises on purpose derives from :class:`CoopgridError`. Each
+class's docstring is its default message; errors carry the data a caller needs
+(``job_id``, ``lease_id``, ``tx_hash``...) as attributes, and say what to do.
+Driver and RPC errors are wrapped at the edge and kept as ``__cause__``.
+
+    CoopgridError
+     ├── ConfigError              bad settings or a data dir we cannot use
+     ├── NotFound                 unknown job / model / blob / worker
+     │    ├── JobNotFound
+     │    ├── ModelNotFound
+     │    └── BlobNotFound
+     ├── InvalidInput             a request or file the caller must fix
+     │    ├── DatasetError
+     │    └── TooLarge
+     ├── AuthError                missing/invalid token or signature
+     ├── Conflict                 the request no longer fits the state
+     │    └── LeaseError          unknown, expired or foreign lease
+     ├── IntegrityError           bytes that do not hash to what they claim
+     ├── CoordinatorUnavailable   the worker/CLI cannot reach the coordinator
+     └── LedgerError              (ledger section below)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CoopgridError(Exception):
+    """coopgrid failed."""
+
+    #: HTTP status the API answers with for this error.
+    status_code = 500
+
+    def __init__(self, message: str | None = None, **data: Any) -> None:
+        self.message = message or (self.__doc__ or "").strip().splitlines()[0]
+        self.data = data
+        for key, value in data.items():
+            setattr(self, key, value)
+        super().__init__(self.message)
+
+
+class ConfigError(CoopgridError):
+    """The configuration is not usable."""
+
+
+class NotFound(CoopgridError):
+    """Not found."""
+
+    status_code = 404
+
+
+class JobNotFound(NotFound):
+    """No such job (or it belongs to another submitter)."""
+
+
+class ModelNotFound(NotFound):
+    """No such model; `coopgrid models list` shows the published ones."""
+
+
+class BlobNotFound(NotFound):
+    """No blob with that hash."""
+
+
+class InvalidInput(CoopgridError):
+    """The input is not valid."""
+
+    status_code = 422
+
+
+class DatasetError(InvalidInput):
+    """The dataset cannot be read."""
+
+
+class TooLarge(InvalidInput):
+    """The upload is larger than the coordinator accepts."""
+
+    status_code = 413
+
+
+class AuthError(CoopgridError):
+    """Not authenticated: pass an API token (--token or COOPGRID_TOKEN)."""
+
+    status_code = 401
+
+
+class Forbidden(CoopgridError):
+    """This token may not do that."""
+
+    status_code = 403
+
+
+class Conflict(CoopgridError):
+    """The request conflicts with the current state."""
+
+    status_code = 409
+
+
+class LeaseError(Conflict):
+    """The lease is unknown or expired."""
+
+
+class IntegrityError(CoopgridError):
+    """Bytes do not hash to the hash they were fetched by."""
+
+    status_code = 422
+
+
+class CoordinatorUnavailable(CoopgridError):
+    """The coordinator cannot be reached; is `coopgrid coordinator` running?"""
+
+    status_code = 503
+
+
+# --- ledger -----------------------------------------------------------------
+
+
+class LedgerError(CoopgridError):
+    """The ledger (chain) failed."""
+
+    status_code = 502
+
+
+class ChainUnavailable(LedgerError):
+    """The chain cannot be reached; check --rpc-url (or the embedded chain's file) and retry."""
+
+    status_code = 503
+
+
+class WrongChain(LedgerError):
+    """The chain is not the one configured (chain id mismatch); refusing to use it."""
+
+    def __init__(self, message: str | None = None, *, expected: int, actual: int, **data) -> None:
+        super().__init__(
+            message or f"wrong chain: expected chain id {expected}, the endpoint has chain id {actual}",
+            expected=expected,
+            actual=actual,
+            **data,
+        )
+
+
+class ContractMissing(LedgerError):
+    """No ledger contract at the configured address; run `coopgrid ledger deploy`."""
+
+    def __init__(self, message: str | None = None, *, address: str | None, **data) -> None:
+        super().__init__(
+            message
+            or (
+                f"no ledger contract at {address} on this chain; check --contract or run `coopgrid ledger deploy`"
+                if address
+                else "no ledger contract address configured; run `coopgrid ledger deploy`"
+            ),
+            address=address,
+            **data,
+        )
+
+
+class TransactionReverted(LedgerError):
+    """The transaction was reverted by the contract."""
+
+    status_code = 409
+
+    def __init__(
+        self, message: str | None = None, *, tx_hash: str | None, reason: str | None, **data
+    ) -> None:
+        super().__init__(
+            message or f"transaction reverted: {reason or 'no reason given'}",
+            tx_hash=tx_hash,
+            reason=reason,
+            **data,
+        )
+
+
+class TransactionRejected(LedgerError):
+    """The node refused the transaction (bad nonce, no funds for gas, ...)."""
+
+    def __init__(self, message: str | None = None, *, tx_hash: str | None, **data) -> None:
+        super().__init__(message, tx_hash=tx_hash, **data)
+
+
+class TransactionPending(LedgerError):
+    """The transaction has no receipt yet; it may still be mined (check again later)."""
+
+    status_code = 504

@@ -1,0 +1,297 @@
+"""The Store interface: every durable operation the coordinator performs.
+
+Operations, not tables: a backend implements ``lease`` or ``record_results``
+as one transaction each, so a crash between two calls never leaves half an
+operation behind. :class:`coopgrid.store.sql.SqlStore` implements it for
+SQLite (the embedded default) and PostgreSQL (several coordinators sharing
+one database). Times are unix seconds.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    name: str
+    role: str  # "operator" (everything) or "submitter" (own jobs)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    hash: str
+    name: str
+    version: int
+    task_type: str
+    manifest: dict[str, Any]
+    size: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    id: int
+    address: str
+    name: str
+    owner: str
+    registered_at: float
+    last_seen: float
+
+
+@dataclass(frozen=True)
+class NewTask:
+    input_hash: str
+    input_data: bytes | None  # inline bytes, or None when the input is a blob
+    first_item: int
+    n_items: int
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: str
+    owner_token_id: int
+    name: str
+    task_type: str
+    model_hash: str | None
+    params: dict[str, Any]
+    dataset_hash: str
+    n_items: int
+    task_size: int
+    reward_per_task: int
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    owner_token_id: int
+    name: str
+    task_type: str
+    model_hash: str | None
+    params: dict[str, Any]
+    dataset_hash: str
+    n_items: int
+    n_tasks: int
+    task_size: int
+    reward_per_task: int
+    state: str
+    tasks_done: int
+    tasks_failed: int
+    created_at: float
+    finished_at: float | None
+    summary: dict[str, Any] | None
+    output_hash: str | None
+
+    @property
+    def complete(self) -> bool:
+        return self.tasks_done + self.tasks_failed >= self.n_tasks
+
+
+@dataclass(frozen=True)
+class LeasedReplica:
+    replica_id: int
+    job_id: str
+    task_index: int
+    input_hash: str
+    input_data: bytes | None
+    n_items: int
+
+
+@dataclass(frozen=True)
+class LeaseJob:
+    id: str
+    task_type: str
+    model_hash: str | None
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Lease:
+    id: int
+    expires_at: float
+    replicas: list[LeasedReplica]
+    jobs: dict[str, LeaseJob]
+
+
+@dataclass(frozen=True)
+class LeaseReplicaView:
+    """What the coordinator knows of one leased replica: the values a worker signs."""
+
+    replica_id: int
+    state: int
+    job_id: str
+    task_index: int
+    input_hash: str
+    model_hash: str | None
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    id: int
+    worker_id: int
+    worker_address: str
+    state: str
+    expires_at: float
+    replicas: dict[int, LeaseReplicaView]
+
+
+@dataclass(frozen=True)
+class IncomingResult:
+    replica_id: int
+    output_hash: str
+    output: bytes | None
+    error: str | None
+
+
+@dataclass
+class RecordOutcome:
+    """What :meth:`Store.record_results` did with each result."""
+
+    statuses: dict[int, str] = field(default_factory=dict)  # replica id -> ResultStatus value
+    completed_jobs: list[str] = field(default_factory=list)
+    lease_expired: bool = False
+
+
+@dataclass(frozen=True)
+class AcceptedOutput:
+    task_index: int
+    first_item: int
+    n_items: int
+    worker_address: str
+    output: bytes
+
+
+class Store(abc.ABC):
+    """Durable state of one coordinator (or of several sharing a database)."""
+
+    # -- lifecycle --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+    # -- tokens -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_token(self, name: str, role: str, secret_hash: str, now: float) -> Token:
+        """Store a new API token by the sha256 of its secret (the secret is never stored)."""
+
+    @abc.abstractmethod
+    def token_by_hash(self, secret_hash: str) -> Token | None:
+        """The token whose secret hashes to ``secret_hash``."""
+
+    @abc.abstractmethod
+    def count_tokens(self, role: str | None = None) -> int:
+        """How many tokens exist (of ``role``)."""
+
+    # -- models -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_model(self, record: ModelRecord) -> ModelRecord:
+        """Record a published model; publishing the same bytes again returns the existing record."""
+
+    @abc.abstractmethod
+    def get_model(self, ref: str) -> ModelRecord | None:
+        """A model by hash, by ``name`` (latest version) or by ``name:version``."""
+
+    @abc.abstractmethod
+    def list_models(self) -> list[ModelRecord]:
+        """Every published model, newest first."""
+
+    @abc.abstractmethod
+    def next_model_version(self, name: str) -> int:
+        """The version number the next model called ``name`` gets."""
+
+    # -- workers ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def register_worker(self, address: str, name: str, owner: str, now: float) -> WorkerRecord:
+        """Create or update the worker with this address."""
+
+    @abc.abstractmethod
+    def get_worker(self, address: str) -> WorkerRecord | None:
+        """The registered worker with this (checksummed) address."""
+
+    @abc.abstractmethod
+    def list_workers(self) -> list[tuple[WorkerRecord, int]]:
+        """Every worker with its count of accepted results."""
+
+    # -- jobs -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_job(self, job: NewJob, tasks: Sequence[NewTask], now: float) -> JobRecord:
+        """Create the job, its tasks and one ready replica per task, atomically."""
+
+    @abc.abstractmethod
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """The job, or None."""
+
+    @abc.abstractmethod
+    def list_jobs(self, owner_token_id: int | None = None) -> list[JobRecord]:
+        """Jobs, newest first; only ``owner_token_id``'s when given."""
+
+    @abc.abstractmethod
+    def cancel_job(self, job_id: str, now: float) -> JobRecord:
+        """Stop handing out the job's replicas; results already accepted stay."""
+
+    @abc.abstractmethod
+    def replica_counts(self, job_id: str) -> dict[str, int]:
+        """The job's replicas by state name (ready, leased, done, expired...)."""
+
+    @abc.abstractmethod
+    def finish_job(self, job_id: str, summary: dict[str, Any], output_hash: str, now: float) -> None:
+        """Mark a complete job done with its summary and output blob."""
+
+    @abc.abstractmethod
+    def complete_unfinished_jobs(self) -> list[str]:
+        """Jobs whose tasks are all resolved but which have no output yet (e.g. after a crash)."""
+
+    @abc.abstractmethod
+    def accepted_outputs(self, job_id: str) -> Iterator[AcceptedOutput]:
+        """The accepted result of every done task, in task order."""
+
+    @abc.abstractmethod
+    def job_workers(self, job_id: str) -> dict[str, int]:
+        """Accepted results per worker address."""
+
+    # -- leasing ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def lease(
+        self, worker_id: int, max_replicas: int, task_types: Sequence[str], lease_seconds: float, now: float
+    ) -> Lease | None:
+        """Lease up to ``max_replicas`` ready replicas to a worker in one lease; None if none are ready."""
+
+    @abc.abstractmethod
+    def extend_lease(self, lease_id: int, worker_id: int, lease_seconds: float, now: float) -> float:
+        """Push an open lease's deadline to now + lease_seconds; LeaseError if unknown, foreign or expired."""
+
+    @abc.abstractmethod
+    def lease_view(self, lease_id: int) -> LeaseView | None:
+        """The lease with the signed values of its replicas, for checking a result batch."""
+
+    @abc.abstractmethod
+    def record_results(
+        self,
+        lease_id: int,
+        worker_id: int,
+        signature: str,
+        items: Sequence[IncomingResult],
+        release: Sequence[int],
+        now: float,
+    ) -> RecordOutcome:
+        """Record a verified result batch in one transaction.
+
+        A result for a task already done is recorded as a duplicate and not
+        counted; results after the lease's deadline are recorded as late and
+        not counted (``lease_expired`` is set). Replicas in ``release`` go back
+        to the ready queue.
+        """
+
+    @abc.abstractmethod
+    def reap_expired(self, now: float) -> int:
+        """Expire leases past their deadline and issue a new replica for each open task; returns how many."""

@@ -1,0 +1,194 @@
+"""The database schema, declared once with SQLAlchemy Core.
+
+Alembic migrations (``store/migrations``) must produce exactly this schema; a
+test compares the two. Times are unix seconds (float) so SQLite and
+PostgreSQL agree without time-zone handling.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+metadata = MetaData()
+
+
+class ReplicaState(enum.IntEnum):
+    READY = 0  # waiting for a worker
+    LEASED = 1  # held by a worker until its lease expires
+    DONE = 2  # a result came back
+    EXPIRED = 3  # the lease ran out; a new replica was issued
+    CANCELLED = 5  # the job was cancelled
+    FAILED = 6  # the worker reported an error for it
+
+
+class TaskState(str, enum.Enum):
+    OPEN = "open"
+    DONE = "done"
+    FAILED = "failed"  # every attempt reported an error
+
+
+class JobState(str, enum.Enum):
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class ResultStatus(str, enum.Enum):
+    ACCEPTED = "accepted"  # the task's result; counted and rewarded
+    DUPLICATE = "duplicate"  # the task was already done: recorded, not counted
+    LATE = "late"  # came after its lease expired: recorded, not counted
+    ERROR = "error"  # the worker said it could not compute it
+
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+models = Table(
+    "models",
+    metadata,
+    Column("hash", String(64), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("task_type", String(50), nullable=False),
+    Column("manifest", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("name", "version", name="uq_models_name_version"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("address", String(42), nullable=False, unique=True),
+    Column("name", String(100), nullable=False),
+    Column("owner", String(100), nullable=False),
+    Column("registered_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner_token_id", Integer, ForeignKey("tokens.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("task_type", String(50), nullable=False),
+    Column("model_hash", String(64), ForeignKey("models.hash"), nullable=True),
+    Column("params", Text, nullable=False),
+    Column("dataset_hash", String(64), nullable=False),
+    Column("n_items", Integer, nullable=False),
+    Column("n_tasks", Integer, nullable=False),
+    Column("task_size", Integer, nullable=False),
+    Column("reward_per_task", String(80), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("tasks_done", Integer, nullable=False, server_default=text("0")),
+    Column("tasks_failed", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("summary", Text, nullable=True),
+    Column("output_hash", String(64), nullable=True),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", String(64), ForeignKey("jobs.id"), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("input_hash", String(64), nullable=False),
+    Column("input_data", LargeBinary, nullable=True),  # small inputs inline; else a blob
+    Column("first_item", Integer, nullable=False),
+    Column("n_items", Integer, nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("errors", Integer, nullable=False, server_default=text("0")),
+    UniqueConstraint("job_id", "idx", name="uq_tasks_job_idx"),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("worker_id", Integer, ForeignKey("workers.id"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("state", String(10), nullable=False),  # open | closed | expired
+)
+Index("ix_leases_open", leases.c.expires_at, sqlite_where=text("state = 'open'"), postgresql_where=text("state = 'open'"))
+
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("state", SmallInteger, nullable=False),
+    Column("worker_id", Integer, ForeignKey("workers.id"), nullable=True),
+    Column("lease_id", Integer, ForeignKey("leases.id"), nullable=True),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_replicas_ready", replicas.c.id, sqlite_where=text("state = 0"), postgresql_where=text("state = 0"))
+Index("ix_replicas_lease", replicas.c.lease_id)
+Index("ix_replicas_job_state", replicas.c.job_id, replicas.c.state)
+Index("ix_replicas_task", replicas.c.task_id)
+
+result_batches = Table(
+    "result_batches",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("worker_id", Integer, ForeignKey("workers.id"), nullable=False),
+    Column("lease_id", Integer, ForeignKey("leases.id"), nullable=False),
+    Column("signature", String(132), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("received_at", Float, nullable=False),
+)
+
+results = Table(
+    "results",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("replica_id", Integer, ForeignKey("replicas.id"), nullable=False),
+    Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("worker_id", Integer, ForeignKey("workers.id"), nullable=False),
+    Column("batch_id", Integer, ForeignKey("result_batches.id"), nullable=False),
+    Column("output_hash", String(64), nullable=False),
+    Column("output", LargeBinary, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("status", String(10), nullable=False),
+    Column("received_at", Float, nullable=False),
+)
+# The database itself guarantees that no task is ever counted twice.
+Index(
+    "uq_results_accepted_task",
+    results.c.task_id,
+    unique=True,
+    sqlite_where=text("status = 'accepted'"),
+    postgresql_where=text("status = 'accepted'"),
+)
+Index("ix_results_job_status", results.c.job_id, results.c.status)
+Index("ix_results_replica", results.c.replica_id)

@@ -1,0 +1,690 @@
+"""The Store on SQLAlchemy Core: SQLite (WAL, the embedded default) and PostgreSQL.
+
+Hot paths (``lease``, ``record_results``) are a handful of set-based
+statements per batch, never a round trip per item. On SQLite one process
+owns the file and a lock serialises writers (readers run alongside in WAL);
+on PostgreSQL leases are taken with ``FOR UPDATE SKIP LOCKED`` so several
+coordinator processes can share one database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, text, update
+from sqlalchemy.exc import OperationalError
+
+from coopgrid.errors import ConfigError, Conflict, JobNotFound, LeaseError
+from coopgrid.store import schema as s
+from coopgrid.store.base import (
+    AcceptedOutput,
+    IncomingResult,
+    JobRecord,
+    Lease,
+    LeasedReplica,
+    LeaseJob,
+    LeaseReplicaView,
+    LeaseView,
+    ModelRecord,
+    NewJob,
+    NewTask,
+    RecordOutcome,
+    Store,
+    Token,
+    WorkerRecord,
+)
+from coopgrid.store.schema import JobState, ReplicaState, ResultStatus, TaskState
+
+#: how many attempts that end in an error a task gets before it is marked failed
+MAX_TASK_ERRORS = 3
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode: a committed transaction survives the process being
+    # killed (SIGKILL); only an OS crash or power loss can lose the last ones.
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def open_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.startswith("postgresql"):
+        return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql+psycopg://...")
+
+
+def _job(row: Any) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        owner_token_id=row.owner_token_id,
+        name=row.name,
+        task_type=row.task_type,
+        model_hash=row.model_hash,
+        params=json.loads(row.params),
+        dataset_hash=row.dataset_hash,
+        n_items=row.n_items,
+        n_tasks=row.n_tasks,
+        task_size=row.task_size,
+        reward_per_task=int(row.reward_per_task),
+        state=row.state,
+        tasks_done=row.tasks_done,
+        tasks_failed=row.tasks_failed,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        summary=json.loads(row.summary) if row.summary else None,
+        output_hash=row.output_hash,
+    )
+
+
+def _model(row: Any) -> ModelRecord:
+    return ModelRecord(
+        hash=row.hash,
+        name=row.name,
+        version=row.version,
+        task_type=row.task_type,
+        manifest=json.loads(row.manifest),
+        size=row.size,
+        created_at=row.created_at,
+    )
+
+
+def _worker(row: Any) -> WorkerRecord:
+    return WorkerRecord(
+        id=row.id,
+        address=row.address,
+        name=row.name,
+        owner=row.owner,
+        registered_at=row.registered_at,
+        last_seen=row.last_seen,
+    )
+
+
+class SqlStore(Store):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._write_lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        )
+
+    @classmethod
+    def open(cls, url: str, migrate: bool = True) -> SqlStore:
+        engine = open_engine(url)
+        if migrate:
+            from coopgrid.store.migrate import upgrade
+
+            upgrade(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Any]:
+        with self._write_lock:
+            try:
+                with self.engine.begin() as conn:
+                    yield conn
+            except OperationalError as exc:
+                raise ConfigError(f"the database failed: {exc.orig}") from exc
+
+    def _read(self) -> contextlib.AbstractContextManager[Any]:
+        return self.engine.connect()
+
+    # -- tokens -------------------------------------------------------------------
+
+    def add_token(self, name: str, role: str, secret_hash: str, now: float) -> Token:
+        with self._write() as conn:
+            token_id = conn.execute(
+                insert(s.tokens).values(name=name, role=role, secret_hash=secret_hash, created_at=now)
+            ).inserted_primary_key[0]
+        return Token(id=token_id, name=name, role=role)
+
+    def token_by_hash(self, secret_hash: str) -> Token | None:
+        with self._read() as conn:
+            row = conn.execute(select(s.tokens).where(s.tokens.c.secret_hash == secret_hash)).first()
+        return Token(id=row.id, name=row.name, role=row.role) if row else None
+
+    def count_tokens(self, role: str | None = None) -> int:
+        q = select(func.count()).select_from(s.tokens)
+        if role:
+            q = q.where(s.tokens.c.role == role)
+        with self._read() as conn:
+            return conn.execute(q).scalar_one()
+
+    # -- models -----------------------------------------------------------------
+
+    def add_model(self, record: ModelRecord) -> ModelRecord:
+        with self._write() as conn:
+            existing = conn.execute(select(s.models).where(s.models.c.hash == record.hash)).first()
+            if existing:
+                return _model(existing)
+            conn.execute(
+                insert(s.models).values(
+                    hash=record.hash,
+                    name=record.name,
+                    version=record.version,
+                    task_type=record.task_type,
+                    manifest=json.dumps(record.manifest, sort_keys=True),
+                    size=record.size,
+                    created_at=record.created_at,
+                )
+            )
+        return record
+
+    def get_model(self, ref: str) -> ModelRecord | None:
+        q = select(s.models)
+        if ":" in ref:
+            name, _, version = ref.rpartition(":")
+            if not version.isdigit():
+                return None
+            q = q.where(s.models.c.name == name, s.models.c.version == int(version))
+        else:
+            by_name = q.where(s.models.c.name == ref).order_by(s.models.c.version.desc()).limit(1)
+            with self._read() as conn:
+                row = conn.execute(select(s.models).where(s.models.c.hash == ref)).first()
+                row = row or conn.execute(by_name).first()
+            return _model(row) if row else None
+        with self._read() as conn:
+            row = conn.execute(q).first()
+        return _model(row) if row else None
+
+    def list_models(self) -> list[ModelRecord]:
+        with self._read() as conn:
+            rows = conn.execute(select(s.models).order_by(s.models.c.created_at.desc())).all()
+        return [_model(r) for r in rows]
+
+    def next_model_version(self, name: str) -> int:
+        with self._read() as conn:
+            top = conn.execute(select(func.max(s.models.c.version)).where(s.models.c.name == name)).scalar()
+        return (top or 0) + 1
+
+    # -- workers ----------------------------------------------------------------
+
+    def register_worker(self, address: str, name: str, owner: str, now: float) -> WorkerRecord:
+        with self._write() as conn:
+            row = conn.execute(select(s.workers).where(s.workers.c.address == address)).first()
+            if row:
+                conn.execute(
+                    update(s.workers).where(s.workers.c.id == row.id).values(name=name, owner=owner, last_seen=now)
+                )
+            else:
+                conn.execute(
+                    insert(s.workers).values(
+                        address=address, name=name, owner=owner, registered_at=now, last_seen=now
+                    )
+                )
+            row = conn.execute(select(s.workers).where(s.workers.c.address == address)).one()
+        return _worker(row)
+
+    def get_worker(self, address: str) -> WorkerRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(s.workers).where(s.workers.c.address == address)).first()
+        return _worker(row) if row else None
+
+    def list_workers(self) -> list[tuple[WorkerRecord, int]]:
+        accepted = (
+            select(s.results.c.worker_id, func.count().label("n"))
+            .where(s.results.c.status == ResultStatus.ACCEPTED.value)
+            .group_by(s.results.c.worker_id)
+            .subquery()
+        )
+        q = (
+            select(s.workers, func.coalesce(accepted.c.n, 0).label("accepted"))
+            .outerjoin(accepted, accepted.c.worker_id == s.workers.c.id)
+            .order_by(s.workers.c.id)
+        )
+        with self._read() as conn:
+            return [(_worker(r), r.accepted) for r in conn.execute(q)]
+
+    # -- jobs -------------------------------------------------------------------
+
+    def create_job(self, job: NewJob, tasks: Sequence[NewTask], now: float) -> JobRecord:
+        with self._write() as conn:
+            conn.execute(
+                insert(s.jobs).values(
+                    id=job.id,
+                    owner_token_id=job.owner_token_id,
+                    name=job.name,
+                    task_type=job.task_type,
+                    model_hash=job.model_hash,
+                    params=json.dumps(job.params, sort_keys=True),
+                    dataset_hash=job.dataset_hash,
+                    n_items=job.n_items,
+                    n_tasks=len(tasks),
+                    task_size=job.task_size,
+                    reward_per_task=str(job.reward_per_task),
+                    state=JobState.RUNNING.value,
+                    tasks_done=0,
+                    tasks_failed=0,
+                    created_at=now,
+                )
+            )
+            conn.execute(
+                insert(s.tasks),
+                [
+                    {
+                        "job_id": job.id,
+                        "idx": i,
+                        "input_hash": t.input_hash,
+                        "input_data": t.input_data,
+                        "first_item": t.first_item,
+                        "n_items": t.n_items,
+                        "state": TaskState.OPEN.value,
+                        "errors": 0,
+                    }
+                    for i, t in enumerate(tasks)
+                ],
+            )
+            # one ready replica per task, set-based rather than a row per round trip
+            conn.execute(
+                text(
+                    "INSERT INTO replicas (task_id, job_id, state, created_at) "
+                    "SELECT id, job_id, :ready, :now FROM tasks WHERE job_id = :job ORDER BY idx"
+                ),
+                {"ready": int(ReplicaState.READY), "now": now, "job": job.id},
+            )
+            row = conn.execute(select(s.jobs).where(s.jobs.c.id == job.id)).one()
+        return _job(row)
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(s.jobs).where(s.jobs.c.id == job_id)).first()
+        return _job(row) if row else None
+
+    def list_jobs(self, owner_token_id: int | None = None) -> list[JobRecord]:
+        q = select(s.jobs).order_by(s.jobs.c.created_at.desc())
+        if owner_token_id is not None:
+            q = q.where(s.jobs.c.owner_token_id == owner_token_id)
+        with self._read() as conn:
+            return [_job(r) for r in conn.execute(q)]
+
+    def cancel_job(self, job_id: str, now: float) -> JobRecord:
+        with self._write() as conn:
+            row = conn.execute(select(s.jobs).where(s.jobs.c.id == job_id)).first()
+            if row is None:
+                raise JobNotFound(job_id=job_id)
+            if row.state != JobState.RUNNING.value:
+                raise Conflict(f"job {job_id} is already {row.state}", job_id=job_id)
+            conn.execute(
+                update(s.jobs)
+                .where(s.jobs.c.id == job_id)
+                .values(state=JobState.CANCELLED.value, finished_at=now)
+            )
+            conn.execute(
+                update(s.replicas)
+                .where(
+                    s.replicas.c.job_id == job_id,
+                    s.replicas.c.state.in_([int(ReplicaState.READY), int(ReplicaState.LEASED)]),
+                )
+                .values(state=int(ReplicaState.CANCELLED))
+            )
+            row = conn.execute(select(s.jobs).where(s.jobs.c.id == job_id)).one()
+        return _job(row)
+
+    def replica_counts(self, job_id: str) -> dict[str, int]:
+        q = (
+            select(s.replicas.c.state, func.count())
+            .where(s.replicas.c.job_id == job_id)
+            .group_by(s.replicas.c.state)
+        )
+        with self._read() as conn:
+            return {ReplicaState(state).name.lower(): n for state, n in conn.execute(q)}
+
+    def finish_job(self, job_id: str, summary: dict[str, Any], output_hash: str, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(s.jobs)
+                .where(s.jobs.c.id == job_id, s.jobs.c.state == JobState.RUNNING.value)
+                .values(
+                    state=JobState.DONE.value,
+                    finished_at=now,
+                    summary=json.dumps(summary, sort_keys=True),
+                    output_hash=output_hash,
+                )
+            )
+
+    def complete_unfinished_jobs(self) -> list[str]:
+        q = select(s.jobs.c.id).where(
+            s.jobs.c.state == JobState.RUNNING.value,
+            s.jobs.c.tasks_done + s.jobs.c.tasks_failed >= s.jobs.c.n_tasks,
+        )
+        with self._read() as conn:
+            return list(conn.execute(q).scalars())
+
+    def accepted_outputs(self, job_id: str) -> Iterator[AcceptedOutput]:
+        q = (
+            select(
+                s.tasks.c.idx,
+                s.tasks.c.first_item,
+                s.tasks.c.n_items,
+                s.workers.c.address,
+                s.results.c.output,
+            )
+            .join(s.results, s.results.c.task_id == s.tasks.c.id)
+            .join(s.workers, s.workers.c.id == s.results.c.worker_id)
+            .where(s.tasks.c.job_id == job_id, s.results.c.status == ResultStatus.ACCEPTED.value)
+            .order_by(s.tasks.c.idx)
+        )
+        with self._read() as conn:
+            for row in conn.execute(q):
+                yield AcceptedOutput(row.idx, row.first_item, row.n_items, row.address, row.output or b"")
+
+    def job_workers(self, job_id: str) -> dict[str, int]:
+        q = (
+            select(s.workers.c.address, func.count())
+            .join(s.results, s.results.c.worker_id == s.workers.c.id)
+            .where(s.results.c.job_id == job_id, s.results.c.status == ResultStatus.ACCEPTED.value)
+            .group_by(s.workers.c.address)
+        )
+        with self._read() as conn:
+            return {address: n for address, n in conn.execute(q)}
+
+    # -- leasing ------------------------------------------------------------------
+
+    def lease(
+        self, worker_id: int, max_replicas: int, task_types: Sequence[str], lease_seconds: float, now: float
+    ) -> Lease | None:
+        candidates = "SELECT id FROM replicas WHERE state = :ready"
+        if task_types:
+            candidates += (
+                " AND job_id IN (SELECT id FROM jobs WHERE state = 'running' AND task_type IN :types)"
+            )
+        candidates += " ORDER BY id LIMIT :n"
+        if self.dialect == "postgresql":
+            candidates += " FOR UPDATE SKIP LOCKED"
+        take = text(
+            f"UPDATE replicas SET state = :leased, worker_id = :worker, lease_id = :lease "
+            f"WHERE id IN ({candidates})"
+        )
+        if task_types:
+            take = take.bindparams(bindparam("types", expanding=True))
+        params: dict[str, Any] = {
+            "ready": int(ReplicaState.READY),
+            "leased": int(ReplicaState.LEASED),
+            "worker": worker_id,
+            "n": max_replicas,
+        }
+        if task_types:
+            params["types"] = list(task_types)
+        expires = now + lease_seconds
+        with self._write() as conn:
+            lease_id = conn.execute(
+                insert(s.leases).values(worker_id=worker_id, created_at=now, expires_at=expires, state="open")
+            ).inserted_primary_key[0]
+            taken = conn.execute(take, {**params, "lease": lease_id}).rowcount
+            if not taken:
+                conn.execute(s.leases.delete().where(s.leases.c.id == lease_id))
+                return None
+            rows = conn.execute(
+                text(
+                    "SELECT r.id, t.job_id, t.idx, t.input_hash, t.input_data, t.n_items "
+                    "FROM replicas r JOIN tasks t ON t.id = r.task_id WHERE r.lease_id = :lease ORDER BY r.id"
+                ),
+                {"lease": lease_id},
+            ).all()
+            job_ids = sorted({r.job_id for r in rows})
+            jobs = conn.execute(
+                select(s.jobs.c.id, s.jobs.c.task_type, s.jobs.c.model_hash, s.jobs.c.params).where(
+                    s.jobs.c.id.in_(job_ids)
+                )
+            ).all()
+            conn.execute(update(s.workers).where(s.workers.c.id == worker_id).values(last_seen=now))
+        return Lease(
+            id=lease_id,
+            expires_at=expires,
+            replicas=[LeasedReplica(r.id, r.job_id, r.idx, r.input_hash, r.input_data, r.n_items) for r in rows],
+            jobs={j.id: LeaseJob(j.id, j.task_type, j.model_hash, json.loads(j.params)) for j in jobs},
+        )
+
+    def extend_lease(self, lease_id: int, worker_id: int, lease_seconds: float, now: float) -> float:
+        with self._write() as conn:
+            row = conn.execute(select(s.leases).where(s.leases.c.id == lease_id)).first()
+            _check_lease(row, lease_id, worker_id, now)
+            expires = now + lease_seconds
+            conn.execute(update(s.leases).where(s.leases.c.id == lease_id).values(expires_at=expires))
+            conn.execute(update(s.workers).where(s.workers.c.id == worker_id).values(last_seen=now))
+        return expires
+
+    def lease_view(self, lease_id: int) -> LeaseView | None:
+        with self._read() as conn:
+            lease = conn.execute(
+                select(s.leases, s.workers.c.address)
+                .join(s.workers, s.workers.c.id == s.leases.c.worker_id)
+                .where(s.leases.c.id == lease_id)
+            ).first()
+            if lease is None:
+                return None
+            rows = conn.execute(
+                text(
+                    "SELECT r.id, r.state, t.job_id, t.idx, t.input_hash, j.model_hash "
+                    "FROM replicas r JOIN tasks t ON t.id = r.task_id JOIN jobs j ON j.id = t.job_id "
+                    "WHERE r.lease_id = :lease"
+                ),
+                {"lease": lease_id},
+            ).all()
+        return LeaseView(
+            id=lease.id,
+            worker_id=lease.worker_id,
+            worker_address=lease.address,
+            state=lease.state,
+            expires_at=lease.expires_at,
+            replicas={r.id: LeaseReplicaView(r.id, r.state, r.job_id, r.idx, r.input_hash, r.model_hash) for r in rows},
+        )
+
+    def record_results(
+        self,
+        lease_id: int,
+        worker_id: int,
+        signature: str,
+        items: Sequence[IncomingResult],
+        release: Sequence[int],
+        now: float,
+    ) -> RecordOutcome:
+        outcome = RecordOutcome()
+        with self._write() as conn:
+            lease = conn.execute(select(s.leases).where(s.leases.c.id == lease_id)).first()
+            if lease is None or lease.worker_id != worker_id:
+                raise LeaseError(f"lease {lease_id} is unknown to this coordinator", lease_id=lease_id)
+            expired = lease.state == "expired" or lease.expires_at < now
+            outcome.lease_expired = expired
+            ids = [it.replica_id for it in items]
+            replica_rows = {
+                r.id: r
+                for r in conn.execute(
+                    select(s.replicas.c.id, s.replicas.c.state, s.replicas.c.task_id, s.replicas.c.job_id).where(
+                        s.replicas.c.lease_id == lease_id
+                    )
+                )
+            }
+            foreign = [i for i in ids + list(release) if i not in replica_rows]
+            if foreign:
+                raise LeaseError(
+                    f"replicas {foreign[:10]} are not part of lease {lease_id}", lease_id=lease_id, replicas=foreign
+                )
+            batch_id = conn.execute(
+                insert(s.result_batches).values(
+                    worker_id=worker_id, lease_id=lease_id, signature=signature, size=len(items), received_at=now
+                )
+            ).inserted_primary_key[0]
+            live = [it for it in items if replica_rows[it.replica_id].state == int(ReplicaState.LEASED)]
+            ok = [it for it in live if it.error is None]
+            failed = [it for it in live if it.error is not None]
+            won: set[int] = set()
+            if ok and not expired:
+                task_ids = [replica_rows[it.replica_id].task_id for it in ok]
+                won = set(
+                    conn.execute(
+                        text(
+                            "UPDATE tasks SET state = :done WHERE state = :open AND id IN :ids RETURNING id"
+                        ).bindparams(bindparam("ids", expanding=True)),
+                        {"done": TaskState.DONE.value, "open": TaskState.OPEN.value, "ids": task_ids},
+                    ).scalars()
+                )
+            rows = []
+            for it in items:
+                rep = replica_rows[it.replica_id]
+                if it.error is not None:
+                    status = ResultStatus.ERROR
+                elif expired or rep.state != int(ReplicaState.LEASED):
+                    status = ResultStatus.LATE if expired else ResultStatus.DUPLICATE
+                elif rep.task_id in won:
+                    status = ResultStatus.ACCEPTED
+                    won.discard(rep.task_id)  # a batch naming one task twice counts it once
+                else:
+                    status = ResultStatus.DUPLICATE
+                outcome.statuses[it.replica_id] = status.value
+                rows.append(
+                    {
+                        "replica_id": it.replica_id,
+                        "task_id": rep.task_id,
+                        "job_id": rep.job_id,
+                        "worker_id": worker_id,
+                        "batch_id": batch_id,
+                        "output_hash": it.output_hash,
+                        "output": it.output if status is not ResultStatus.ERROR else None,
+                        "error": it.error,
+                        "status": status.value,
+                        "received_at": now,
+                    }
+                )
+            if rows:
+                conn.execute(insert(s.results), rows)
+            if ok and not expired:
+                conn.execute(
+                    text("UPDATE replicas SET state = :st WHERE id IN :ids").bindparams(
+                        bindparam("ids", expanding=True)
+                    ),
+                    {"st": int(ReplicaState.DONE), "ids": [it.replica_id for it in ok]},
+                )
+            if failed and not expired:
+                self._fail_replicas(conn, [replica_rows[it.replica_id] for it in failed], now)
+            counted: dict[str, int] = {}
+            for it in items:
+                if outcome.statuses[it.replica_id] == ResultStatus.ACCEPTED.value:
+                    job = replica_rows[it.replica_id].job_id
+                    counted[job] = counted.get(job, 0) + 1
+            for job, n in counted.items():
+                conn.execute(
+                    update(s.jobs).where(s.jobs.c.id == job).values(tasks_done=s.jobs.c.tasks_done + n)
+                )
+            if release and not expired:
+                conn.execute(
+                    text(
+                        "UPDATE replicas SET state = :ready, worker_id = NULL, lease_id = NULL "
+                        "WHERE id IN :ids AND state = :leased"
+                    ).bindparams(bindparam("ids", expanding=True)),
+                    {"ready": int(ReplicaState.READY), "leased": int(ReplicaState.LEASED), "ids": list(release)},
+                )
+            if not expired:
+                conn.execute(
+                    text(
+                        "UPDATE leases SET state = 'closed' WHERE id = :lease AND NOT EXISTS "
+                        "(SELECT 1 FROM replicas WHERE lease_id = :lease AND state = :leased)"
+                    ),
+                    {"lease": lease_id, "leased": int(ReplicaState.LEASED)},
+                )
+            touched = {replica_rows[it.replica_id].job_id for it in live}
+            if touched:
+                outcome.completed_jobs = list(
+                    conn.execute(
+                        select(s.jobs.c.id).where(
+                            s.jobs.c.id.in_(sorted(touched)),
+                            s.jobs.c.state == JobState.RUNNING.value,
+                            s.jobs.c.tasks_done + s.jobs.c.tasks_failed >= s.jobs.c.n_tasks,
+                        )
+                    ).scalars()
+                )
+            conn.execute(update(s.workers).where(s.workers.c.id == worker_id).values(last_seen=now))
+        return outcome
+
+    def _fail_replicas(self, conn: Any, reps: list[Any], now: float) -> None:
+        """Mark replicas failed; reissue their tasks until MAX_TASK_ERRORS, then fail the task."""
+        conn.execute(
+            text("UPDATE replicas SET state = :st WHERE id IN :ids").bindparams(bindparam("ids", expanding=True)),
+            {"st": int(ReplicaState.FAILED), "ids": [r.id for r in reps]},
+        )
+        for rep in reps:
+            errors = conn.execute(
+                text("UPDATE tasks SET errors = errors + 1 WHERE id = :t AND state = :open RETURNING errors"),
+                {"t": rep.task_id, "open": TaskState.OPEN.value},
+            ).scalar()
+            if errors is None:
+                continue
+            if errors >= MAX_TASK_ERRORS:
+                conn.execute(
+                    update(s.tasks).where(s.tasks.c.id == rep.task_id).values(state=TaskState.FAILED.value)
+                )
+                conn.execute(
+                    update(s.jobs)
+                    .where(s.jobs.c.id == rep.job_id)
+                    .values(tasks_failed=s.jobs.c.tasks_failed + 1)
+                )
+            else:
+                conn.execute(
+                    insert(s.replicas).values(
+                        task_id=rep.task_id, job_id=rep.job_id, state=int(ReplicaState.READY), created_at=now
+                    )
+                )
+
+    def reap_expired(self, now: float) -> int:
+        with self._write() as conn:
+            lease_ids = list(
+                conn.execute(
+                    select(s.leases.c.id).where(s.leases.c.state == "open", s.leases.c.expires_at < now)
+                ).scalars()
+            )
+            if not lease_ids:
+                return 0
+            expanding = bindparam("leases", expanding=True)
+            # a new ready replica for every leased replica whose task is still open
+            reissued = conn.execute(
+                text(
+                    "INSERT INTO replicas (task_id, job_id, state, created_at) "
+                    "SELECT r.task_id, r.job_id, :ready, :now FROM replicas r JOIN tasks t ON t.id = r.task_id "
+                    "WHERE r.lease_id IN :leases AND r.state = :leased AND t.state = :open"
+                ).bindparams(expanding),
+                {
+                    "ready": int(ReplicaState.READY),
+                    "leased": int(ReplicaState.LEASED),
+                    "open": TaskState.OPEN.value,
+                    "now": now,
+                    "leases": lease_ids,
+                },
+            ).rowcount
+            conn.execute(
+                text("UPDATE replicas SET state = :expired WHERE lease_id IN :leases AND state = :leased").bindparams(
+                    bindparam("leases", expanding=True)
+                ),
+                {"expired": int(ReplicaState.EXPIRED), "leased": int(ReplicaState.LEASED), "leases": lease_ids},
+            )
+            conn.execute(update(s.leases).where(s.leases.c.id.in_(lease_ids)).values(state="expired"))
+        return reissued
+
+
+def _check_lease(row: Any, lease_id: int, worker_id: int, now: float) -> None:
+    if row is None or row.worker_id != worker_id:
+        raise LeaseError(f"lease {lease_id} is unknown to this coordinator", lease_id=lease_id)
+    if row.state == "expired" or row.expires_at < now:
+        raise LeaseError(
+            f"lease {lease_id} expired at {row.expires_at:.0f}; its replicas were reissued",
+            lease_id=lease_id,
+        )
+    if row.state == "closed":
+        raise LeaseError(f"lease {lease_id} is already closed: every replica in it was answered", lease_id=lease_id)
+

@@ -1,0 +1,65 @@
+"""``echo``: returns its input. For benchmarks of the grid itself."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from coopgrid.datasets import Dataset
+from coopgrid.tasks.base import TaskOutput, TaskType
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_load(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def split_rows(dataset: Dataset, task_size: int, dtype: Any = None) -> Iterator[tuple[bytes, int]]:
+    x = dataset.x if dtype is None else dataset.x.astype(dtype, copy=False)
+    for start in range(0, len(x), task_size):
+        chunk = x[start : start + task_size]
+        yield npy_bytes(chunk), len(chunk)
+
+
+class EchoTask(TaskType):
+    name = "echo"
+
+    def split(self, dataset: Dataset, task_size: int, params: BaseModel) -> Iterator[tuple[bytes, int]]:
+        return split_rows(dataset, task_size)
+
+    def run(self, task_input: bytes, model: Any, params: BaseModel) -> bytes:
+        return task_input
+
+    def canonical(self, output: bytes) -> bytes:
+        return output
+
+    def decode(self, data: bytes) -> bytes:
+        return data
+
+    def reduce(self, outputs: Sequence[TaskOutput], dataset: Dataset, params: BaseModel, out: Path) -> dict[str, Any]:
+        ids = dataset.item_ids()
+        item_ids, values, tasks, workers = [], [], [], []
+        mismatched = 0
+        for o in outputs:
+            rows = npy_load(o.output).reshape(o.n_items, -1)
+            expected = dataset.x[o.first_item : o.first_item + o.n_items].reshape(o.n_items, -1)
+            mismatched += int((rows != expected).any(axis=1).sum())
+            item_ids += ids[o.first_item : o.first_item + o.n_items]
+            values += [r.tobytes() for r in rows]
+            tasks += [o.task_index] * o.n_items
+            workers += [o.worker] * o.n_items
+        table = pa.table({"item_id": item_ids, "value": values, "task_index": tasks, "worker": workers})
+        pq.write_table(table, out)
+        return {"echo_mismatches": mismatched}

@@ -1,0 +1,109 @@
+"""How jobs, models and workers look in a terminal (Rich)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from coopgrid.client import ApiClient
+
+
+def watch(
+    client: ApiClient,
+    job_id: str,
+    console: Console,
+    poll: float = 0.25,
+    check: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Show a progress bar until the job is done or cancelled; returns the final job.
+
+    ``check`` is called at every poll and may raise to stop watching (the demo
+    uses it to notice that its workers died).
+    """
+    job = client.job(job_id)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tasks  {task.fields[items]} items/s"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(job["name"], total=job["tasks"], items="0")
+        start, start_done = time.monotonic(), job["tasks_done"]
+        while True:
+            resolved = job["tasks_done"] + job["tasks_failed"]
+            rate = (job["tasks_done"] - start_done) * job["task_size"] / max(time.monotonic() - start, 1e-6)
+            progress.update(bar, completed=resolved, items=f"{rate:,.0f}")
+            if job["state"] != "running":
+                break
+            if check:
+                check()
+            time.sleep(poll)
+            job = client.job(job_id)
+    return job
+
+
+def summary_table(job: dict[str, Any]) -> Table:
+    s = job.get("summary") or {}
+    table = Table(title=f"job {job['id'][:12]}… {job['state']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("task type", job["task_type"]),
+        ("items", f"{job['items']:,}"),
+        ("tasks", f"{job['tasks_done']:,} done, {job['tasks_failed']:,} failed of {job['tasks']:,}"),
+    ]
+    if s:
+        rows += [
+            ("replicas executed", f"{s['replicas_executed']:,} ({s['replicas_expired']:,} expired and reissued)"),
+            ("workers", str(s["workers"])),
+            ("elapsed", f"{s['elapsed_seconds']:.2f} s"),
+            ("throughput", f"{s['items_per_second']:,.0f} items/s"),
+        ]
+        if "accuracy" in s:
+            rows.append(("accuracy", f"{s['accuracy']:.2%} of {s['labelled_items']:,} labelled items"))
+        for worker, n in sorted(s.get("tasks_per_worker", {}).items()):
+            rows.append((f"  tasks by {worker[:10]}…", f"{n:,}"))
+    if job.get("output"):
+        rows.append(("output", f"sha256 {job['output']} (coopgrid output {job['id'][:12]}…)"))
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> Table:
+    table = Table(title="jobs")
+    for col in ("id", "name", "type", "state", "tasks", "items"):
+        table.add_column(col)
+    for j in jobs:
+        table.add_row(
+            j["id"][:16], j["name"], j["task_type"], j["state"],
+            f"{j['tasks_done']}/{j['tasks']}", f"{j['items']:,}",
+        )
+    return table
+
+
+def models_table(models: list[dict[str, Any]]) -> Table:
+    table = Table(title="models")
+    for col in ("name", "version", "task type", "sha256", "size", "metrics"):
+        table.add_column(col)
+    for m in models:
+        metrics = ", ".join(f"{k}={v:g}" for k, v in (m.get("metrics") or {}).items())
+        table.add_row(m["name"], str(m["version"]), m["task_type"], m["hash"][:16] + "…", f"{m['size']:,}", metrics)
+    return table
+
+
+def workers_table(workers: list[dict[str, Any]]) -> Table:
+    table = Table(title="workers")
+    for col in ("id", "address", "name", "owner", "accepted", "last seen"):
+        table.add_column(col)
+    for w in workers:
+        ago = time.time() - w["last_seen"]
+        table.add_row(str(w["id"]), w["address"], w["name"], w["owner"], f"{w['accepted']:,}", f"{ago:.0f}s ago")
+    return table

@@ -1,0 +1,101 @@
+"""The worker's HTTP client: signed requests, retries with backoff and jitter.
+
+While the coordinator cannot be reached (connection refused, timeouts, 502,
+503, 504) a call is retried with exponential backoff and full jitter until it
+succeeds or the worker is told to stop. Other errors come back as
+:mod:`coopgrid.errors` exceptions built from the coordinator's JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+from coopgrid import errors
+from coopgrid.identity import Identity
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = {502, 503, 504}
+_BY_STATUS: dict[int, type[errors.CoopgridError]] = {
+    401: errors.AuthError,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    409: errors.LeaseError,
+    413: errors.TooLarge,
+    422: errors.InvalidInput,
+}
+
+
+def error_from_response(response: httpx.Response) -> errors.CoopgridError:
+    try:
+        body = response.json()
+        detail = body.get("detail", response.text)
+        name = body.get("error", "")
+    except ValueError:
+        detail, name = response.text, ""
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.CoopgridError)):
+        cls = _BY_STATUS.get(response.status_code, errors.CoopgridError)
+    message = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
+    return cls(f"{message} (HTTP {response.status_code})", status=response.status_code)
+
+
+class Stopped(Exception):
+    """The worker was asked to stop while waiting for the coordinator."""
+
+
+class WorkerClient:
+    def __init__(
+        self,
+        base_url: str,
+        identity: Identity,
+        stop: threading.Event | None = None,
+        timeout: float = 30.0,
+        backoff_cap: float = 10.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.identity = identity
+        self.stop = stop or threading.Event()
+        self.backoff_cap = backoff_cap
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, body: Any = None, retry: bool = True) -> httpx.Response:
+        content = b"" if body is None else orjson.dumps(body)
+        attempt = 0
+        while True:
+            headers = self.identity.request_headers(method, path, content)
+            if content:
+                headers["content-type"] = "application/json"
+            try:
+                response = self.http.request(method, path, content=content, headers=headers)
+                if response.status_code not in RETRY_STATUS:
+                    if response.status_code >= 400:
+                        raise error_from_response(response)
+                    return response
+                reason = f"HTTP {response.status_code}"
+            except httpx.TransportError as exc:
+                reason = type(exc).__name__
+            if not retry:
+                raise errors.CoordinatorUnavailable(f"{self.base_url} unreachable: {reason}")
+            delay = random.uniform(0, min(self.backoff_cap, 0.2 * 2**attempt))
+            if attempt == 0 or attempt % 10 == 0:
+                log.warning("coordinator %s unreachable (%s); retrying", self.base_url, reason)
+            attempt += 1
+            if self.stop.wait(delay):
+                raise Stopped()
+
+    def get_json(self, path: str) -> Any:
+        return self.request("GET", path).json()
+
+    def post_json(self, path: str, body: Any = None) -> httpx.Response:
+        return self.request("POST", path, body if body is not None else {})
