@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh clone:
+#   make demo   installs what it needs, then runs `coopgrid demo`
+#   make test   installs what it needs, then runs the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install bench clean
+
+ANVIL  := node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "coopgrid needs Python 3.11 or newer: make PYTHON=python3.11 ...")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/coopgrid demo
+
+# anvil (a local Ethereum node) for the JSON-RPC ledger tests, from the npm registry
+$(ANVIL):
+	npm install --no-save --no-audit --no-fund --prefix $(CURDIR) @foundry-rs/anvil-linux-amd64
+
+test: $(STAMP) $(ANVIL)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/dispatch.py
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache

@@ -1,0 +1,140 @@
+"""The grid as a user runs it: real coordinator and worker processes through the CLI."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from coopgrid import datasets
+from coopgrid.client import ApiClient
+from coopgrid.local import LocalGrid
+from coopgrid.protocol import sha256_hex
+
+pytestmark = pytest.mark.acceptance
+
+
+@pytest.fixture
+def grid(tmp_path):
+    g = LocalGrid(tmp_path / "grid")
+    yield g
+    g.stop(timeout=15)
+
+
+def publish(client, model):
+    return client.publish_model(model.onnx, model.spec(sha256_hex(model.onnx)))
+
+
+def submit(client, data, model_hash, task_size, task_type="classify"):
+    return client.submit(
+        {"task_type": task_type, "model": model_hash, "dataset": client.put_blob(data.to_npz()), "task_size": task_size}
+    )
+
+
+def wait_for(client, job_id, until, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        if until(job):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting on job {job_id}: {client.job(job_id)}")
+
+
+def accepted_rows(grid):
+    with sqlite3.connect(f"file:{grid.data_dir / 'coopgrid.sqlite'}?mode=ro", uri=True) as db:
+        return db.execute("SELECT id, task_id FROM results WHERE status = 'accepted' ORDER BY id").fetchall()
+
+
+def test_submit_through_the_cli_labels_every_item_exactly_once(grid, digits_onnx, tmp_path):
+    grid.start_coordinator()
+    with ApiClient(grid.url, grid.token) as client:
+        model = publish(client, digits_onnx)
+    grid.start_worker(0, "--batch", "3")
+    grid.start_worker(1, "--batch", "3")
+    out = tmp_path / "labels.parquet"
+    env = {**os.environ, "COOPGRID_COORDINATOR": grid.url, "COOPGRID_TOKEN": grid.token}
+    run = subprocess.run(
+        [sys.executable, "-m", "coopgrid", "submit", "--dataset", "digits:5000", "--model", "digits",
+         "--task-size", "250", "--output", str(out)],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "accuracy" in run.stdout and "done" in run.stdout
+    table = pq.read_table(out).to_pydict()
+    expected = datasets.digits(5000)
+    assert sorted(table["item_id"]) == sorted(expected.item_ids())  # each item once, none missing
+    by_id = dict(zip(table["item_id"], table["label"]))
+    truth = dict(zip(expected.item_ids(), expected.y.tolist()))
+    assert sum(by_id[i] == truth[i] for i in truth) / len(truth) > 0.9
+    with ApiClient(grid.url, grid.token) as client:
+        assert set(table["worker"]) <= {w["address"] for w in client.workers()}
+    assert model["hash"] == sha256_hex(digits_onnx.onnx)
+    codes = grid.stop()
+    assert codes == {"worker-0": 0, "worker-1": 0, "coordinator": 0}, codes
+
+
+def test_a_killed_worker_s_tasks_are_reissued_and_the_job_completes(grid, digits_onnx):
+    grid.start_coordinator("--lease-seconds", "2")
+    with ApiClient(grid.url, grid.token) as client:
+        model = publish(client, digits_onnx)
+        doomed = grid.start_worker(0, "--batch", "4")
+        job = submit(client, datasets.digits(6000), model["hash"], 50)
+        wait_for(client, job["id"], lambda j: j["tasks_done"] >= 4)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        grid.start_worker(1, "--batch", "4")
+        job = wait_for(client, job["id"], lambda j: j["state"] == "done")
+        assert job["tasks_done"] == job["tasks"] and job["tasks_failed"] == 0
+        assert job["replicas"]["expired"] >= 1  # the killed worker's lease ran out and was reissued
+        assert job["summary"]["replicas_expired"] == job["replicas"]["expired"]
+        output = client.call("GET", f"/v1/jobs/{job['id']}/output").content
+    (grid.data_dir / "out.parquet").write_bytes(output)
+    ids = pq.read_table(grid.data_dir / "out.parquet").column("item_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 6000
+
+
+def test_a_coordinator_killed_mid_job_restarts_and_loses_nothing(grid, digits_onnx):
+    url = grid.start_coordinator("--lease-seconds", "3")
+    port = int(url.rsplit(":", 1)[1])
+    with ApiClient(url, grid.token) as client:
+        model = publish(client, digits_onnx)
+        grid.start_worker(0, "--batch", "2")
+        grid.start_worker(1, "--batch", "2")
+        job = submit(client, datasets.digits(8000), model["hash"], 40)
+        wait_for(client, job["id"], lambda j: 10 <= j["tasks_done"])
+    grid.kill_coordinator()
+    before = accepted_rows(grid)
+    assert 0 < len(before) < job["tasks"]
+
+    grid.start_coordinator("--lease-seconds", "3", port=port)  # workers keep retrying the same address
+    with ApiClient(grid.url, grid.token) as client:
+        job = wait_for(client, job["id"], lambda j: j["state"] == "done")
+        output = client.call("GET", f"/v1/jobs/{job['id']}/output").content
+    after = accepted_rows(grid)
+    assert set(before) <= set(after)  # every result accepted before the crash is still there
+    assert len(after) == len({task for _, task in after}) == job["tasks"]  # each task counted once
+    (grid.data_dir / "out.parquet").write_bytes(output)
+    ids = pq.read_table(grid.data_dir / "out.parquet").column("item_id").to_pylist()
+    assert sorted(ids) == sorted(datasets.digits(8000).item_ids())
+
+
+def test_a_worker_refuses_model_bytes_that_do_not_match_their_hash(grid, digits_onnx):
+    grid.start_coordinator()
+    with ApiClient(grid.url, grid.token) as client:
+        model = publish(client, digits_onnx)
+        # the coordinator's copy is tampered with: it now serves other bytes under the model's hash
+        blob = grid.data_dir / "blobs" / model["hash"][:2] / model["hash"]
+        blob.write_bytes(digits_onnx.onnx[:-10] + b"0123456789")
+        grid.start_worker(0, "--batch", "1")
+        job = submit(client, datasets.digits(100), model["hash"], 50)
+        job = wait_for(client, job["id"], lambda j: j["state"] == "done")
+    assert job["tasks_failed"] == job["tasks"] and job["tasks_done"] == 0  # nothing computed with bad bytes
+    grid.stop()
+    log = grid.log("worker-0")
+    assert f"refused model {model['hash']}" in log
+    assert not list((grid.data_dir / "workers" / "0" / "cache").glob("*.model"))
