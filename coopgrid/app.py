@@ -6,15 +6,23 @@ they like, each on its own data dir or database.
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 
 from coopgrid.blobs import BlobStore
 from coopgrid.config import Settings
 from coopgrid.coordinator.auth import Auth
+from coopgrid.coordinator.epochs import Sealer
 from coopgrid.coordinator.scheduler import Scheduler
 from coopgrid.coordinator.summary import Summarizer
+from coopgrid.errors import ConfigError
+from coopgrid.identity import Identity
+from coopgrid.ledger import Ledger, open_ledger
 from coopgrid.registry import ModelRegistry
 from coopgrid.store import SqlStore, Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,9 +34,51 @@ class App:
     auth: Auth
     scheduler: Scheduler
     summarizer: Summarizer
+    ledger: Ledger | None
+    sealer: Sealer | None
 
     def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
         self.store.close()
+
+
+def coordinator_identity(settings: Settings) -> Identity:
+    """The coordinator's own key (owner of the ledger contract), kept in the data dir."""
+    if not settings.coordinator_key_password and not settings.key_file.exists():
+        log.warning(
+            "the coordinator key %s is stored unencrypted; set COOPGRID_COORDINATOR_KEY_PASSWORD to encrypt it",
+            settings.key_file,
+        )
+    return Identity.load_or_create(settings.key_file, settings.coordinator_key_password)
+
+
+def open_coordinator_ledger(settings: Settings, identity: Identity, deploy: bool = True) -> Ledger:
+    """The ledger the settings name, bound to its contract; the embedded chain deploys one on first use."""
+    saved = json.loads(settings.ledger_file.read_text()) if settings.ledger_file.exists() else {}
+    if saved and saved.get("kind") != settings.ledger:
+        saved = {}
+    ledger = open_ledger(
+        settings.ledger,
+        key=identity.private_key,
+        contract_address=settings.contract or saved.get("contract"),
+        data_dir=settings.data_dir,
+        rpc_url=settings.rpc_url,
+        chain_id=settings.chain_id,
+    )
+    if ledger.address is None:
+        if settings.ledger != "embedded" and not deploy:
+            ledger.close()
+            raise ConfigError(
+                "no ledger contract: deploy one with `coopgrid ledger deploy --rpc-url URL` "
+                "and pass its address with --contract"
+            )
+        address = ledger.deploy()
+        settings.ledger_file.write_text(
+            json.dumps({"kind": settings.ledger, "contract": address, "chain_id": ledger.chain_id})
+        )
+        log.info("deployed the ledger contract at %s on chain %s", address, ledger.chain_id)
+    return ledger
 
 
 def build(settings: Settings) -> App:
@@ -37,6 +87,10 @@ def build(settings: Settings) -> App:
     blobs = BlobStore(settings.blob_dir)
     registry = ModelRegistry(store, blobs)
     summarizer = Summarizer(store, blobs)
+    ledger = sealer = None
+    if settings.ledger != "none":
+        ledger = open_coordinator_ledger(settings, coordinator_identity(settings), deploy=False)
+        sealer = Sealer(settings, store, blobs, ledger)
     return App(
         settings=settings,
         store=store,
@@ -45,4 +99,6 @@ def build(settings: Settings) -> App:
         auth=Auth(store, settings),
         scheduler=Scheduler(settings, store, blobs, registry, summarizer),
         summarizer=summarizer,
+        ledger=ledger,
+        sealer=sealer,
     )

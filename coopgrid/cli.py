@@ -310,6 +310,8 @@ def demo(
 
 
 def main() -> None:
+    import coopgrid.cli_ledger  # noqa: F401  (registers `ledger`, `verify`, `models verify`)
+
     try:
         app()
     except CoopgridError as exc:

@@ -76,3 +76,28 @@ class ApiClient:
 
     def create_token(self, name: str, role: str) -> dict[str, Any]:
         return self.json("POST", "/v1/tokens", json={"name": name, "role": role})
+
+    # -- ledger ---------------------------------------------------------------------
+
+    def ledger(self) -> dict[str, Any]:
+        return self.json("GET", "/v1/ledger")
+
+    def seal(self) -> dict[str, Any]:
+        return self.json("POST", "/v1/ledger/seal")
+
+    def epoch_tree(self, number: int) -> dict[str, Any]:
+        return self.json("GET", f"/v1/ledger/epochs/{number}/results-tree")
+
+    def proof(self, job_id: str, task_index: int) -> dict[str, Any]:
+        return self.json("GET", f"/v1/jobs/{job_id}/tasks/{task_index}/proof")
+
+    def verify(self, epoch: int, leaf_hash: str, proof: list[str]) -> bool:
+        return self.json("POST", "/v1/ledger/verify", json={"epoch": epoch, "leaf_hash": leaf_hash, "proof": proof})[
+            "valid"
+        ]
+
+    def rewards(self, address: str) -> dict[str, Any]:
+        return self.json("GET", f"/v1/rewards/{address}")
+
+    def model_on_chain(self, model_hash: str) -> dict[str, Any]:
+        return self.json("GET", f"/v1/ledger/models/{model_hash}")

@@ -31,7 +31,15 @@ class Settings(BaseSettings):
     )
     reap_interval: float = Field(1.0, gt=0, description="Seconds between scans for expired leases.")
     auth_skew_seconds: float = Field(300.0, gt=0, description="How old a worker's signed request may be.")
-    chain_id: int = Field(31337, description="EIP-712 domain chain id that workers sign results for.")
+    chain_id: int = Field(31337, description="Chain id: of the EIP-712 domain workers sign, and of the ledger's chain.")
+    ledger: str = Field("embedded", pattern="^(embedded|rpc|none)$", description="embedded, rpc, or none.")
+    rpc_url: str | None = Field(None, description="JSON-RPC endpoint of the chain, for ledger=rpc.")
+    contract: str | None = Field(None, description="Ledger contract address (default: the one deployed for this data dir).")
+    coordinator_key_password: str = Field(
+        "", description="Password of the coordinator's keystore (data dir); empty leaves the key unencrypted."
+    )
+    seal_every_results: int = Field(10_000, ge=1, description="Seal an epoch once this many results wait.")
+    seal_every_seconds: float = Field(60.0, gt=0, description="Seal an epoch once the oldest waiting result is this old.")
 
     @property
     def sqlite_path(self) -> Path:
@@ -40,6 +48,14 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "coordinator-key.json"
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.data_dir / "ledger.json"
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.sqlite_path}"

@@ -3,22 +3,28 @@
 Trains the digits model centrally, starts a coordinator (embedded SQLite
 store) and worker processes on loopback in a fresh data dir, publishes the
 model, submits a labeling job over N digit images, follows it, prints the
-summary, and stops every process it started.
+summary, seals the results on the embedded chain, has every worker claim its
+reward, verifies a random result on chain, and stops every process it started.
 """
 
 from __future__ import annotations
 
+import random
 import tempfile
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from coopgrid import datasets
 from coopgrid.client import ApiClient
-from coopgrid.local import LocalGrid
+from coopgrid.errors import CoopgridError
+from coopgrid.identity import Identity
+from coopgrid.local import KEY_PASSWORD, LocalGrid
 from coopgrid.protocol import sha256_hex
 from coopgrid.registry.train import train_digits
 from coopgrid.views import summary_table, watch
+from coopgrid.worker.client import WorkerClient
 
 
 def run_demo(console: Console, items: int, n_workers: int, task_size: int, data_dir: Path | None) -> dict:
@@ -28,25 +34,26 @@ def run_demo(console: Console, items: int, n_workers: int, task_size: int, data_
     console.rule("[bold]coopgrid demo")
     console.print(f"data dir: {data_dir}")
 
-    with console.status("1/5 training the digits classifier centrally…"):
+    with console.status("1/7 training the digits classifier centrally…"):
         model = train_digits()
     console.print(
-        f"1/5 trained an MLP on scikit-learn's digits: held-out accuracy {model.metrics['test_accuracy']:.2%}, "
+        f"1/7 trained an MLP on scikit-learn's digits: held-out accuracy {model.metrics['test_accuracy']:.2%}, "
         f"exported to ONNX ({len(model.onnx):,} bytes)"
     )
 
     grid = LocalGrid(data_dir)
     try:
-        with console.status("2/5 starting the coordinator…"):
+        with console.status("2/7 starting the coordinator…"):
             url = grid.start_coordinator()
-        console.print(f"2/5 coordinator on {url} (SQLite store in {data_dir}); API docs at {url}/docs")
+        console.print(f"2/7 coordinator on {url} (SQLite store in {data_dir}); API docs at {url}/docs")
         with ApiClient(url, grid.token) as client:
             published = client.publish_model(model.onnx, model.spec(sha256_hex(model.onnx)))
             console.print(f"    published model {published['name']}:{published['version']} sha256 {published['hash'][:16]}…")
 
             for i in range(n_workers):
                 grid.start_worker(i)
-            console.print(f"3/5 started {n_workers} worker processes; each makes its own Ethereum key")
+            grid.wait_for_workers(client, n_workers)
+            console.print(f"3/7 started {n_workers} worker processes; each makes its own Ethereum key")
 
             data = datasets.digits(items)
             digest = client.put_blob(data.to_npz())
@@ -60,14 +67,51 @@ def run_demo(console: Console, items: int, n_workers: int, task_size: int, data_
                     "reward_per_task": 1,
                 }
             )
-            console.print(f"4/5 submitted job {job['id'][:16]}…: {job['items']:,} images in {job['tasks']} tasks")
+            console.print(f"4/7 submitted job {job['id'][:16]}…: {job['items']:,} images in {job['tasks']} tasks")
             job = watch(client, job["id"], console, check=grid.check_workers)
-            console.print("5/5 done; every result was signed by its worker (EIP-712) and checked on arrival")
+            console.print("5/7 done; every result was signed by its worker (EIP-712) and checked on arrival")
             console.print(summary_table(job))
             out = data_dir / "output.parquet"
             client.output(job["id"], out)
             console.print(f"labels written to {out}")
+            ledger_part(console, client, grid, job, published["hash"])
             return job
     finally:
         codes = grid.stop()
         console.print(f"stopped every process (exit codes {codes})")
+
+
+def ledger_part(console: Console, client: ApiClient, grid: LocalGrid, job: dict, model_hash: str) -> None:
+    """Seal the job's results on chain, let every worker claim, verify a random result."""
+    for e in client.seal()["committed"]:
+        console.print(
+            f"6/7 sealed epoch {e['number']}: {e['results']:,} results as one Merkle root, "
+            f"committed in block {e['block_number']} (tx {e['tx_hash'][:18]}…)"
+        )
+    anchored = client.model_on_chain(model_hash)
+    console.print(f"    model {model_hash[:16]}… anchored on chain in block {anchored['block_number']}")
+
+    table = Table(title="rewards (1 token unit per accepted task)")
+    for col in ("worker", "claimed now", "balance", "tx"):
+        table.add_column(col)
+    for i in range(len(grid.workers)):
+        me = Identity.load_or_create(grid.data_dir / "workers" / str(i) / "key.json", KEY_PASSWORD)
+        worker_client = WorkerClient(grid.url, me)
+        try:
+            claimed = worker_client.post_json(f"/v1/rewards/{me.address}/claim").json()
+        except CoopgridError as exc:  # a worker that got no task has nothing to claim
+            table.add_row(me.address, "0", "0", exc.message[:40])
+            continue
+        finally:
+            worker_client.close()
+        table.add_row(me.address, claimed["claimed_now"], claimed["balance"], claimed["tx_hash"][:18] + "…")
+    console.print(table)
+
+    task = random.randrange(job["tasks"])
+    proof = client.proof(job["id"], task)
+    ok = client.verify(proof["epoch"], proof["leaf_hash"], proof["proof"])
+    forged = client.verify(proof["epoch"], "0x" + "ab" * 32, proof["proof"])
+    console.print(
+        f"7/7 task {task}'s result verified on chain with a {len(proof['proof'])}-node Merkle proof: {ok}; "
+        f"a forged leaf with the same proof: {forged}"
+    )

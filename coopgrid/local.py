@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -87,6 +88,15 @@ class LocalGrid:
         os.close(log)
         self.workers.append(proc)
         return proc
+
+    def wait_for_workers(self, client: Any, n: int, timeout: float = 60.0) -> None:
+        """Wait until ``n`` workers have registered with the coordinator."""
+        deadline = time.monotonic() + timeout
+        while len(client.workers()) < n:
+            self.check_workers()
+            if time.monotonic() > deadline:
+                raise CoopgridError(f"fewer than {n} workers registered in {timeout:.0f}s; see {self.log_dir}")
+            time.sleep(0.05)
 
     def check_workers(self) -> None:
         """Raise if every worker has exited (a job would never finish)."""

@@ -10,6 +10,8 @@ the :mod:`coopgrid.errors` class.
 import asyncio
 import contextlib
 import logging
+import re
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -23,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coopgrid import __version__
 from coopgrid.app import App
-from coopgrid.errors import Conflict, CoopgridError, InvalidInput, TooLarge
+from coopgrid.errors import Conflict, CoopgridError, Forbidden, InvalidInput, NotFound, TooLarge
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
 from coopgrid.store.base import JobRecord, ModelRecord, Token
@@ -84,10 +86,24 @@ def create_api(app: App) -> FastAPI:
         for job_id in await run_in_threadpool(app.store.complete_unfinished_jobs):
             await run_in_threadpool(app.summarizer.finalize, job_id)
         reaper = asyncio.create_task(_reap_forever())
+        stop_sealing = threading.Event()
+        sealer_thread = None
+        if app.sealer is not None:
+            try:
+                await run_in_threadpool(app.sealer.reconcile)
+            except CoopgridError as exc:  # the sealing loop retries; serving must not wait for the chain
+                log.warning("could not reconcile with the chain yet: %s", exc.message)
+            sealer_thread = threading.Thread(
+                target=app.sealer.run, args=(stop_sealing,), name="sealer", daemon=True
+            )
+            sealer_thread.start()
         try:
             yield
         finally:
             reaper.cancel()
+            stop_sealing.set()
+            if sealer_thread is not None:
+                await run_in_threadpool(sealer_thread.join, 10)
 
     async def _reap_forever() -> None:
         while True:
@@ -295,4 +311,107 @@ def create_api(app: App) -> FastAPI:
             counts[status] = counts.get(status, 0) + 1
         return _json({"lease_id": lease_id, "results": counts})
 
+    # -- ledger -------------------------------------------------------------------
+
+    def sealer() -> Any:
+        if app.sealer is None:
+            raise Conflict("this coordinator runs without a ledger (--ledger none)")
+        return app.sealer
+
+    @api.get("/v1/ledger", tags=["ledger"])
+    def ledger_info() -> dict[str, Any]:
+        seal = sealer()
+        epochs = app.store.list_epochs()
+        return {
+            "kind": settings.ledger,
+            "chain_id": seal.ledger.chain_id,
+            "contract": seal.ledger.address,
+            "coordinator": seal.ledger.account,
+            "epochs": [
+                {"number": e.number, "state": e.state, "results": e.result_count, "tx_hash": e.tx_hash,
+                 "block_number": e.block_number, "results_root": e.results_root, "rewards_root": e.rewards_root}
+                for e in epochs
+            ],
+            "unsealed_results": app.store.unsealed()[0],
+        }
+
+    @api.post("/v1/ledger/seal", tags=["ledger"])
+    def seal_now(tok: TokenDep) -> dict[str, Any]:
+        """Seal every accepted result not in an epoch yet, now, and wait for the chain."""
+        app.auth.require_operator(tok)
+        done = sealer().step(force=True)
+        return {"committed": [{"number": e.number, "state": e.state, "results": e.result_count,
+                               "tx_hash": e.tx_hash, "block_number": e.block_number} for e in done]}
+
+    @api.get("/v1/ledger/epochs/{number}/results-tree", tags=["ledger"])
+    def epoch_tree(number: int) -> Response:
+        e = app.store.get_epoch(number)
+        if e is None or not e.results_dump:
+            raise NotFound(f"no sealed epoch {number}; `coopgrid ledger status` lists them", epoch=number)
+        return Response(app.blobs.get(e.results_dump), media_type="application/json")
+
+    @api.get("/v1/jobs/{job_id}/tasks/{task_index}/proof", tags=["ledger"])
+    def task_proof(job_id: str, task_index: int, tok: TokenDep) -> dict[str, Any]:
+        job = app.scheduler.job_for(job_id, tok)
+        proof = sealer().result_proof(job.id, task_index)
+        if proof is None:
+            raise Conflict(
+                f"task {task_index} of job {job_id} has no result committed on chain yet "
+                "(not accepted, or its epoch is not sealed: `coopgrid ledger seal`)",
+                job_id=job_id,
+            )
+        return proof
+
+    class VerifyRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        epoch: int = Field(ge=1)
+        leaf_hash: str = Field(pattern=r"^0x[0-9a-fA-F]{64}$")
+        proof: list[str] = Field(max_length=256)
+
+    @api.post("/v1/ledger/verify", tags=["ledger"])
+    def verify(req: VerifyRequest) -> dict[str, Any]:
+        """Ask the contract's verifyResult (a view): anyone may."""
+        valid = sealer().ledger.verify_result(req.epoch, req.leaf_hash, req.proof)
+        return {"valid": bool(valid), "contract": sealer().ledger.address}
+
+    @api.get("/v1/rewards/{address}", tags=["ledger"])
+    def rewards(address: str) -> dict[str, Any]:
+        return sealer().reward_status(_address(address))
+
+    @api.post("/v1/rewards/{address}/claim", tags=["ledger"])
+    async def claim(address: str, request: Request) -> dict[str, Any]:
+        """The coordinator sends the claim (and pays its gas); tokens go to ``address`` only.
+
+        Asked by the worker itself (signed request) or by an operator."""
+        body = await request.body()
+        if request.headers.get("authorization"):
+            app.auth.require_operator(await run_in_threadpool(app.auth.token, request.headers["authorization"]))
+        else:
+            worker = await worker_of(request, body)
+            if worker.address.lower() != address.lower():
+                raise Forbidden("a worker may only claim its own rewards")
+        return await run_in_threadpool(sealer().claim, _address(address))
+
+    @api.get("/v1/ledger/models/{model_hash}", tags=["ledger"])
+    def model_on_chain(model_hash: str) -> dict[str, Any]:
+        if not re.fullmatch(r"(0x)?[0-9a-fA-F]{64}", model_hash):
+            raise InvalidInput("a model hash is 64 hex characters")
+        h = model_hash.removeprefix("0x").lower()
+        record = sealer().ledger.model_published("0x" + h)
+        return {
+            "hash": h,
+            "published": record is not None,
+            "block_number": record.block_number if record else None,
+            "published_at": record.published_at if record else None,
+            "contract": sealer().ledger.address,
+        }
+
     return api
+
+
+def _address(text: str) -> str:
+    from eth_utils import is_address, to_checksum_address
+
+    if not is_address(text):
+        raise InvalidInput(f"{text!r} is not an Ethereum address (0x and 40 hex characters)")
+    return to_checksum_address(text)

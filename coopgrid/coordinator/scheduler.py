@@ -104,8 +104,14 @@ class Scheduler:
     # -- leasing ------------------------------------------------------------------
 
     def lease(self, worker: WorkerRecord, request: LeaseRequest) -> dict[str, Any] | None:
-        n = min(request.max_replicas, self.settings.max_lease_batch)
-        lease = self.store.lease(worker.id, n, request.task_types, self.settings.lease_seconds, time.time())
+        now = time.time()
+        # No worker takes more than its fair share of what is waiting, so a
+        # short job is spread over every active worker instead of the first
+        # one to ask; a long queue still goes out in full batches.
+        ready, active = self.store.queue_depth(now - self.settings.lease_seconds)
+        fair = max(1, -(-ready // max(active, 1)))
+        n = min(request.max_replicas, self.settings.max_lease_batch, fair)
+        lease = self.store.lease(worker.id, n, request.task_types, self.settings.lease_seconds, now)
         if lease is None:
             return None
         return {

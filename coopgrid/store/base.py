@@ -31,6 +31,8 @@ class ModelRecord:
     manifest: dict[str, Any]
     size: int
     created_at: float
+    anchor_tx: str | None = None  # publishModel transaction, once sent
+    anchor_block: int | None = None  # its block, once mined
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,35 @@ class AcceptedOutput:
     output: bytes
 
 
+@dataclass(frozen=True)
+class EpochRecord:
+    number: int
+    state: str  # see schema.EpochState
+    result_count: int
+    results_root: str | None
+    rewards_root: str | None
+    results_dump: str | None
+    rewards_dump: str | None
+    tx_hash: str | None
+    raw_tx: bytes | None
+    block_number: int | None
+    created_at: float
+    committed_at: float | None
+
+
+@dataclass(frozen=True)
+class SealedResult:
+    """Where one task's accepted result sits in the ledger: the result leaf's values."""
+
+    epoch: int | None  # None while not sealed yet
+    job_id: str
+    task_index: int
+    model_hash: str | None
+    input_hash: str
+    output_hash: str
+    worker_address: str
+
+
 class Store(abc.ABC):
     """Durable state of one coordinator (or of several sharing a database)."""
 
@@ -267,6 +298,10 @@ class Store(abc.ABC):
         """Lease up to ``max_replicas`` ready replicas to a worker in one lease; None if none are ready."""
 
     @abc.abstractmethod
+    def queue_depth(self, active_since: float) -> tuple[int, int]:
+        """Ready replicas, and workers seen since ``active_since`` (to share work fairly)."""
+
+    @abc.abstractmethod
     def extend_lease(self, lease_id: int, worker_id: int, lease_seconds: float, now: float) -> float:
         """Push an open lease's deadline to now + lease_seconds; LeaseError if unknown, foreign or expired."""
 
@@ -295,3 +330,48 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def reap_expired(self, now: float) -> int:
         """Expire leases past their deadline and issue a new replica for each open task; returns how many."""
+
+    # -- epochs and rewards --------------------------------------------------------
+
+    @abc.abstractmethod
+    def unsealed(self) -> tuple[int, float | None]:
+        """How many accepted results wait for an epoch, and when the oldest was received."""
+
+    @abc.abstractmethod
+    def open_epoch(self, now: float) -> int | None:
+        """Assign every unsealed accepted result to the next epoch, atomically; None if there are none."""
+
+    @abc.abstractmethod
+    def epoch_results(self, number: int) -> list[SealedResult]:
+        """The results sealed in an epoch."""
+
+    @abc.abstractmethod
+    def reward_totals(self, up_to_epoch: int | None) -> dict[str, int]:
+        """Cumulative reward per worker address over accepted results sealed in epochs <= ``up_to_epoch``.
+
+        ``None`` sums the accepted results not sealed yet instead (pending rewards).
+        """
+
+    @abc.abstractmethod
+    def update_epoch(self, number: int, **fields: Any) -> None:
+        """Set columns of an epoch row (state, roots, dumps, tx_hash, raw_tx, block_number...)."""
+
+    @abc.abstractmethod
+    def get_epoch(self, number: int) -> EpochRecord | None:
+        """One epoch."""
+
+    @abc.abstractmethod
+    def list_epochs(self, states: Sequence[str] | None = None) -> list[EpochRecord]:
+        """Epochs in number order, only those in ``states`` when given."""
+
+    @abc.abstractmethod
+    def sealed_result(self, job_id: str, task_index: int) -> SealedResult | None:
+        """The accepted result of a task and its epoch; None if the task has no accepted result."""
+
+    @abc.abstractmethod
+    def models_to_anchor(self) -> list[ModelRecord]:
+        """Published models whose hash is not yet anchored on chain."""
+
+    @abc.abstractmethod
+    def set_model_anchor(self, model_hash: str, tx_hash: str, block_number: int | None) -> None:
+        """Record the publishModel transaction of a model (block None while not mined)."""

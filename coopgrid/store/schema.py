@@ -77,6 +77,8 @@ models = Table(
     Column("manifest", Text, nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("anchor_tx", String(66), nullable=True),  # publishModel transaction
+    Column("anchor_block", Integer, nullable=True),  # set once it is mined
     UniqueConstraint("name", "version", name="uq_models_name_version"),
 )
 
@@ -181,6 +183,7 @@ results = Table(
     Column("error", Text, nullable=True),
     Column("status", String(10), nullable=False),
     Column("received_at", Float, nullable=False),
+    Column("epoch", Integer, nullable=True),  # the epoch this accepted result was sealed in
 )
 # The database itself guarantees that no task is ever counted twice.
 Index(
@@ -191,4 +194,30 @@ Index(
     postgresql_where=text("status = 'accepted'"),
 )
 Index("ix_results_job_status", results.c.job_id, results.c.status)
+Index("ix_results_epoch", results.c.epoch)
 Index("ix_results_replica", results.c.replica_id)
+
+
+class EpochState(str, enum.Enum):
+    OPEN = "open"  # results assigned; roots not computed yet
+    SEALED = "sealed"  # roots computed and dumped; no transaction yet
+    SENT = "sent"  # transaction signed and stored (maybe broadcast); waiting for it
+    COMMITTED = "committed"  # mined on chain
+
+
+epochs = Table(
+    "epochs",
+    metadata,
+    Column("number", Integer, primary_key=True, autoincrement=False),
+    Column("state", String(10), nullable=False),
+    Column("result_count", Integer, nullable=False),
+    Column("results_root", String(66), nullable=True),
+    Column("rewards_root", String(66), nullable=True),
+    Column("results_dump", String(64), nullable=True),  # blob: StandardMerkleTree dump
+    Column("rewards_dump", String(64), nullable=True),
+    Column("tx_hash", String(66), nullable=True),
+    Column("raw_tx", LargeBinary, nullable=True),
+    Column("block_number", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("committed_at", Float, nullable=True),
+)

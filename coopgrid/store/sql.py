@@ -23,6 +23,7 @@ from coopgrid.errors import ConfigError, Conflict, JobNotFound, LeaseError
 from coopgrid.store import schema as s
 from coopgrid.store.base import (
     AcceptedOutput,
+    EpochRecord,
     IncomingResult,
     JobRecord,
     Lease,
@@ -34,11 +35,12 @@ from coopgrid.store.base import (
     NewJob,
     NewTask,
     RecordOutcome,
+    SealedResult,
     Store,
     Token,
     WorkerRecord,
 )
-from coopgrid.store.schema import JobState, ReplicaState, ResultStatus, TaskState
+from coopgrid.store.schema import EpochState, JobState, ReplicaState, ResultStatus, TaskState
 
 #: how many attempts that end in an error a task gets before it is marked failed
 MAX_TASK_ERRORS = 3
@@ -100,6 +102,8 @@ def _model(row: Any) -> ModelRecord:
         manifest=json.loads(row.manifest),
         size=row.size,
         created_at=row.created_at,
+        anchor_tx=row.anchor_tx,
+        anchor_block=row.anchor_block,
     )
 
 
@@ -452,6 +456,16 @@ class SqlStore(Store):
             jobs={j.id: LeaseJob(j.id, j.task_type, j.model_hash, json.loads(j.params)) for j in jobs},
         )
 
+    def queue_depth(self, active_since: float) -> tuple[int, int]:
+        with self._read() as conn:
+            ready = conn.execute(
+                text("SELECT count(*) FROM replicas WHERE state = :ready"), {"ready": int(ReplicaState.READY)}
+            ).scalar_one()
+            active = conn.execute(
+                select(func.count()).select_from(s.workers).where(s.workers.c.last_seen >= active_since)
+            ).scalar_one()
+        return ready, active
+
     def extend_lease(self, lease_id: int, worker_id: int, lease_seconds: float, now: float) -> float:
         with self._write() as conn:
             row = conn.execute(select(s.leases).where(s.leases.c.id == lease_id)).first()
@@ -675,6 +689,104 @@ class SqlStore(Store):
             )
             conn.execute(update(s.leases).where(s.leases.c.id.in_(lease_ids)).values(state="expired"))
         return reissued
+
+    # -- epochs and rewards --------------------------------------------------------
+
+    _ACCEPTED = s.results.c.status == ResultStatus.ACCEPTED.value
+
+    def unsealed(self) -> tuple[int, float | None]:
+        q = select(func.count(), func.min(s.results.c.received_at)).where(self._ACCEPTED, s.results.c.epoch.is_(None))
+        with self._read() as conn:
+            count, oldest = conn.execute(q).one()
+        return count, oldest
+
+    def open_epoch(self, now: float) -> int | None:
+        with self._write() as conn:
+            number = (conn.execute(select(func.max(s.epochs.c.number))).scalar() or 0) + 1
+            assigned = conn.execute(
+                update(s.results).where(self._ACCEPTED, s.results.c.epoch.is_(None)).values(epoch=number)
+            ).rowcount
+            if not assigned:
+                return None
+            conn.execute(
+                insert(s.epochs).values(
+                    number=number, state=EpochState.OPEN.value, result_count=assigned, created_at=now
+                )
+            )
+        return number
+
+    def _sealed_query(self) -> Any:
+        return (
+            select(
+                s.results.c.epoch,
+                s.tasks.c.job_id,
+                s.tasks.c.idx,
+                s.jobs.c.model_hash,
+                s.tasks.c.input_hash,
+                s.results.c.output_hash,
+                s.workers.c.address,
+            )
+            .join(s.tasks, s.tasks.c.id == s.results.c.task_id)
+            .join(s.jobs, s.jobs.c.id == s.tasks.c.job_id)
+            .join(s.workers, s.workers.c.id == s.results.c.worker_id)
+            .where(self._ACCEPTED)
+        )
+
+    def epoch_results(self, number: int) -> list[SealedResult]:
+        q = self._sealed_query().where(s.results.c.epoch == number).order_by(s.results.c.id)
+        with self._read() as conn:
+            return [SealedResult(*row) for row in conn.execute(q)]
+
+    def sealed_result(self, job_id: str, task_index: int) -> SealedResult | None:
+        q = self._sealed_query().where(s.tasks.c.job_id == job_id, s.tasks.c.idx == task_index)
+        with self._read() as conn:
+            row = conn.execute(q).first()
+        return SealedResult(*row) if row else None
+
+    def reward_totals(self, up_to_epoch: int | None) -> dict[str, int]:
+        which = s.results.c.epoch.is_(None) if up_to_epoch is None else s.results.c.epoch <= up_to_epoch
+        q = (
+            select(s.workers.c.address, s.jobs.c.reward_per_task, func.count())
+            .join(s.results, s.results.c.worker_id == s.workers.c.id)
+            .join(s.jobs, s.jobs.c.id == s.results.c.job_id)
+            .where(self._ACCEPTED, which)
+            .group_by(s.workers.c.address, s.jobs.c.reward_per_task)
+        )
+        totals: dict[str, int] = {}
+        with self._read() as conn:
+            for address, reward, n in conn.execute(q):
+                # rewards are uint256: summed as Python ints, never as SQL numbers
+                totals[address] = totals.get(address, 0) + int(reward) * n
+        return {a: t for a, t in totals.items() if t > 0}
+
+    def update_epoch(self, number: int, **fields: Any) -> None:
+        with self._write() as conn:
+            conn.execute(update(s.epochs).where(s.epochs.c.number == number).values(**fields))
+
+    def get_epoch(self, number: int) -> EpochRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(s.epochs).where(s.epochs.c.number == number)).first()
+        return EpochRecord(**row._asdict()) if row else None
+
+    def list_epochs(self, states: Sequence[str] | None = None) -> list[EpochRecord]:
+        q = select(s.epochs).order_by(s.epochs.c.number)
+        if states:
+            q = q.where(s.epochs.c.state.in_(list(states)))
+        with self._read() as conn:
+            return [EpochRecord(**row._asdict()) for row in conn.execute(q)]
+
+    def models_to_anchor(self) -> list[ModelRecord]:
+        q = select(s.models).where(s.models.c.anchor_block.is_(None)).order_by(s.models.c.created_at)
+        with self._read() as conn:
+            return [_model(r) for r in conn.execute(q)]
+
+    def set_model_anchor(self, model_hash: str, tx_hash: str, block_number: int | None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(s.models)
+                .where(s.models.c.hash == model_hash)
+                .values(anchor_tx=tx_hash, anchor_block=block_number)
+            )
 
 
 def _check_lease(row: Any, lease_id: int, worker_id: int, now: float) -> None:

@@ -1,0 +1,265 @@
+"""Epoch sealing: accepted results and rewards into Merkle roots on chain.
+
+The store is the system of record. Each epoch moves through
+
+    open     results assigned to it (one transaction; leasing goes on untouched)
+    sealed   both trees built and their StandardMerkleTree dumps stored as blobs
+    sent     the commitEpoch transaction signed and stored *before* it is broadcast
+    committed its receipt seen (block recorded)
+
+and every step is idempotent, so after a crash (even between broadcasting and
+seeing the receipt) :meth:`Sealer.step` picks up where it was: an epoch the
+chain already has is marked, a stored transaction is broadcast again (the node
+ignores a duplicate), and because the contract only accepts the next epoch
+number nothing is ever committed twice. While the chain is unreachable the
+sealer backs off and retries; leasing and results never wait for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from coopgrid.blobs import BlobStore
+from coopgrid.config import Settings
+from coopgrid.errors import ChainUnavailable, Conflict, LedgerError, TransactionRejected
+from coopgrid.ledger import Ledger, SignedTx
+from coopgrid.ledger import merkle
+from coopgrid.protocol import ZERO_HASH
+from coopgrid.store.base import EpochRecord, SealedResult, Store
+from coopgrid.store.schema import EpochState
+
+log = logging.getLogger(__name__)
+
+
+def leaf_value(r: SealedResult) -> tuple[bytes, int, bytes, bytes, bytes]:
+    """The result leaf (jobId, taskIndex, modelHash, inputHash, outputHash) of a result."""
+    return merkle.result_leaf(r.job_id, r.task_index, r.model_hash or ZERO_HASH, r.input_hash, r.output_hash)
+
+
+class Sealer:
+    def __init__(self, settings: Settings, store: Store, blobs: BlobStore, ledger: Ledger) -> None:
+        self.settings = settings
+        self.store = store
+        self.blobs = blobs
+        self.ledger = ledger
+        self._lock = threading.Lock()
+        self._trees: dict[int, merkle.StandardMerkleTree] = {}
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Seal and commit until ``stop`` is set; back off while the chain is down."""
+        delay = 1.0
+        while not stop.wait(delay):
+            try:
+                self.step()
+                delay = 1.0
+            except ChainUnavailable as exc:
+                delay = min(delay * 2, 60.0)
+                log.warning("chain unreachable (%s); sealing again in %.0fs", exc.message, delay)
+            except LedgerError as exc:
+                delay = min(delay * 2, 60.0)
+                log.error("sealing failed: %s; retrying in %.0fs", exc.message, delay)
+            except Exception:
+                delay = min(delay * 2, 60.0)
+                log.exception("sealing failed; retrying in %.0fs", delay)
+
+    def step(self, force: bool = False) -> list[EpochRecord]:
+        """One round: open an epoch if one is due (or ``force``), then drive every
+        unfinished epoch to committed, in order. Returns the epochs committed."""
+        with self._lock:
+            count, oldest = self.store.unsealed()
+            due = count >= self.settings.seal_every_results or (
+                oldest is not None and time.time() - oldest >= self.settings.seal_every_seconds
+            )
+            if count and (due or force):
+                number = self.store.open_epoch(time.time())
+                log.info("epoch %s opened with %s results", number, count)
+            done = []
+            for epoch in self.store.list_epochs([EpochState.OPEN, EpochState.SEALED, EpochState.SENT]):
+                done.append(self._advance(epoch))
+            self._anchor_models()
+            return done
+
+    def reconcile(self) -> list[EpochRecord]:
+        """Bring store and chain into agreement (run at start, before serving)."""
+        with self._lock:
+            return [
+                self._advance(e) for e in self.store.list_epochs([EpochState.OPEN, EpochState.SEALED, EpochState.SENT])
+            ]
+
+    # -- one epoch ------------------------------------------------------------------------
+
+    def _advance(self, e: EpochRecord) -> EpochRecord:
+        n = e.number
+        if e.state == EpochState.OPEN:
+            results_tree = self.results_tree(n)
+            totals = self.store.reward_totals(n)
+            rewards_tree = merkle.reward_tree(totals) if totals else None
+            self.store.update_epoch(
+                n,
+                state=EpochState.SEALED.value,
+                results_root=results_tree.root,
+                rewards_root=rewards_tree.root if rewards_tree else "0x" + ZERO_HASH,
+                results_dump=self.blobs.put(json.dumps(results_tree.dump()).encode()),
+                rewards_dump=self.blobs.put(json.dumps(rewards_tree.dump()).encode()) if rewards_tree else None,
+            )
+            e = self._get(n)
+        if e.state in (EpochState.SEALED, EpochState.SENT) and self.ledger.last_epoch() >= n:
+            return self._mark_committed(e)
+        if e.state == EpochState.SEALED:
+            assert e.results_root and e.rewards_root
+            signed = self.ledger.prepare_commit_epoch(n, e.results_root, e.rewards_root, e.result_count)
+            # stored before it is broadcast: a crash after this point re-sends the same transaction
+            self.store.update_epoch(n, state=EpochState.SENT.value, tx_hash=signed.tx_hash, raw_tx=signed.raw)
+            e = self._get(n)
+        assert e.tx_hash and e.raw_tx
+        try:
+            self.ledger.broadcast(SignedTx(tx_hash=e.tx_hash, raw=e.raw_tx, nonce=-1, sender=self.ledger.account))
+        except TransactionRejected:
+            if self.ledger.last_epoch() >= n:
+                return self._mark_committed(e)
+            # the stored transaction can no longer be mined (its nonce was used): sign it anew
+            log.warning("epoch %s: stored transaction %s was rejected; signing a new one", n, e.tx_hash)
+            self.store.update_epoch(n, state=EpochState.SEALED.value, tx_hash=None, raw_tx=None)
+            return self._advance(self._get(n))
+        receipt = self.ledger.wait_receipt(e.tx_hash)
+        self.store.update_epoch(
+            n, state=EpochState.COMMITTED.value, block_number=receipt.block_number, committed_at=time.time()
+        )
+        log.info("epoch %s committed in block %s (tx %s)", n, receipt.block_number, e.tx_hash)
+        return self._get(n)
+
+    def _mark_committed(self, e: EpochRecord) -> EpochRecord:
+        commit = self.ledger.epoch_commit(e.number)
+        if commit is None or commit.results_root != e.results_root:
+            raise LedgerError(
+                f"the chain holds an epoch {e.number} that is not this coordinator's "
+                f"(root {commit.results_root if commit else '?'} vs {e.results_root}); "
+                "is another coordinator using this contract?",
+                epoch=e.number,
+            )
+        self.store.update_epoch(
+            e.number,
+            state=EpochState.COMMITTED.value,
+            tx_hash=commit.tx_hash,
+            block_number=commit.block_number,
+            committed_at=time.time(),
+        )
+        log.info("epoch %s found on chain in block %s", e.number, commit.block_number)
+        return self._get(e.number)
+
+    def _get(self, n: int) -> EpochRecord:
+        e = self.store.get_epoch(n)
+        assert e is not None
+        return e
+
+    # -- models -----------------------------------------------------------------------------
+
+    def _anchor_models(self) -> None:
+        for m in self.store.models_to_anchor():
+            published = self.ledger.model_published("0x" + m.hash)
+            if published is None:
+                tx = self.ledger.publish_model("0x" + m.hash)
+                published = self.ledger.model_published("0x" + m.hash)
+                log.info("model %s anchored on chain (tx %s)", m.hash, tx)
+            else:
+                tx = m.anchor_tx or ""
+            self.store.set_model_anchor(m.hash, tx, published.block_number if published else None)
+
+    # -- proofs -------------------------------------------------------------------------------
+
+    def results_tree(self, n: int) -> merkle.StandardMerkleTree:
+        """The epoch's results tree (cached; rebuilt from the store, or loaded from its dump)."""
+        tree = self._trees.get(n)
+        if tree is None:
+            e = self.store.get_epoch(n)
+            if e is not None and e.results_dump:
+                tree = merkle.StandardMerkleTree.load(json.loads(self.blobs.get(e.results_dump)))
+            else:
+                tree = merkle.result_tree(leaf_value(r) for r in self.store.epoch_results(n))
+            if len(self._trees) > 8:
+                self._trees.pop(next(iter(self._trees)))
+            self._trees[n] = tree
+        return tree
+
+    def rewards_tree(self, n: int) -> merkle.StandardMerkleTree | None:
+        e = self.store.get_epoch(n)
+        if e is None or not e.rewards_dump:
+            return None
+        return merkle.StandardMerkleTree.load(json.loads(self.blobs.get(e.rewards_dump)))
+
+    def result_proof(self, job_id: str, task_index: int) -> dict[str, Any] | None:
+        """Everything needed to check one task's accepted result on chain, or None if not committed."""
+        r = self.store.sealed_result(job_id, task_index)
+        if r is None or r.epoch is None:
+            return None
+        e = self.store.get_epoch(r.epoch)
+        if e is None or e.state != EpochState.COMMITTED:
+            return None
+        tree = self.results_tree(r.epoch)
+        value = leaf_value(r)
+        return {
+            "epoch": r.epoch,
+            "leaf": {
+                "jobId": "0x" + r.job_id,
+                "taskIndex": r.task_index,
+                "modelHash": "0x" + (r.model_hash or ZERO_HASH),
+                "inputHash": "0x" + r.input_hash,
+                "outputHash": "0x" + r.output_hash,
+            },
+            "leaf_hash": tree.leaf_hash(value),
+            "proof": tree.get_proof(value),
+            "results_root": e.results_root,
+            "tx_hash": e.tx_hash,
+            "block_number": e.block_number,
+            "worker": r.worker_address,
+            "contract": self.ledger.address,
+            "chain_id": self.ledger.chain_id,
+        }
+
+    def reward_status(self, address: str) -> dict[str, Any]:
+        """Sealed, claimed, claimable and pending rewards of an address, with the claim proof."""
+        committed = self.store.list_epochs([EpochState.COMMITTED])
+        latest = committed[-1] if committed else None
+        sealed, proof = 0, None
+        if latest is not None:
+            tree = self.rewards_tree(latest.number)
+            if tree is not None:
+                for i, (account, amount) in enumerate(tree.values):
+                    if account.lower() == address.lower():
+                        sealed, proof = int(amount), tree.get_proof(i)
+                        break
+        claimed = self.ledger.claimed(address)
+        earned = self.store.reward_totals(None).get(address, 0) + self.store.reward_totals(2**62).get(address, 0)
+        return {
+            "address": address,
+            "epoch": latest.number if latest else None,
+            "cumulative": str(sealed),
+            "claimed": str(claimed),
+            "claimable": str(max(sealed - claimed, 0)),
+            "pending": str(earned - sealed),  # accepted, not yet in a committed epoch
+            "balance": str(self.ledger.balance_of(address)),
+            "proof": proof,
+        }
+
+    def claim(self, address: str) -> dict[str, Any]:
+        """Send ``address``'s claim for everything committed, paid by the coordinator's key.
+
+        Under the sealer's lock, so a claim never takes the nonce of an epoch
+        transaction that is signed but not yet broadcast.
+        """
+        with self._lock:
+            status = self.reward_status(address)
+            if status["proof"] is None or int(status["claimable"]) == 0:
+                raise Conflict(
+                    f"nothing to claim for {address}: {status['claimed']} claimed of {status['cumulative']} "
+                    f"committed, {status['pending']} pending in epochs not yet committed",
+                    address=address,
+                )
+            tx = self.ledger.claim(None, address, int(status["cumulative"]), status["proof"])
+            return {**self.reward_status(address), "tx_hash": tx, "claimed_now": status["claimable"]}
