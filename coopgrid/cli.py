@@ -69,16 +69,31 @@ def coordinator(
     operator_token_file: Annotated[
         Path | None, typer.Option(help="Write the first operator token here (mode 0600) instead of printing it.")
     ] = None,
+    ledger: Annotated[
+        str, typer.Option(envvar="COOPGRID_LEDGER", help="embedded (a chain in the data dir), rpc, or none.")
+    ] = "embedded",
+    rpc_url: Annotated[str | None, typer.Option(envvar="COOPGRID_RPC_URL", help="JSON-RPC endpoint for --ledger rpc.")] = None,
+    contract: Annotated[str | None, typer.Option(envvar="COOPGRID_CONTRACT", help="Ledger contract address.")] = None,
+    chain_id: Annotated[int, typer.Option(envvar="COOPGRID_CHAIN_ID", help="The chain the ledger must be on.")] = 31337,
+    seal_every_results: Annotated[int, typer.Option(envvar="COOPGRID_SEAL_EVERY_RESULTS")] = 10_000,
+    seal_every_seconds: Annotated[float, typer.Option(envvar="COOPGRID_SEAL_EVERY_SECONDS")] = 60.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Serve the coordinator's HTTP API (OpenAPI docs at /docs)."""
+    """Serve the coordinator's HTTP API (OpenAPI docs at /docs) and seal results on the ledger."""
+    from pydantic import ValidationError
+
     from coopgrid.config import Settings
     from coopgrid.coordinator.server import serve
 
     _logging(verbose)
-    settings = Settings(
-        data_dir=data_dir, host=host, port=port, database_url=database_url, lease_seconds=lease_seconds
-    )
+    try:
+        settings = Settings(
+            data_dir=data_dir, host=host, port=port, database_url=database_url, lease_seconds=lease_seconds,
+            ledger=ledger, rpc_url=rpc_url, contract=contract, chain_id=chain_id,
+            seal_every_results=seal_every_results, seal_every_seconds=seal_every_seconds,
+        )
+    except ValidationError as exc:
+        fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     serve(settings, operator_token_file, announce=lambda m: console.print(m, highlight=False, soft_wrap=True))
 
 

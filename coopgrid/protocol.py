@@ -22,7 +22,7 @@ import re
 from typing import Any, NamedTuple
 
 from eth_hash.auto import keccak
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DOMAIN_NAME = "coopgrid"
 DOMAIN_VERSION = "1"
@@ -184,6 +184,15 @@ class ResultBatch(Strict):
     signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$")
     results: list[ResultItem] = Field(min_length=1, max_length=10_000)
     release: list[int] = Field(default_factory=list, description="Replica ids the worker gives back unfinished.")
+
+    @model_validator(mode="after")
+    def _each_replica_once(self) -> ResultBatch:
+        seen: set[int] = set()
+        for rid in [r.replica_id for r in self.results] + self.release:
+            if rid in seen:
+                raise ValueError(f"replica {rid} appears more than once in the batch (results and release)")
+            seen.add(rid)
+        return self
 
 
 class Heartbeat(Strict):

@@ -551,6 +551,7 @@ class SqlStore(Store):
                     ).scalars()
                 )
             rows = []
+            counted: dict[str, int] = {}
             for it in items:
                 rep = replica_rows[it.replica_id]
                 if it.error is not None:
@@ -560,9 +561,10 @@ class SqlStore(Store):
                 elif rep.task_id in won:
                     status = ResultStatus.ACCEPTED
                     won.discard(rep.task_id)  # a batch naming one task twice counts it once
+                    counted[rep.job_id] = counted.get(rep.job_id, 0) + 1
                 else:
                     status = ResultStatus.DUPLICATE
-                outcome.statuses[it.replica_id] = status.value
+                outcome.statuses.setdefault(it.replica_id, status.value)
                 rows.append(
                     {
                         "replica_id": it.replica_id,
@@ -588,11 +590,6 @@ class SqlStore(Store):
                 )
             if failed and not expired:
                 self._fail_replicas(conn, [replica_rows[it.replica_id] for it in failed], now)
-            counted: dict[str, int] = {}
-            for it in items:
-                if outcome.statuses[it.replica_id] == ResultStatus.ACCEPTED.value:
-                    job = replica_rows[it.replica_id].job_id
-                    counted[job] = counted.get(job, 0) + 1
             for job, n in counted.items():
                 conn.execute(
                     update(s.jobs).where(s.jobs.c.id == job).values(tasks_done=s.jobs.c.tasks_done + n)

@@ -1,0 +1,569 @@
+"""The coordinator's HTTP API, driven in process with FastAPI's TestClient.
+
+Each test builds a real coordinator (``coopgrid.app.build``) on a SQLite file
+in its tmp dir; the client is used as a context manager so the lifespan runs
+(unfinished-job recovery, the lease reaper). Workers are real identities that
+sign their requests and result batches exactly as ``coopgrid worker`` does.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from httpx import Response
+
+from coopgrid import tasks
+from coopgrid.app import App, build
+from coopgrid.config import Settings
+from coopgrid.coordinator.api import create_api
+from coopgrid.datasets import sequence
+from coopgrid.identity import Identity
+from coopgrid.protocol import ZERO_HASH, ResultRef, b64decode, b64encode, sha256_hex
+
+# -- harness ----------------------------------------------------------------------
+
+
+@dataclass
+class Grid:
+    """One coordinator under test: the wired app, an HTTP client, the operator token."""
+
+    app: App
+    client: TestClient
+    operator: str
+
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.operator}"}
+
+    def new_token(self, name: str, role: str = "submitter") -> str:
+        r = self.client.post("/v1/tokens", json={"name": name, "role": role}, headers=self.headers())
+        assert r.status_code == 201, r.text
+        assert r.json()["role"] == role
+        return r.json()["token"]
+
+    def upload(self, data: bytes, token: str | None = None) -> str:
+        r = self.client.put("/v1/blobs", content=data, headers=self.headers(token))
+        assert r.status_code == 201, r.text
+        assert r.json() == {"sha256": sha256_hex(data), "size": len(data)}
+        return r.json()["sha256"]
+
+    def submit_echo(self, n_items: int, task_size: int, token: str | None = None) -> dict[str, Any]:
+        dataset = self.upload(sequence(n_items).to_npz(), token)
+        r = self.client.post(
+            "/v1/jobs",
+            json={"task_type": "echo", "dataset": dataset, "task_size": task_size},
+            headers=self.headers(token),
+        )
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def job(self, job_id: str, token: str | None = None) -> dict[str, Any]:
+        r = self.client.get(f"/v1/jobs/{job_id}", headers=self.headers(token))
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_until_done(self, job_id: str, token: str | None = None) -> dict[str, Any]:
+        """The job once its output exists (the coordinator reduces it in the background)."""
+        deadline = time.monotonic() + 10
+        while True:
+            job = self.job(job_id, token)
+            if job["state"] == "done" or time.monotonic() > deadline:
+                assert job["state"] == "done", f"job never finished: {job}"
+                return job
+            time.sleep(0.02)
+
+
+def coordinator_settings(data_dir: Path, **overrides: Any) -> Settings:
+    # The ledger has its own tests; these are about the API, so no chain here.
+    return Settings(data_dir=data_dir, **({"ledger": "none"} | overrides))
+
+
+@pytest.fixture
+def make_grid(tmp_path: Path) -> Iterator[Callable[..., Grid]]:
+    with ExitStack() as stack:
+
+        def make(**settings: Any) -> Grid:
+            app = build(coordinator_settings(tmp_path / "coordinator", **settings))
+            stack.callback(app.close)
+            operator = app.auth.ensure_operator()
+            assert operator is not None
+            client = stack.enter_context(TestClient(create_api(app)))
+            return Grid(app, client, operator)
+
+        yield make
+
+
+@pytest.fixture
+def grid(make_grid: Callable[..., Grid]) -> Grid:
+    return make_grid()
+
+
+class Worker:
+    """A grid worker as seen on the wire: signs every request and every result batch."""
+
+    def __init__(self, grid: Grid, identity: Identity | None = None) -> None:
+        self.grid = grid
+        self.identity = identity or Identity.generate()
+
+    @property
+    def address(self) -> str:
+        return self.identity.address
+
+    def post(self, path: str, body: Any, signer: Identity | None = None) -> Response:
+        content = orjson.dumps(body)
+        headers = (signer or self.identity).request_headers("POST", path, content)
+        headers["content-type"] = "application/json"
+        return self.grid.client.post(path, content=content, headers=headers)
+
+    def register(self) -> Worker:
+        r = self.post("/v1/workers", {"name": "test worker", "owner": "tests"})
+        assert r.status_code == 201, r.text
+        assert r.json()["address"] == self.address
+        return self
+
+    def lease(self, max_replicas: int = 100) -> dict[str, Any]:
+        r = self.post("/v1/leases", {"max_replicas": max_replicas})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def compute(self, lease: dict[str, Any]) -> tuple[list[dict[str, Any]], list[ResultRef]]:
+        """Run every leased replica like coopgrid.worker.loop does; the items and what they sign."""
+        items, refs = [], []
+        for replica in lease["replicas"]:
+            job = lease["jobs"][replica["job"]]
+            task_type = tasks.get(job["task_type"])
+            data = b64decode(replica["input"])
+            assert sha256_hex(data) == replica["input_hash"]
+            output = task_type.canonical(task_type.run(data, None, task_type.validate_params(job["params"])))
+            items.append({"replica_id": replica["id"], "output_hash": sha256_hex(output), "output": b64encode(output)})
+            refs.append(
+                ResultRef(
+                    replica["job"],
+                    replica["task_index"],
+                    replica["input_hash"],
+                    job["model_hash"] or ZERO_HASH,
+                    sha256_hex(output),
+                )
+            )
+        return items, refs
+
+    def batch(self, lease: dict[str, Any], signer: Identity | None = None) -> dict[str, Any]:
+        items, refs = self.compute(lease)
+        signature = (signer or self.identity).sign_batch(lease["chain_id"], lease["lease_id"], refs)
+        return {"signature": signature, "results": items}
+
+    def submit(self, lease_id: int, batch: dict[str, Any]) -> Response:
+        return self.post(f"/v1/leases/{lease_id}/results", batch)
+
+
+def error_of(r: Response) -> dict[str, Any]:
+    body = r.json()
+    assert "error" in body and "detail" in body, body
+    return body
+
+
+# -- the happy path -----------------------------------------------------------------
+
+
+def test_an_echo_job_runs_to_a_complete_output(grid: Grid) -> None:
+    alice = grid.new_token("alice")
+    job = grid.submit_echo(50, 8, alice)
+    assert (job["state"], job["items"], job["tasks"], job["replicas"]) == ("running", 50, 7, {"ready": 7})
+    r = grid.client.get(f"/v1/jobs/{job['id']}/output", headers=grid.headers(alice))
+    assert r.status_code == 409  # no output before the job is done
+
+    first, second = Worker(grid).register(), Worker(grid).register()
+    leases: list[tuple[Worker, dict[str, Any]]] = []
+    for _ in range(10):  # both workers ask in turn until nothing is left (7 tasks: a few rounds)
+        answers = [(w, w.post("/v1/leases", {"max_replicas": 4})) for w in (first, second)]
+        granted = [(w, r.json()) for w, r in answers if r.status_code == 201]
+        assert all(r.status_code in (201, 204) for _, r in answers), [r.text for _, r in answers]
+        if not granted:
+            break
+        leases += granted
+    else:
+        pytest.fail(f"the coordinator kept handing out replicas: {leases}")
+    leased = [rep["task_index"] for _, lease in leases for rep in lease["replicas"]]
+    assert sorted(leased) == list(range(7))  # every task handed out, none twice
+    assert all(1 <= len(lease["replicas"]) <= 4 for _, lease in leases)
+
+    w, lease = leases[-1]
+    hb = w.post(f"/v1/leases/{lease['lease_id']}/heartbeat", {})
+    assert hb.status_code == 200, hb.text
+    assert hb.json()["expires_at"] >= lease["expires_at"]
+
+    for n, (w, lease) in enumerate(leases):
+        r = w.submit(lease["lease_id"], w.batch(lease))
+        assert r.status_code == 200, r.text
+        assert r.json()["results"] == {"accepted": len(lease["replicas"])}
+        if n == 0:
+            assert grid.job(job["id"], alice)["tasks_done"] == len(lease["replicas"])
+
+    done = grid.wait_until_done(job["id"], alice)
+    assert (done["tasks_done"], done["tasks_failed"]) == (7, 0)
+    r = grid.client.get(f"/v1/jobs/{job['id']}/output", headers=grid.headers(alice))
+    assert r.status_code == 200
+    assert r.headers["x-coopgrid-sha256"] == sha256_hex(r.content) == done["output"]
+    table = pq.read_table(io.BytesIO(r.content)).to_pylist()
+
+    assert sorted(row["item_id"] for row in table) == sorted(f"item-{i}" for i in range(50))  # each exactly once
+    leased_by = {rep["task_index"]: w.address for w, lease in leases for rep in lease["replicas"]}
+    per_worker = {w.address: sum(1 for a in leased_by.values() if a == w.address) for w in (first, second)}
+    per_worker = {a: n for a, n in per_worker.items() if n}
+    for row in table:
+        i = int(row["item_id"].removeprefix("item-"))
+        assert np.frombuffer(row["value"], dtype=np.int64).tolist() == [i]
+        assert row["task_index"] == i // 8
+        assert row["worker"] == leased_by[i // 8]
+
+    summary = done["summary"]
+    assert (summary["items"], summary["tasks"], summary["tasks_done"], summary["tasks_failed"]) == (50, 7, 7, 0)
+    assert summary["replicas_executed"] == 7
+    assert summary["replicas_expired"] == 0
+    assert summary["workers"] == len(per_worker)
+    assert summary["tasks_per_worker"] == per_worker
+    assert summary["echo_mismatches"] == 0
+    assert done["replicas"] == {"done": 7}
+
+    workers = {w["address"]: w["accepted"] for w in grid.client.get("/v1/workers", headers=grid.headers()).json()}
+    assert workers == {w.address: per_worker.get(w.address, 0) for w in (first, second)}
+
+
+def test_a_complete_job_left_unreduced_is_finished_when_the_coordinator_restarts(tmp_path: Path) -> None:
+    from coopgrid.store.base import IncomingResult
+
+    settings = coordinator_settings(tmp_path / "coordinator")
+    app = build(settings)
+    try:
+        operator = app.auth.ensure_operator()
+        with TestClient(create_api(app)) as client:
+            grid = Grid(app, client, operator)
+            job = grid.submit_echo(10, 5)
+            w = Worker(grid).register()
+            lease = w.lease()
+            items, refs = w.compute(lease)
+            # the results reach the database, then the coordinator dies before reducing the job
+            app.store.record_results(
+                lease["lease_id"],
+                app.store.get_worker(w.address).id,
+                w.identity.sign_batch(lease["chain_id"], lease["lease_id"], refs),
+                [IncomingResult(i["replica_id"], i["output_hash"], b64decode(i["output"]), None) for i in items],
+                [],
+                time.time(),
+            )
+            assert grid.job(job["id"])["state"] == "running"
+    finally:
+        app.close()
+
+    restarted = build(settings)  # a new coordinator on the same data dir
+    try:
+        assert restarted.auth.ensure_operator() is None  # the operator token survived too
+        with TestClient(create_api(restarted)) as client:
+            r = client.get(f"/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {operator}"})
+            assert r.status_code == 200, r.text
+            assert r.json()["state"] == "done"
+            assert r.json()["summary"]["tasks_done"] == 2
+            out = client.get(f"/v1/jobs/{job['id']}/output", headers={"Authorization": f"Bearer {operator}"})
+            assert out.status_code == 200
+            assert pq.read_table(io.BytesIO(out.content)).num_rows == 10
+    finally:
+        restarted.close()
+
+
+# -- tokens and who sees what -------------------------------------------------------
+
+
+def test_requests_without_a_valid_token_are_refused(grid: Grid) -> None:
+    for headers in ({}, {"Authorization": "Bearer cgt_not-a-token"}, {"Authorization": grid.operator}):
+        for method, path in (("GET", "/v1/jobs"), ("GET", "/v1/models"), ("PUT", "/v1/blobs"), ("POST", "/v1/jobs")):
+            r = grid.client.request(method, path, headers=headers, content=b"{}")
+            assert r.status_code == 401, (method, path, headers, r.text)
+            assert error_of(r)["error"] == "AuthError"
+    assert grid.client.get("/v1/jobs", headers=grid.headers()).status_code == 200
+
+
+def test_a_submitter_sees_only_its_own_jobs(grid: Grid) -> None:
+    alice, bob = grid.new_token("alice"), grid.new_token("bob")
+    job = grid.submit_echo(10, 5, alice)["id"]
+
+    paths = (("GET", f"/v1/jobs/{job}"), ("GET", f"/v1/jobs/{job}/output"), ("POST", f"/v1/jobs/{job}/cancel"))
+    for method, path in paths:
+        r = grid.client.request(method, path, headers=grid.headers(bob))
+        assert r.status_code == 404, (path, r.text)
+        assert error_of(r)["error"] == "JobNotFound"
+    assert grid.client.get("/v1/jobs", headers=grid.headers(bob)).json() == []
+    assert grid.job(job)["state"] == "running"  # bob's cancel did nothing
+
+    assert grid.job(job, alice)["id"] == job
+    assert [j["id"] for j in grid.client.get("/v1/jobs", headers=grid.headers(alice)).json()] == [job]
+    assert grid.job(job)["id"] == job  # the operator sees every job
+    assert job in [j["id"] for j in grid.client.get("/v1/jobs", headers=grid.headers()).json()]
+
+    r = grid.client.post("/v1/tokens", json={"name": "mallory"}, headers=grid.headers(bob))
+    assert r.status_code == 403  # only an operator issues tokens
+    r = grid.client.post(f"/v1/jobs/{job}/cancel", headers=grid.headers(alice))
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+
+
+# -- bad job specs -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "problem"),
+    [
+        ({"task_size": 0}, "task_size", "greater than or equal to 1"),
+        ({"dataset": "not-a-hash"}, "dataset", "pattern"),
+        ({"task_type": None}, "task_type", "Field required"),  # None: left out
+        ({"task_size": "many"}, "task_size", "valid integer"),
+        ({"reward_per_task": -1}, "reward_per_task", "greater than or equal to 0"),
+        ({"colour": "blue"}, "colour", "Extra inputs are not permitted"),
+    ],
+)
+def test_a_malformed_job_spec_is_422_naming_the_field(grid: Grid, change: dict, field: str, problem: str) -> None:
+    spec = {"task_type": "echo", "dataset": grid.upload(sequence(4).to_npz()), "task_size": 2} | change
+    spec = {k: v for k, v in spec.items() if v is not None}
+    r = grid.client.post("/v1/jobs", json=spec, headers=grid.headers())
+    assert r.status_code == 422, r.text
+    problems = error_of(r)["detail"]
+    assert any(p["loc"][-1] == field and problem in p["msg"] for p in problems), problems
+    assert grid.client.get("/v1/jobs", headers=grid.headers()).json() == []
+
+
+def test_job_specs_the_coordinator_cannot_run_are_422(grid: Grid) -> None:
+    dataset = grid.upload(sequence(4).to_npz())
+    r = grid.client.post("/v1/jobs", json={"task_type": "paint", "dataset": dataset}, headers=grid.headers())
+    assert r.status_code == 422
+    assert "unknown task type 'paint'" in error_of(r)["detail"]
+    r = grid.client.post(
+        "/v1/jobs", json={"task_type": "echo", "dataset": dataset, "params": {"speed": 3}}, headers=grid.headers()
+    )
+    assert r.status_code == 422
+    assert "params" in error_of(r)["detail"] and "speed" in error_of(r)["detail"]
+    r = grid.client.post("/v1/jobs", json={"task_type": "echo", "dataset": "a" * 64}, headers=grid.headers())
+    assert r.status_code == 404  # no such dataset blob
+    assert "a" * 64 in error_of(r)["detail"]
+
+
+def test_an_unknown_model_is_404_with_a_hint(grid: Grid) -> None:
+    dataset = grid.upload(sequence(4).to_npz())
+    r = grid.client.post(
+        "/v1/jobs", json={"task_type": "classify", "model": "no-such-model", "dataset": dataset}, headers=grid.headers()
+    )
+    assert r.status_code == 404, r.text
+    assert error_of(r)["error"] == "ModelNotFound"
+    assert "no-such-model" in error_of(r)["detail"]
+    assert "coopgrid models list" in error_of(r)["detail"]
+
+
+def test_a_model_of_another_task_type_is_422(grid: Grid) -> None:
+    weights = grid.upload(b"bytes published as an echo model")
+    r = grid.client.post(
+        "/v1/models", json={"sha256": weights, "name": "echoer", "task_type": "echo"}, headers=grid.headers()
+    )
+    assert r.status_code == 201, r.text
+    assert (r.json()["name"], r.json()["version"], r.json()["task_type"]) == ("echoer", 1, "echo")
+
+    dataset = grid.upload(sequence(4).to_npz())
+    r = grid.client.post(
+        "/v1/jobs", json={"task_type": "classify", "model": "echoer", "dataset": dataset}, headers=grid.headers()
+    )
+    assert r.status_code == 422, r.text
+    detail = error_of(r)["detail"]
+    assert "'echo'" in detail and "'classify'" in detail
+    assert grid.client.get("/v1/jobs", headers=grid.headers()).json() == []
+
+
+# -- uploads ------------------------------------------------------------------------
+
+
+def test_an_upload_over_the_limit_is_413(make_grid: Callable[..., Grid]) -> None:
+    grid = make_grid(max_upload_bytes=1000)
+    assert grid.upload(b"x" * 1000) == sha256_hex(b"x" * 1000)  # the limit itself is fine
+
+    too_big = b"y" * 1001
+    r = grid.client.put("/v1/blobs", content=too_big, headers=grid.headers())
+    assert r.status_code == 413, r.text
+    assert error_of(r)["error"] == "TooLarge"
+    assert "1000" in error_of(r)["detail"]
+
+    # without a Content-Length (chunked), the size is counted as it streams
+    chunked = b"z" * 1500
+    r = grid.client.put("/v1/blobs", content=iter([chunked[:700], chunked[700:]]), headers=grid.headers())
+    assert r.status_code == 413, r.text
+
+    for data in (too_big, chunked):
+        r = grid.client.get(f"/v1/blobs/{sha256_hex(data)}", headers=grid.headers())
+        assert r.status_code == 404  # nothing of the refused uploads was kept
+
+
+# -- results the coordinator refuses ---------------------------------------------------
+
+
+def test_results_for_an_unknown_lease_are_409_naming_it(grid: Grid) -> None:
+    grid.submit_echo(4, 2)
+    w = Worker(grid).register()
+    lease = w.lease()
+    batch = w.batch(lease)
+    r = w.submit(987654, batch)
+    assert r.status_code == 409, r.text
+    assert error_of(r)["error"] == "LeaseError"
+    assert "987654" in error_of(r)["detail"]
+    assert error_of(r)["lease_id"] == 987654
+
+    # a lease that exists but is another worker's is unknown to this one
+    other = Worker(grid).register()
+    r = other.submit(lease["lease_id"], other.batch(lease))
+    assert r.status_code == 409, r.text
+    assert str(lease["lease_id"]) in error_of(r)["detail"]
+
+    r = w.post("/v1/leases/987654/heartbeat", {})
+    assert r.status_code == 409
+    assert "987654" in error_of(r)["detail"]
+
+    assert w.submit(lease["lease_id"], batch).json()["results"] == {"accepted": 2}
+
+
+def test_results_for_an_expired_lease_are_409_saying_so(make_grid: Callable[..., Grid]) -> None:
+    grid = make_grid(lease_seconds=0.2)
+    job = grid.submit_echo(6, 2)
+    slow = Worker(grid).register()
+    lease = slow.lease()
+    assert len(lease["replicas"]) == 3
+    batch = slow.batch(lease)
+    while time.time() <= lease["expires_at"]:
+        time.sleep(0.05)
+    grid.app.scheduler.reap()  # (the background reaper may have done it already)
+
+    r = slow.submit(lease["lease_id"], batch)
+    assert r.status_code == 409, r.text
+    assert error_of(r)["error"] == "LeaseError"
+    assert "expired" in error_of(r)["detail"]
+    assert error_of(r)["lease_id"] == lease["lease_id"]
+    r = slow.post(f"/v1/leases/{lease['lease_id']}/heartbeat", {})
+    assert r.status_code == 409 and "expired" in error_of(r)["detail"]
+    assert grid.job(job["id"])["tasks_done"] == 0
+
+    # the tasks were reissued; another worker completes the job (under a lease long
+    # enough that this test does not race it)
+    grid.app.settings.lease_seconds = 60.0
+    fast = Worker(grid).register()
+    reissued = []
+    while (r := fast.post("/v1/leases", {"max_replicas": 100})).status_code == 201 and len(reissued) < 10:
+        reissued.append(r.json())
+    assert r.status_code == 204, r.text
+    assert sorted(rep["task_index"] for lease in reissued for rep in lease["replicas"]) == [0, 1, 2]
+    for lease in reissued:
+        r = fast.submit(lease["lease_id"], fast.batch(lease))
+        assert r.status_code == 200, r.text
+    done = grid.wait_until_done(job["id"])
+    assert done["summary"]["tasks_per_worker"] == {fast.address: 3}
+
+
+def test_a_batch_signed_by_another_key_is_401(grid: Grid) -> None:
+    job = grid.submit_echo(4, 2)
+    w = Worker(grid).register()
+    lease = w.lease()
+    forged = w.batch(lease, signer=Identity.generate())
+    r = w.submit(lease["lease_id"], forged)  # the request is w's, the batch signature is not
+    assert r.status_code == 401, r.text
+    assert error_of(r)["error"] == "AuthError"
+    assert w.address in error_of(r)["detail"]
+
+    # a signature over other values (here: another task index) recovers to someone else too
+    items, refs = w.compute(lease)
+    refs[0] = refs[0]._replace(task_index=refs[0].task_index + 1)
+    signature = w.identity.sign_batch(lease["chain_id"], lease["lease_id"], refs)
+    r = w.submit(lease["lease_id"], {"signature": signature, "results": items})
+    assert r.status_code == 401, r.text
+    assert grid.job(job["id"])["tasks_done"] == 0
+
+    r = w.submit(lease["lease_id"], w.batch(lease))
+    assert r.status_code == 200 and r.json()["results"] == {"accepted": 2}
+
+
+def test_an_output_that_does_not_hash_to_its_output_hash_is_422(grid: Grid) -> None:
+    job = grid.submit_echo(4, 2)
+    w = Worker(grid).register()
+    lease = w.lease()
+    items, refs = w.compute(lease)
+    items[1]["output"] = b64encode(b"something else entirely")  # signed hash stays the honest one
+    signature = w.identity.sign_batch(lease["chain_id"], lease["lease_id"], refs)
+    r = w.submit(lease["lease_id"], {"signature": signature, "results": items})
+    assert r.status_code == 422, r.text
+    assert error_of(r)["error"] == "IntegrityError"
+    assert str(items[1]["replica_id"]) in error_of(r)["detail"]
+    assert grid.job(job["id"])["tasks_done"] == 0  # the whole batch was refused
+
+
+def test_a_batch_naming_one_replica_twice_does_not_stall_the_job(grid: Grid) -> None:
+    job = grid.submit_echo(4, 2)
+    w = Worker(grid).register()
+    lease = w.lease()
+    items, refs = w.compute(lease)
+    items, refs = [items[0], *items], [refs[0], *refs]
+    signature = w.identity.sign_batch(lease["chain_id"], lease["lease_id"], refs)
+    r = w.submit(lease["lease_id"], {"signature": signature, "results": items})
+    if r.status_code == 422:  # refusing such a batch outright is fine; the worker then sends an honest one
+        r = w.submit(lease["lease_id"], w.batch(lease))
+    assert r.status_code == 200, r.text
+    after = grid.job(job["id"])
+    assert after["replicas"] == {"done": 2}  # both tasks are answered, so nothing will reissue them...
+    assert after["tasks_done"] == 2, f"...and yet the job counts {after['tasks_done']} of 2 done: it can never finish"
+    assert grid.wait_until_done(job["id"])["summary"]["tasks_done"] == 2
+
+
+# -- worker authentication ------------------------------------------------------------
+
+
+def test_unsigned_or_badly_signed_worker_requests_are_401(grid: Grid) -> None:
+    grid.submit_echo(4, 2)
+    w = Worker(grid).register()
+    body = orjson.dumps({"max_replicas": 10})
+
+    r = grid.client.post("/v1/leases", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 401 and error_of(r)["error"] == "AuthError"
+    r = grid.client.post("/v1/workers", content=b"{}", headers={"content-type": "application/json"})
+    assert r.status_code == 401
+    # a token is no substitute for a signature
+    r = grid.client.post("/v1/leases", content=body, headers=grid.headers())
+    assert r.status_code == 401
+
+    # signed over another body
+    headers = w.identity.request_headers("POST", "/v1/leases", orjson.dumps({"max_replicas": 1}))
+    r = grid.client.post("/v1/leases", content=body, headers=headers)
+    assert r.status_code == 401
+    # signed for another path
+    headers = w.identity.request_headers("POST", "/v1/workers", body)
+    r = grid.client.post("/v1/leases", content=body, headers=headers)
+    assert r.status_code == 401
+    # signed long ago (a replayed request)
+    headers = w.identity.request_headers("POST", "/v1/leases", body, now=time.time() - 3600)
+    r = grid.client.post("/v1/leases", content=body, headers=headers)
+    assert r.status_code == 401
+    # claiming another worker's address
+    headers = Identity.generate().request_headers("POST", "/v1/leases", body) | {"x-coopgrid-worker": w.address}
+    r = grid.client.post("/v1/leases", content=body, headers=headers)
+    assert r.status_code == 401
+
+    assert w.post("/v1/leases", {"max_replicas": 10}).status_code == 201  # the real thing works
+
+
+def test_an_unregistered_worker_is_401(grid: Grid) -> None:
+    grid.submit_echo(4, 2)
+    stranger = Worker(grid)
+    r = stranger.post("/v1/leases", {"max_replicas": 10})
+    assert r.status_code == 401, r.text
+    assert "not registered" in error_of(r)["detail"]
+    assert stranger.address in error_of(r)["detail"]
+    stranger.register()
+    assert stranger.post("/v1/leases", {"max_replicas": 10}).status_code == 201
