@@ -16,6 +16,7 @@ from coopgrid.coordinator.auth import Auth
 from coopgrid.coordinator.epochs import Sealer
 from coopgrid.coordinator.scheduler import Scheduler
 from coopgrid.coordinator.summary import Summarizer
+from coopgrid.coordinator.validation import Validator
 from coopgrid.errors import ConfigError
 from coopgrid.identity import Identity
 from coopgrid.ledger import Ledger, open_ledger
@@ -97,7 +98,7 @@ def build(settings: Settings) -> App:
         blobs=blobs,
         registry=registry,
         auth=Auth(store, settings),
-        scheduler=Scheduler(settings, store, blobs, registry, summarizer),
+        scheduler=Scheduler(settings, store, blobs, registry, summarizer, Validator(store)),
         summarizer=summarizer,
         ledger=ledger,
         sealer=sealer,

@@ -113,15 +113,28 @@ def worker(
     task_type: Annotated[list[str] | None, typer.Option("--task-type", help="Only these types (repeatable).")] = None,
     max_replicas: Annotated[int | None, typer.Option(help="Stop after this many replicas.")] = None,
     exit_when_idle: Annotated[float | None, typer.Option(help="Stop after this many seconds without work.")] = None,
+    dishonest: Annotated[
+        str | None,
+        typer.Option(
+            help="TEST FACILITY: misbehave on purpose (random, constant, lazy, cheat:S, collude:GROUP[:S]).",
+            rich_help_panel="Testing",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Pull work units, run them, sign and submit the results, until SIGINT/SIGTERM."""
+    from coopgrid.worker.dishonest import parse as parse_behaviour
+
     from coopgrid.identity import PASSWORD_ENV, Identity
     from coopgrid.worker.client import WorkerClient
     from coopgrid.worker.loop import Worker, WorkerOptions
     from coopgrid.worker.runtime import Runtime
 
     _logging(verbose)
+    try:
+        behaviour = parse_behaviour(dishonest)
+    except ValueError as exc:
+        fail(f"--dishonest: {exc}")
     identity = Identity.load_or_create(key_file, os.environ.get(PASSWORD_ENV))
     stop = threading.Event()
 
@@ -136,8 +149,10 @@ def worker(
     client = WorkerClient(coordinator, identity, stop)
     options = WorkerOptions(
         name=name, owner=owner, batch_size=batch, task_types=task_type or [],
-        max_replicas=max_replicas, exit_when_idle=exit_when_idle,
+        max_replicas=max_replicas, exit_when_idle=exit_when_idle, behaviour=behaviour,
     )
+    if dishonest:
+        console.print(f"[bold red]TEST FACILITY: this worker is dishonest ({dishonest}) on purpose[/]")
     console.print(f"worker {identity.address} working for {coordinator}")
     stats = Worker(client, identity, Runtime(client, cache_dir), options).run()
     client.close()
@@ -145,6 +160,8 @@ def worker(
         f"worker {identity.address} stopped: {stats.replicas} replicas in {stats.leases} leases, "
         f"{stats.errors} errors, {stats.released} released, {stats.rejected_batches} batches refused"
     )
+    if stats.refused:
+        fail(f"the coordinator refuses this worker: {stats.refused}", code=3)
 
 
 # -- training and models ----------------------------------------------------------------
@@ -228,10 +245,22 @@ def submit(
     param: Annotated[list[str] | None, typer.Option(help="Task parameter KEY=VALUE (repeatable).")] = None,
     wait: Annotated[bool, typer.Option(help="Show progress until the job is done.")] = True,
     output: Annotated[Path | None, typer.Option(help="Save the job's Parquet output here when done.")] = None,
+    replicas: Annotated[int | None, typer.Option(help="Trust: initial replicas per task.", rich_help_panel="Trust")] = None,
+    quorum: Annotated[int | None, typer.Option(help="Trust: agreeing results needed.", rich_help_panel="Trust")] = None,
+    max_replicas: Annotated[int | None, typer.Option(help="Trust: give up after this many.", rich_help_panel="Trust")] = None,
+    gold_rate: Annotated[float | None, typer.Option(help="Trust: share of gold tests.", rich_help_panel="Trust")] = None,
+    adaptive: Annotated[
+        bool | None, typer.Option(help="Trust: proven workers' results accepted alone.", rich_help_panel="Trust")
+    ] = None,
     coordinator: Coordinator = DEFAULT_URL,
     token: TokenOpt = None,
 ) -> None:
-    """Submit a job and (by default) follow it to the end."""
+    """Submit a job and (by default) follow it to the end.
+
+    The default trust policy is safe for anonymous workers: two agreeing results
+    from different workers, gold tests, adaptive replication for proven workers.
+    A trusted private grid can use --replicas 1 --quorum 1 --no-adaptive --gold-rate 0.
+    """
     from coopgrid import datasets
     from coopgrid.views import summary_table, watch
 
@@ -243,10 +272,16 @@ def submit(
             value_max = float(manifest.get("input", {}).get("value_max", value_max))
         data = datasets.load(dataset, image_size, value_max)
         digest = client.put_blob(data.to_npz())
+        trust = {
+            k: v
+            for k, v in {"replicas": replicas, "quorum": quorum, "max_replicas": max_replicas,
+                         "gold_rate": gold_rate, "adaptive": adaptive}.items()
+            if v is not None
+        }
         job = client.submit(
             {
                 "name": name, "task_type": task_type, "model": model, "dataset": digest,
-                "task_size": task_size, "reward_per_task": reward, "params": _params(param or []),
+                "task_size": task_size, "reward_per_task": reward, "params": _params(param or []), "trust": trust,
             }
         )
         console.print(f"job {job['id']}: {job['items']:,} items in {job['tasks']:,} tasks", highlight=False)
@@ -314,14 +349,20 @@ def workers(coordinator: Coordinator = DEFAULT_URL, token: TokenOpt = None) -> N
 @app.command()
 def demo(
     items: Annotated[int, typer.Option(min=1, help="Digit images to classify.")] = 20_000,
-    n_workers: Annotated[int, typer.Option("--workers", min=1, max=16)] = 2,
+    n_workers: Annotated[int, typer.Option("--workers", min=1, max=16, help="Honest workers.")] = 3,
+    dishonest: Annotated[
+        str | None, typer.Option(help="Add one dishonest worker (random, constant, lazy, cheat:S); 'none' for none.")
+    ] = "random",
     task_size: Annotated[int, typer.Option(min=1)] = 500,
     data_dir: Annotated[Path | None, typer.Option(help="Default: a fresh temporary directory.")] = None,
 ) -> None:
     """Train, start a coordinator and workers on loopback, run a labeling job, show the summary."""
     from coopgrid.demo import run_demo
 
-    run_demo(console, items=items, n_workers=n_workers, task_size=task_size, data_dir=data_dir)
+    run_demo(
+        console, items=items, n_workers=n_workers, task_size=task_size, data_dir=data_dir,
+        dishonest=None if dishonest in (None, "", "none") else dishonest,
+    )
 
 
 def main() -> None:

@@ -23,11 +23,13 @@ from coopgrid.identity import Identity
 from coopgrid.local import KEY_PASSWORD, LocalGrid
 from coopgrid.protocol import sha256_hex
 from coopgrid.registry.train import train_digits
-from coopgrid.views import summary_table, watch
+from coopgrid.views import summary_table, watch, workers_table
 from coopgrid.worker.client import WorkerClient
 
 
-def run_demo(console: Console, items: int, n_workers: int, task_size: int, data_dir: Path | None) -> dict:
+def run_demo(
+    console: Console, items: int, n_workers: int, task_size: int, data_dir: Path | None, dishonest: str | None = "random"
+) -> dict:
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix="coopgrid-demo-"))
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -52,8 +54,16 @@ def run_demo(console: Console, items: int, n_workers: int, task_size: int, data_
 
             for i in range(n_workers):
                 grid.start_worker(i)
-            grid.wait_for_workers(client, n_workers)
-            console.print(f"3/7 started {n_workers} worker processes; each makes its own Ethereum key")
+            cheat = None
+            if dishonest:
+                cheat = grid.start_worker(n_workers, "--dishonest", dishonest)
+            total = n_workers + (1 if dishonest else 0)
+            grid.wait_for_workers(client, total)
+            console.print(
+                f"3/7 started {n_workers} honest worker processes"
+                + (f" and 1 dishonest one ([red]{dishonest}[/], a test facility)" if dishonest else "")
+                + "; each makes its own Ethereum key"
+            )
 
             data = datasets.digits(items)
             digest = client.put_blob(data.to_npz())
@@ -65,12 +75,24 @@ def run_demo(console: Console, items: int, n_workers: int, task_size: int, data_
                     "dataset": digest,
                     "task_size": task_size,
                     "reward_per_task": 1,
+                    # quorum of 2 agreeing workers, gold tasks, adaptive replication for proven workers
+                    "trust": {"replicas": 2, "quorum": 2, "gold_rate": 0.05, "adaptive": True},
                 }
             )
             console.print(f"4/7 submitted job {job['id'][:16]}…: {job['items']:,} images in {job['tasks']} tasks")
             job = watch(client, job["id"], console, check=grid.check_workers)
-            console.print("5/7 done; every result was signed by its worker (EIP-712) and checked on arrival")
+            console.print(
+                "5/7 done; every result was signed by its worker (EIP-712), checked against a quorum of "
+                "other workers or a known answer"
+            )
             console.print(summary_table(job))
+            console.print(workers_table(client.workers()))
+            if cheat is not None:
+                caught = [w for w in client.workers() if w["name"] == f"local-{n_workers}" and w["quarantined"]]
+                console.print(
+                    f"    the dishonest worker was {'[green]caught and quarantined[/]' if caught else '[red]not caught[/]'}"
+                    f"{': ' + caught[0]['quarantine_reason'] if caught else ''}"
+                )
             out = data_dir / "output.parquet"
             client.output(job["id"], out)
             console.print(f"labels written to {out}")

@@ -57,11 +57,21 @@ def summary_table(job: dict[str, Any]) -> Table:
     rows = [
         ("task type", job["task_type"]),
         ("items", f"{job['items']:,}"),
-        ("tasks", f"{job['tasks_done']:,} done, {job['tasks_failed']:,} failed of {job['tasks']:,}"),
+        (
+            "tasks",
+            f"{job['tasks_done']:,} accepted, {job.get('tasks_inconclusive', 0):,} inconclusive, "
+            f"{job['tasks_failed']:,} failed of {job['tasks']:,}",
+        ),
     ]
     if s:
+        results = s.get("results", {})
         rows += [
             ("replicas executed", f"{s['replicas_executed']:,} ({s['replicas_expired']:,} expired and reissued)"),
+            ("replicas per task", f"{s.get('replicas_per_task') or 0:.2f} (compute overhead; by kind {s.get('replicas_by_kind', {})})"),
+            (
+                "results",
+                ", ".join(f"{n:,} {status}" for status, n in sorted(results.items())) or "-",
+            ),
             ("workers", str(s["workers"])),
             ("elapsed", f"{s['elapsed_seconds']:.2f} s"),
             ("throughput", f"{s['items_per_second']:,.0f} items/s"),
@@ -69,7 +79,7 @@ def summary_table(job: dict[str, Any]) -> Table:
         if "accuracy" in s:
             rows.append(("accuracy", f"{s['accuracy']:.2%} of {s['labelled_items']:,} labelled items"))
         for worker, n in sorted(s.get("tasks_per_worker", {}).items()):
-            rows.append((f"  tasks by {worker[:10]}…", f"{n:,}"))
+            rows.append((f"  credited to {worker[:10]}…", f"{n:,} results"))
     if job.get("output"):
         rows.append(("output", f"sha256 {job['output']} (coopgrid output {job['id'][:12]}…)"))
     for k, v in rows:
@@ -100,10 +110,18 @@ def models_table(models: list[dict[str, Any]]) -> Table:
 
 
 def workers_table(workers: list[dict[str, Any]]) -> Table:
-    table = Table(title="workers")
-    for col in ("id", "address", "name", "owner", "accepted", "last seen"):
+    table = Table(title="workers (reputation per task type)")
+    for col in ("worker", "credited", "run", "valid", "invalid", "gold ok/failed", "errors/timeouts", "state"):
         table.add_column(col)
     for w in workers:
-        ago = time.time() - w["last_seen"]
-        table.add_row(str(w["id"]), w["address"], w["name"], w["owner"], f"{w['accepted']:,}", f"{ago:.0f}s ago")
+        label = f"{w['name'] or '-'} {w['address'][:8]}…" + (f" ({w['owner']})" if w["owner"] else "")
+        state = f"[red]quarantined: {w['quarantine_reason']}[/]" if w.get("quarantined") else "[green]ok[/]"
+        for r in w.get("reputation") or [None]:
+            if r is None:
+                table.add_row(label, f"{w['accepted']:,}", "", "", "", "", "", state)
+                continue
+            table.add_row(
+                f"{label} {r['task_type']}", f"{w['accepted']:,}", str(r["run"]), str(r["valid"]), str(r["invalid"]),
+                f"{r['gold_passed']}/{r['gold_failed']}", f"{r['errors']}/{r['timeouts']}", state,
+            )
     return table

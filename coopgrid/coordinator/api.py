@@ -9,6 +9,7 @@ the :mod:`coopgrid.errors` class.
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import threading
@@ -83,6 +84,8 @@ def create_api(app: App) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # results recorded but not validated when the last process stopped
+        await run_in_threadpool(app.scheduler.validator.validate)
         for job_id in await run_in_threadpool(app.store.complete_unfinished_jobs):
             await run_in_threadpool(app.summarizer.finalize, job_id)
         reaper = asyncio.create_task(_reap_forever())
@@ -270,6 +273,9 @@ def create_api(app: App) -> FastAPI:
 
     @api.get("/v1/workers", tags=["workers"])
     def list_workers(tok: TokenDep) -> list[dict[str, Any]]:
+        reputation: dict[int, list[dict[str, Any]]] = {}
+        for w, r in app.store.reputations():
+            reputation.setdefault(w.id, []).append(dataclasses.asdict(r))
         return [
             {
                 "id": w.id,
@@ -278,6 +284,9 @@ def create_api(app: App) -> FastAPI:
                 "owner": w.owner,
                 "last_seen": w.last_seen,
                 "accepted": accepted,
+                "quarantined": w.quarantined_at is not None,
+                "quarantine_reason": w.quarantine_reason,
+                "reputation": reputation.get(w.id, []),
             }
             for w, accepted in app.store.list_workers()
         ]

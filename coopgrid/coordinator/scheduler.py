@@ -8,6 +8,7 @@ leases are reaped and their tasks reissued to other workers.
 
 from __future__ import annotations
 
+import random
 import secrets
 import time
 from typing import Any
@@ -18,7 +19,9 @@ from coopgrid import tasks
 from coopgrid.blobs import BlobStore
 from coopgrid.config import Settings
 from coopgrid.datasets import Dataset
-from coopgrid.errors import AuthError, DatasetError, IntegrityError, InvalidInput, JobNotFound, LeaseError
+from coopgrid.coordinator.trust import TrustPolicy, gold_probability
+from coopgrid.coordinator.validation import Validator
+from coopgrid.errors import AuthError, DatasetError, Forbidden, IntegrityError, InvalidInput, JobNotFound, LeaseError
 from coopgrid.identity import recover_batch_signer
 from coopgrid.protocol import ZERO_HASH, LeaseRequest, ResultBatch, ResultRef, b64decode, b64encode, sha256_hex
 from coopgrid.registry import ModelRegistry
@@ -37,17 +40,28 @@ class JobSpec(BaseModel):
     task_size: int = Field(256, ge=1, le=1_000_000, description="Items per task (work unit).")
     reward_per_task: int = Field(0, ge=0, lt=2**256, description="Reward token base units per accepted task.")
     params: dict[str, Any] = Field(default_factory=dict)
+    trust: TrustPolicy = Field(default_factory=TrustPolicy, description="Replication, quorum, gold, adaptive.")
 
 
 class Scheduler:
     def __init__(
-        self, settings: Settings, store: Store, blobs: BlobStore, registry: ModelRegistry, summarizer: Any
+        self,
+        settings: Settings,
+        store: Store,
+        blobs: BlobStore,
+        registry: ModelRegistry,
+        summarizer: Any,
+        validator: Validator,
+        rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.blobs = blobs
         self.registry = registry
         self.summarizer = summarizer
+        self.validator = validator
+        self.rng = rng or random.Random()
+        self._gold_rate: tuple[float, float] = (0.0, -1.0)  # (rate, when read)
 
     # -- submission ---------------------------------------------------------------
 
@@ -91,6 +105,8 @@ class Scheduler:
             n_items=len(dataset),
             task_size=spec.task_size,
             reward_per_task=spec.reward_per_task,
+            policy=spec.trust.model_dump(),
+            initial_replicas=spec.trust.initial_replicas,
         )
         return self.store.create_job(job, new_tasks, time.time())
 
@@ -105,13 +121,24 @@ class Scheduler:
 
     def lease(self, worker: WorkerRecord, request: LeaseRequest) -> dict[str, Any] | None:
         now = time.time()
+        worker = self.store.get_worker(worker.address) or worker  # quarantine may be newer than a cached record
+        if worker.quarantined_at is not None:
+            raise Forbidden(
+                f"worker {worker.address} is quarantined ({worker.quarantine_reason}) and gets no more work",
+                address=worker.address,
+            )
         # No worker takes more than its fair share of what is waiting, so a
         # short job is spread over every active worker instead of the first
         # one to ask; a long queue still goes out in full batches.
         ready, active = self.store.queue_depth(now - self.settings.lease_seconds)
         fair = max(1, -(-ready // max(active, 1)))
-        n = min(request.max_replicas, self.settings.max_lease_batch, fair)
-        lease = self.store.lease(worker.id, n, request.task_types, self.settings.lease_seconds, now)
+        quota, validated = self.store.lease_quota(worker.id, request.task_types)
+        n = min(request.max_replicas, self.settings.max_lease_batch, fair, quota)
+        gold_p = gold_probability(TrustPolicy(gold_rate=self._job_gold_rate(now)), validated)
+        gold = sum(self.rng.random() < gold_p for _ in range(n)) if gold_p else 0
+        lease = self.store.lease(
+            worker.id, n, request.task_types, self.settings.lease_seconds, now, gold=gold, rng=self.rng
+        )
         if lease is None:
             return None
         return {
@@ -135,6 +162,16 @@ class Scheduler:
                 for r in lease.replicas
             ],
         }
+
+    def _job_gold_rate(self, now: float) -> float:
+        """The highest gold rate among running jobs (re-read at most once a second)."""
+        rate, when = self._gold_rate
+        if now - when > 1.0:
+            rates = [TrustPolicy.model_validate(j.policy or {}).gold_rate for j in self.store.list_jobs()
+                     if j.state == "running"]
+            rate = max(rates, default=0.0)
+            self._gold_rate = (rate, now)
+        return rate
 
     def heartbeat(self, worker: WorkerRecord, lease_id: int) -> float:
         return self.store.extend_lease(lease_id, worker.id, self.settings.lease_seconds, time.time())
@@ -172,6 +209,8 @@ class Scheduler:
                 lease_id=lease_id,
             )
         outcome = self.store.record_results(lease_id, worker.id, batch.signature, incoming, batch.release, time.time())
+        if outcome.tasks and not outcome.lease_expired:
+            outcome.completed_jobs += self.validator.validate(outcome.tasks)
         if outcome.lease_expired:
             raise LeaseError(
                 f"lease {lease_id} expired at {view.expires_at:.0f} and its replicas were reissued; "

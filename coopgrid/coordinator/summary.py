@@ -56,17 +56,24 @@ class Summarizer:
     def figures(self, job: JobRecord, now: float) -> dict[str, Any]:
         counts = self.store.replica_counts(job.id)
         per_worker = self.store.job_workers(job.id)
+        trust = self.store.trust_counts(job.id)
         elapsed = max((job.finished_at or now) - job.created_at, 1e-9)
-        done_items = job.n_items if not job.tasks_failed else None
+        executed = counts.get("done", 0) + counts.get("failed", 0)
         return {
             "items": job.n_items,
             "tasks": job.n_tasks,
             "tasks_done": job.tasks_done,
+            "tasks_provisional": trust["tasks_provisional"],
             "tasks_failed": job.tasks_failed,
-            "replicas_executed": counts.get("done", 0) + counts.get("failed", 0),
+            "tasks_inconclusive": job.tasks_inconclusive,
+            "replicas_executed": executed,
             "replicas_expired": counts.get("expired", 0),
+            "replicas_by_kind": trust["replicas_by_kind"],
+            # compute overhead: replicas run per accepted task (1.0 = no redundancy)
+            "replicas_per_task": round(executed / job.tasks_done, 3) if job.tasks_done else None,
+            "results": trust["results"],
             "workers": len(per_worker),
             "tasks_per_worker": per_worker,
             "elapsed_seconds": round(elapsed, 3),
-            "items_per_second": round((done_items or job.n_items) / elapsed, 1),
+            "items_per_second": round(job.n_items / elapsed, 1),
         }

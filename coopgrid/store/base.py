@@ -43,6 +43,8 @@ class WorkerRecord:
     owner: str
     registered_at: float
     last_seen: float
+    quarantined_at: float | None = None
+    quarantine_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class NewJob:
     n_items: int
     task_size: int
     reward_per_task: int
+    policy: dict[str, Any] = field(default_factory=dict)  # TrustPolicy as a dict
+    initial_replicas: int = 1
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class JobRecord:
     state: str
     tasks_done: int
     tasks_failed: int
+    tasks_inconclusive: int
+    policy: dict[str, Any]
     created_at: float
     finished_at: float | None
     summary: dict[str, Any] | None
@@ -90,7 +96,7 @@ class JobRecord:
 
     @property
     def complete(self) -> bool:
-        return self.tasks_done + self.tasks_failed >= self.n_tasks
+        return self.tasks_done + self.tasks_failed + self.tasks_inconclusive >= self.n_tasks
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,7 @@ class RecordOutcome:
     statuses: dict[int, str] = field(default_factory=dict)  # replica id -> ResultStatus value
     completed_jobs: list[str] = field(default_factory=list)
     lease_expired: bool = False
+    tasks: list[int] = field(default_factory=list)  # tasks with a new pending result, to validate
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,92 @@ class SealedResult:
     input_hash: str
     output_hash: str
     worker_address: str
+
+
+@dataclass(frozen=True)
+class Reputation:
+    """A worker's record for one task type."""
+
+    task_type: str
+    run: int  # consecutive validated results
+    valid: int
+    invalid: int
+    errors: int
+    timeouts: int
+    gold_passed: int
+    gold_failed: int
+    checks_passed: int  # gold tasks and audits passed
+    quota: int  # most replicas per lease
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    """A result as validation reads it."""
+
+    result_id: int
+    worker_id: int
+    owner: str
+    output: bytes
+    kind: str  # ReplicaKind value of the replica it answers
+    run: int
+    checks_passed: int
+    final: bool
+    quarantined: bool
+
+
+@dataclass
+class TaskCheck:
+    """A task with pending results, and its accepted one if any."""
+
+    task_id: int
+    job_id: str
+    task_type: str
+    policy: dict[str, Any]
+    state: str
+    issued: int
+    canonical: CandidateRow | None
+    pending: list[CandidateRow]
+
+
+@dataclass(frozen=True)
+class Accept:
+    task_id: int
+    result_id: int
+    final: bool
+    checks_at: int | None  # provisional: final once the worker's checks_passed reaches this
+
+
+@dataclass
+class RepDelta:
+    valid: int = 0
+    invalid: int = 0
+    gold_passed: int = 0
+    gold_failed: int = 0
+    checks: int = 0
+    max_invalid: int = 3
+
+
+@dataclass
+class ValidationWrite:
+    """One validation round's decisions, written by :meth:`Store.apply_validation` at once."""
+
+    statuses: dict[int, tuple[str, bool]] = field(default_factory=dict)  # result -> (status, final)
+    accepts: list[Accept] = field(default_factory=list)
+    task_states: dict[int, str] = field(default_factory=dict)
+    issued: dict[int, int] = field(default_factory=dict)  # task -> normal replicas added
+    replicas: list[tuple[int, str, str]] = field(default_factory=list)  # (task, job, kind) to create
+    job_deltas: dict[str, tuple[int, int]] = field(default_factory=dict)  # job -> (done, inconclusive)
+    reputation: dict[tuple[int, str], RepDelta] = field(default_factory=dict)
+    quarantine: dict[int, str] = field(default_factory=dict)  # worker -> reason
+
+    def rep(self, worker_id: int, task_type: str, max_invalid: int) -> RepDelta:
+        d = self.reputation.setdefault((worker_id, task_type), RepDelta())
+        d.max_invalid = max_invalid
+        return d
+
+    def job(self, job_id: str, done: int = 0, inconclusive: int = 0) -> None:
+        d, i = self.job_deltas.get(job_id, (0, 0))
+        self.job_deltas[job_id] = (d + done, i + inconclusive)
 
 
 class Store(abc.ABC):
@@ -249,7 +342,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_workers(self) -> list[tuple[WorkerRecord, int]]:
-        """Every worker with its count of accepted results."""
+        """Every worker with its count of credited results (accepted or agreeing with the accepted one)."""
 
     # -- jobs -------------------------------------------------------------------
 
@@ -287,15 +380,25 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def job_workers(self, job_id: str) -> dict[str, int]:
-        """Accepted results per worker address."""
+        """Results per worker address that were accepted or agreed with the accepted one."""
 
     # -- leasing ------------------------------------------------------------------
 
     @abc.abstractmethod
     def lease(
-        self, worker_id: int, max_replicas: int, task_types: Sequence[str], lease_seconds: float, now: float
+        self,
+        worker_id: int,
+        max_replicas: int,
+        task_types: Sequence[str],
+        lease_seconds: float,
+        now: float,
+        gold: int = 0,
+        rng: Any = None,
     ) -> Lease | None:
-        """Lease up to ``max_replicas`` ready replicas to a worker in one lease; None if none are ready."""
+        """Lease up to ``max_replicas`` ready replicas to a worker in one lease, plus ``gold`` replicas
+        of tasks whose answer is known; None if none are ready.
+
+        Never two replicas of one task to the same worker or to workers of the same owner."""
 
     @abc.abstractmethod
     def queue_depth(self, active_since: float) -> tuple[int, int]:
@@ -375,3 +478,25 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def set_model_anchor(self, model_hash: str, tx_hash: str, block_number: int | None) -> None:
         """Record the publishModel transaction of a model (block None while not mined)."""
+
+    # -- trust ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def lease_quota(self, worker_id: int, task_types: Sequence[str]) -> tuple[int, int]:
+        """(Most replicas the worker may lease now, its validated results so far)."""
+
+    @abc.abstractmethod
+    def reputations(self) -> list[tuple[WorkerRecord, Reputation]]:
+        """Every worker's record per task type."""
+
+    @abc.abstractmethod
+    def tasks_to_validate(self, task_ids: Sequence[int] | None = None) -> list[TaskCheck]:
+        """Tasks with pending results (all of them when ``task_ids`` is None, e.g. after a restart)."""
+
+    @abc.abstractmethod
+    def apply_validation(self, write: ValidationWrite, now: float) -> list[str]:
+        """Write a validation round and its consequences atomically; returns the jobs it completed."""
+
+    @abc.abstractmethod
+    def trust_counts(self, job_id: str) -> dict[str, Any]:
+        """Results by status and executed replicas by kind."""

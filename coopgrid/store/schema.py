@@ -11,6 +11,7 @@ import enum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -39,8 +40,10 @@ class ReplicaState(enum.IntEnum):
 
 
 class TaskState(str, enum.Enum):
-    OPEN = "open"
-    DONE = "done"
+    OPEN = "open"  # waiting for results or for a quorum
+    PROVISIONAL = "provisional"  # accepted from one trusted worker; final after later checks
+    DONE = "done"  # accepted and final
+    INCONCLUSIVE = "inconclusive"  # max_replicas results and no quorum: reported, not guessed
     FAILED = "failed"  # every attempt reported an error
 
 
@@ -51,10 +54,20 @@ class JobState(str, enum.Enum):
 
 
 class ResultStatus(str, enum.Enum):
-    ACCEPTED = "accepted"  # the task's result; counted and rewarded
-    DUPLICATE = "duplicate"  # the task was already done: recorded, not counted
+    PENDING = "pending"  # waiting for validation (a quorum, or the canonical result to compare with)
+    ACCEPTED = "accepted"  # the task's canonical result: counted, sealed (once final) and rewarded
+    VALID = "valid"  # agreed with the canonical result: rewarded too
+    INVALID = "invalid"  # disagreed with the quorum or with a known answer: never rewarded
+    REJECTED = "rejected"  # from a quarantined worker, or a provisional result revoked
+    DUPLICATE = "duplicate"  # the task was already decided: recorded, not counted
     LATE = "late"  # came after its lease expired: recorded, not counted
     ERROR = "error"  # the worker said it could not compute it
+
+
+class ReplicaKind(str, enum.Enum):
+    NORMAL = "normal"  # one of the task's replicas for its quorum
+    GOLD = "gold"  # a task whose answer is known, to test the worker it goes to
+    AUDIT = "audit"  # re-checks a result accepted without replication
 
 
 tokens = Table(
@@ -91,6 +104,24 @@ workers = Table(
     Column("owner", String(100), nullable=False),
     Column("registered_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
+    Column("quarantined_at", Float, nullable=True),
+    Column("quarantine_reason", Text, nullable=True),
+)
+
+reputation = Table(
+    "reputation",
+    metadata,
+    Column("worker_id", Integer, ForeignKey("workers.id"), primary_key=True),
+    Column("task_type", String(50), primary_key=True),
+    Column("run", Integer, nullable=False, server_default=text("0")),  # consecutive validated results
+    Column("valid", Integer, nullable=False, server_default=text("0")),
+    Column("invalid", Integer, nullable=False, server_default=text("0")),
+    Column("errors", Integer, nullable=False, server_default=text("0")),
+    Column("timeouts", Integer, nullable=False, server_default=text("0")),
+    Column("gold_passed", Integer, nullable=False, server_default=text("0")),
+    Column("gold_failed", Integer, nullable=False, server_default=text("0")),
+    Column("checks_passed", Integer, nullable=False, server_default=text("0")),  # gold and audits passed
+    Column("quota", Integer, nullable=False),  # most replicas per lease
 )
 
 jobs = Table(
@@ -110,6 +141,8 @@ jobs = Table(
     Column("state", String(20), nullable=False),
     Column("tasks_done", Integer, nullable=False, server_default=text("0")),
     Column("tasks_failed", Integer, nullable=False, server_default=text("0")),
+    Column("tasks_inconclusive", Integer, nullable=False, server_default=text("0")),
+    Column("policy", Text, nullable=False, server_default=text("'{}'")),  # TrustPolicy as JSON
     Column("created_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
     Column("summary", Text, nullable=True),
@@ -128,6 +161,7 @@ tasks = Table(
     Column("n_items", Integer, nullable=False),
     Column("state", String(10), nullable=False),
     Column("errors", Integer, nullable=False, server_default=text("0")),
+    Column("issued", Integer, nullable=False, server_default=text("1")),  # normal replicas made so far
     UniqueConstraint("job_id", "idx", name="uq_tasks_job_idx"),
 )
 
@@ -152,6 +186,7 @@ replicas = Table(
     Column("worker_id", Integer, ForeignKey("workers.id"), nullable=True),
     Column("lease_id", Integer, ForeignKey("leases.id"), nullable=True),
     Column("created_at", Float, nullable=False),
+    Column("kind", String(10), nullable=False, server_default=text("'normal'")),
 )
 Index("ix_replicas_ready", replicas.c.id, sqlite_where=text("state = 0"), postgresql_where=text("state = 0"))
 Index("ix_replicas_lease", replicas.c.lease_id)
@@ -184,6 +219,8 @@ results = Table(
     Column("status", String(10), nullable=False),
     Column("received_at", Float, nullable=False),
     Column("epoch", Integer, nullable=True),  # the epoch this accepted result was sealed in
+    Column("final", Boolean, nullable=False, server_default=text("false")),  # sealable and rewardable
+    Column("checks_at", Integer, nullable=True),  # provisional: the worker's passed checks when accepted
 )
 # The database itself guarantees that no task is ever counted twice.
 Index(
@@ -195,6 +232,8 @@ Index(
 )
 Index("ix_results_job_status", results.c.job_id, results.c.status)
 Index("ix_results_epoch", results.c.epoch)
+Index("ix_results_task", results.c.task_id)
+Index("ix_results_worker_final", results.c.worker_id, results.c.final)
 Index("ix_results_replica", results.c.replica_id)
 
 

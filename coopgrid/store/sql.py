@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,7 +24,6 @@ from coopgrid.errors import ConfigError, Conflict, JobNotFound, LeaseError
 from coopgrid.store import schema as s
 from coopgrid.store.base import (
     AcceptedOutput,
-    EpochRecord,
     IncomingResult,
     JobRecord,
     Lease,
@@ -35,12 +35,13 @@ from coopgrid.store.base import (
     NewJob,
     NewTask,
     RecordOutcome,
-    SealedResult,
     Store,
     Token,
     WorkerRecord,
 )
-from coopgrid.store.schema import EpochState, JobState, ReplicaState, ResultStatus, TaskState
+from coopgrid.store.sql_ledger import LedgerQueries
+from coopgrid.store.sql_trust import TrustQueries
+from coopgrid.store.schema import JobState, ReplicaKind, ReplicaState, ResultStatus, TaskState
 
 #: how many attempts that end in an error a task gets before it is marked failed
 MAX_TASK_ERRORS = 3
@@ -86,6 +87,8 @@ def _job(row: Any) -> JobRecord:
         state=row.state,
         tasks_done=row.tasks_done,
         tasks_failed=row.tasks_failed,
+        tasks_inconclusive=row.tasks_inconclusive,
+        policy=json.loads(row.policy),
         created_at=row.created_at,
         finished_at=row.finished_at,
         summary=json.loads(row.summary) if row.summary else None,
@@ -115,10 +118,12 @@ def _worker(row: Any) -> WorkerRecord:
         owner=row.owner,
         registered_at=row.registered_at,
         last_seen=row.last_seen,
+        quarantined_at=row.quarantined_at,
+        quarantine_reason=row.quarantine_reason,
     )
 
 
-class SqlStore(Store):
+class SqlStore(TrustQueries, LedgerQueries, Store):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
@@ -244,7 +249,7 @@ class SqlStore(Store):
     def list_workers(self) -> list[tuple[WorkerRecord, int]]:
         accepted = (
             select(s.results.c.worker_id, func.count().label("n"))
-            .where(s.results.c.status == ResultStatus.ACCEPTED.value)
+            .where(s.results.c.status.in_([ResultStatus.ACCEPTED.value, ResultStatus.VALID.value]))
             .group_by(s.results.c.worker_id)
             .subquery()
         )
@@ -276,6 +281,8 @@ class SqlStore(Store):
                     state=JobState.RUNNING.value,
                     tasks_done=0,
                     tasks_failed=0,
+                    tasks_inconclusive=0,
+                    policy=json.dumps(job.policy, sort_keys=True),
                     created_at=now,
                 )
             )
@@ -291,18 +298,20 @@ class SqlStore(Store):
                         "n_items": t.n_items,
                         "state": TaskState.OPEN.value,
                         "errors": 0,
+                        "issued": job.initial_replicas,
                     }
                     for i, t in enumerate(tasks)
                 ],
             )
-            # one ready replica per task, set-based rather than a row per round trip
-            conn.execute(
-                text(
-                    "INSERT INTO replicas (task_id, job_id, state, created_at) "
-                    "SELECT id, job_id, :ready, :now FROM tasks WHERE job_id = :job ORDER BY idx"
-                ),
-                {"ready": int(ReplicaState.READY), "now": now, "job": job.id},
-            )
+            # the first replicas of every task, set-based rather than a row per round trip
+            for _ in range(job.initial_replicas):
+                conn.execute(
+                    text(
+                        "INSERT INTO replicas (task_id, job_id, state, created_at, kind) "
+                        "SELECT id, job_id, :ready, :now, 'normal' FROM tasks WHERE job_id = :job ORDER BY idx"
+                    ),
+                    {"ready": int(ReplicaState.READY), "now": now, "job": job.id},
+                )
             row = conn.execute(select(s.jobs).where(s.jobs.c.id == job.id)).one()
         return _job(row)
 
@@ -366,7 +375,7 @@ class SqlStore(Store):
     def complete_unfinished_jobs(self) -> list[str]:
         q = select(s.jobs.c.id).where(
             s.jobs.c.state == JobState.RUNNING.value,
-            s.jobs.c.tasks_done + s.jobs.c.tasks_failed >= s.jobs.c.n_tasks,
+            s.jobs.c.tasks_done + s.jobs.c.tasks_failed + s.jobs.c.tasks_inconclusive >= s.jobs.c.n_tasks,
         )
         with self._read() as conn:
             return list(conn.execute(q).scalars())
@@ -393,7 +402,10 @@ class SqlStore(Store):
         q = (
             select(s.workers.c.address, func.count())
             .join(s.results, s.results.c.worker_id == s.workers.c.id)
-            .where(s.results.c.job_id == job_id, s.results.c.status == ResultStatus.ACCEPTED.value)
+            .where(
+                s.results.c.job_id == job_id,
+                s.results.c.status.in_([ResultStatus.ACCEPTED.value, ResultStatus.VALID.value]),
+            )
             .group_by(s.workers.c.address)
         )
         with self._read() as conn:
@@ -402,36 +414,52 @@ class SqlStore(Store):
     # -- leasing ------------------------------------------------------------------
 
     def lease(
-        self, worker_id: int, max_replicas: int, task_types: Sequence[str], lease_seconds: float, now: float
+        self,
+        worker_id: int,
+        max_replicas: int,
+        task_types: Sequence[str],
+        lease_seconds: float,
+        now: float,
+        gold: int = 0,
+        rng: random.Random | None = None,
     ) -> Lease | None:
-        candidates = "SELECT id FROM replicas WHERE state = :ready"
-        if task_types:
-            candidates += (
-                " AND job_id IN (SELECT id FROM jobs WHERE state = 'running' AND task_type IN :types)"
-            )
-        candidates += " ORDER BY id LIMIT :n"
+        types = list(task_types)
+        type_filter = " AND job_id IN (SELECT id FROM jobs WHERE state = 'running' AND task_type IN :types)"
+        # Placement: never a second replica of a task to the same worker or to a
+        # worker of the same owner, and at most one replica of a task per lease.
+        candidates = (
+            "SELECT r.id FROM replicas r WHERE r.state = :ready"
+            + (type_filter.replace("job_id", "r.job_id") if types else "")
+            + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.worker_id IN :kin"
+            " AND o.state IN (:leased, :done))"  # a replica that failed or expired may go back to its worker
+            " AND r.id = (SELECT min(r2.id) FROM replicas r2 WHERE r2.task_id = r.task_id AND r2.state = :ready)"
+            " ORDER BY r.id LIMIT :n"
+        )
         if self.dialect == "postgresql":
             candidates += " FOR UPDATE SKIP LOCKED"
         take = text(
-            f"UPDATE replicas SET state = :leased, worker_id = :worker, lease_id = :lease "
-            f"WHERE id IN ({candidates})"
-        )
-        if task_types:
+            f"UPDATE replicas SET state = :leased, worker_id = :worker, lease_id = :lease WHERE id IN ({candidates})"
+        ).bindparams(bindparam("kin", expanding=True))
+        if types:
             take = take.bindparams(bindparam("types", expanding=True))
-        params: dict[str, Any] = {
-            "ready": int(ReplicaState.READY),
-            "leased": int(ReplicaState.LEASED),
-            "worker": worker_id,
-            "n": max_replicas,
-        }
-        if task_types:
-            params["types"] = list(task_types)
         expires = now + lease_seconds
         with self._write() as conn:
+            kin = self._kin(conn, worker_id)
+            params: dict[str, Any] = {
+                "ready": int(ReplicaState.READY),
+                "leased": int(ReplicaState.LEASED),
+                "done": int(ReplicaState.DONE),
+                "worker": worker_id,
+                "n": max_replicas,
+                "kin": kin,
+                **({"types": types} if types else {}),
+            }
             lease_id = conn.execute(
                 insert(s.leases).values(worker_id=worker_id, created_at=now, expires_at=expires, state="open")
             ).inserted_primary_key[0]
             taken = conn.execute(take, {**params, "lease": lease_id}).rowcount
+            if gold and taken:
+                taken += self._add_gold(conn, worker_id, kin, lease_id, gold, types, now, rng or random.Random())
             if not taken:
                 conn.execute(s.leases.delete().where(s.leases.c.id == lease_id))
                 return None
@@ -444,17 +472,64 @@ class SqlStore(Store):
             ).all()
             job_ids = sorted({r.job_id for r in rows})
             jobs = conn.execute(
-                select(s.jobs.c.id, s.jobs.c.task_type, s.jobs.c.model_hash, s.jobs.c.params).where(
+                select(s.jobs.c.id, s.jobs.c.task_type, s.jobs.c.model_hash, s.jobs.c.params, s.jobs.c.policy).where(
                     s.jobs.c.id.in_(job_ids)
                 )
             ).all()
+            deadlines = [d for j in jobs if (d := json.loads(j.policy).get("deadline"))]
+            if deadlines and min(deadlines) < lease_seconds:  # a job's own deadline is shorter
+                expires = now + min(deadlines)
+                conn.execute(update(s.leases).where(s.leases.c.id == lease_id).values(expires_at=expires))
             conn.execute(update(s.workers).where(s.workers.c.id == worker_id).values(last_seen=now))
+        replicas = [LeasedReplica(r.id, r.job_id, r.idx, r.input_hash, r.input_data, r.n_items) for r in rows]
+        (rng or random).shuffle(replicas)  # gold replicas sit anywhere in the batch
         return Lease(
             id=lease_id,
             expires_at=expires,
-            replicas=[LeasedReplica(r.id, r.job_id, r.idx, r.input_hash, r.input_data, r.n_items) for r in rows],
+            replicas=replicas,
             jobs={j.id: LeaseJob(j.id, j.task_type, j.model_hash, json.loads(j.params)) for j in jobs},
         )
+
+    def _kin(self, conn: Any, worker_id: int) -> list[int]:
+        """The worker and every worker of the same (declared) owner."""
+        owner = conn.execute(select(s.workers.c.owner).where(s.workers.c.id == worker_id)).scalar()
+        if not owner:
+            return [worker_id]
+        return list(conn.execute(select(s.workers.c.id).where(s.workers.c.owner == owner)).scalars())
+
+    def _add_gold(
+        self, conn: Any, worker_id: int, kin: list[int], lease_id: int, k: int, types: list[str], now: float,
+        rng: random.Random,
+    ) -> int:
+        """Lease ``k`` gold replicas: tasks of running jobs whose final answer is known."""
+        lo, hi = conn.execute(select(func.min(s.tasks.c.id), func.max(s.tasks.c.id))).one()
+        if lo is None:
+            return 0
+        q = (
+            "SELECT t.id, t.job_id FROM tasks t JOIN jobs j ON j.id = t.job_id"
+            " WHERE t.state = :done AND j.state = 'running' AND t.id >= :pivot"
+            + (" AND j.task_type IN :types" if types else "")
+            + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = t.id AND o.worker_id IN :kin)"
+            " ORDER BY t.id LIMIT :k"
+        )
+        stmt = text(q).bindparams(bindparam("kin", expanding=True))
+        if types:
+            stmt = stmt.bindparams(bindparam("types", expanding=True))
+        params = {"done": TaskState.DONE.value, "kin": kin, "k": k, **({"types": types} if types else {})}
+        found = conn.execute(stmt, {**params, "pivot": rng.randint(lo, hi)}).all()
+        if len(found) < k:
+            found += conn.execute(stmt, {**params, "pivot": lo, "k": k - len(found)}).all()
+        found = list({t.id: t for t in found}.values())[:k]
+        if found:
+            conn.execute(
+                insert(s.replicas),
+                [
+                    {"task_id": t.id, "job_id": t.job_id, "state": int(ReplicaState.LEASED), "worker_id": worker_id,
+                     "lease_id": lease_id, "created_at": now, "kind": ReplicaKind.GOLD.value}
+                    for t in found
+                ],
+            )
+        return len(found)
 
     def queue_depth(self, active_since: float) -> tuple[int, int]:
         with self._read() as conn:
@@ -517,16 +592,19 @@ class SqlStore(Store):
                 raise LeaseError(f"lease {lease_id} is unknown to this coordinator", lease_id=lease_id)
             expired = lease.state == "expired" or lease.expires_at < now
             outcome.lease_expired = expired
-            ids = [it.replica_id for it in items]
+            quarantined = conn.execute(
+                select(s.workers.c.quarantined_at).where(s.workers.c.id == worker_id)
+            ).scalar() is not None
             replica_rows = {
                 r.id: r
                 for r in conn.execute(
-                    select(s.replicas.c.id, s.replicas.c.state, s.replicas.c.task_id, s.replicas.c.job_id).where(
-                        s.replicas.c.lease_id == lease_id
-                    )
+                    select(
+                        s.replicas.c.id, s.replicas.c.state, s.replicas.c.task_id, s.replicas.c.job_id,
+                        s.replicas.c.kind,
+                    ).where(s.replicas.c.lease_id == lease_id)
                 )
             }
-            foreign = [i for i in ids + list(release) if i not in replica_rows]
+            foreign = [i for i in [it.replica_id for it in items] + list(release) if i not in replica_rows]
             if foreign:
                 raise LeaseError(
                     f"replicas {foreign[:10]} are not part of lease {lease_id}", lease_id=lease_id, replicas=foreign
@@ -536,35 +614,25 @@ class SqlStore(Store):
                     worker_id=worker_id, lease_id=lease_id, signature=signature, size=len(items), received_at=now
                 )
             ).inserted_primary_key[0]
-            live = [it for it in items if replica_rows[it.replica_id].state == int(ReplicaState.LEASED)]
-            ok = [it for it in live if it.error is None]
-            failed = [it for it in live if it.error is not None]
-            won: set[int] = set()
-            if ok and not expired:
-                task_ids = [replica_rows[it.replica_id].task_id for it in ok]
-                won = set(
-                    conn.execute(
-                        text(
-                            "UPDATE tasks SET state = :done WHERE state = :open AND id IN :ids RETURNING id"
-                        ).bindparams(bindparam("ids", expanding=True)),
-                        {"done": TaskState.DONE.value, "open": TaskState.OPEN.value, "ids": task_ids},
-                    ).scalars()
-                )
+            live = [
+                it for it in items if replica_rows[it.replica_id].state == int(ReplicaState.LEASED) and not expired
+            ]
+            live_ids = {it.replica_id for it in live}
             rows = []
-            counted: dict[str, int] = {}
             for it in items:
                 rep = replica_rows[it.replica_id]
                 if it.error is not None:
                     status = ResultStatus.ERROR
-                elif expired or rep.state != int(ReplicaState.LEASED):
-                    status = ResultStatus.LATE if expired else ResultStatus.DUPLICATE
-                elif rep.task_id in won:
-                    status = ResultStatus.ACCEPTED
-                    won.discard(rep.task_id)  # a batch naming one task twice counts it once
-                    counted[rep.job_id] = counted.get(rep.job_id, 0) + 1
-                else:
+                elif expired:
+                    status = ResultStatus.LATE
+                elif it.replica_id not in live_ids:
                     status = ResultStatus.DUPLICATE
-                outcome.statuses.setdefault(it.replica_id, status.value)
+                elif quarantined:
+                    status = ResultStatus.REJECTED  # a quarantined worker earns nothing more
+                else:
+                    status = ResultStatus.PENDING  # validation decides (quorum, gold, audit)
+                    outcome.tasks.append(rep.task_id)
+                outcome.statuses[it.replica_id] = status.value
                 rows.append(
                     {
                         "replica_id": it.replica_id,
@@ -577,30 +645,35 @@ class SqlStore(Store):
                         "error": it.error,
                         "status": status.value,
                         "received_at": now,
+                        "final": False,
                     }
                 )
             if rows:
                 conn.execute(insert(s.results), rows)
-            if ok and not expired:
+            ok = [it.replica_id for it in live if it.error is None]
+            failed = [replica_rows[it.replica_id] for it in live if it.error is not None]
+            if ok:
                 conn.execute(
                     text("UPDATE replicas SET state = :st WHERE id IN :ids").bindparams(
                         bindparam("ids", expanding=True)
                     ),
-                    {"st": int(ReplicaState.DONE), "ids": [it.replica_id for it in ok]},
+                    {"st": int(ReplicaState.DONE), "ids": ok},
                 )
-            if failed and not expired:
-                self._fail_replicas(conn, [replica_rows[it.replica_id] for it in failed], now)
-            for job, n in counted.items():
-                conn.execute(
-                    update(s.jobs).where(s.jobs.c.id == job).values(tasks_done=s.jobs.c.tasks_done + n)
-                )
+            if failed:
+                self._fail_replicas(conn, worker_id, failed, now)
             if release and not expired:
                 conn.execute(
                     text(
                         "UPDATE replicas SET state = :ready, worker_id = NULL, lease_id = NULL "
-                        "WHERE id IN :ids AND state = :leased"
+                        "WHERE id IN :ids AND state = :leased AND kind != 'gold'"
                     ).bindparams(bindparam("ids", expanding=True)),
                     {"ready": int(ReplicaState.READY), "leased": int(ReplicaState.LEASED), "ids": list(release)},
+                )
+                conn.execute(  # a released gold replica is simply dropped
+                    text("UPDATE replicas SET state = :st WHERE id IN :ids AND state = :leased").bindparams(
+                        bindparam("ids", expanding=True)
+                    ),
+                    {"st": int(ReplicaState.CANCELLED), "leased": int(ReplicaState.LEASED), "ids": list(release)},
                 )
             if not expired:
                 conn.execute(
@@ -610,27 +683,38 @@ class SqlStore(Store):
                     ),
                     {"lease": lease_id, "leased": int(ReplicaState.LEASED)},
                 )
-            touched = {replica_rows[it.replica_id].job_id for it in live}
-            if touched:
-                outcome.completed_jobs = list(
-                    conn.execute(
-                        select(s.jobs.c.id).where(
-                            s.jobs.c.id.in_(sorted(touched)),
-                            s.jobs.c.state == JobState.RUNNING.value,
-                            s.jobs.c.tasks_done + s.jobs.c.tasks_failed >= s.jobs.c.n_tasks,
-                        )
-                    ).scalars()
-                )
+            if failed:
+                outcome.completed_jobs = self._completed(conn, {r.job_id for r in failed})
             conn.execute(update(s.workers).where(s.workers.c.id == worker_id).values(last_seen=now))
         return outcome
 
-    def _fail_replicas(self, conn: Any, reps: list[Any], now: float) -> None:
-        """Mark replicas failed; reissue their tasks until MAX_TASK_ERRORS, then fail the task."""
+    def _completed(self, conn: Any, job_ids: set[str]) -> list[str]:
+        """Those of ``job_ids`` still running whose every task is resolved."""
+        if not job_ids:
+            return []
+        return list(
+            conn.execute(
+                select(s.jobs.c.id).where(
+                    s.jobs.c.id.in_(sorted(job_ids)),
+                    s.jobs.c.state == JobState.RUNNING.value,
+                    s.jobs.c.tasks_done + s.jobs.c.tasks_failed + s.jobs.c.tasks_inconclusive >= s.jobs.c.n_tasks,
+                )
+            ).scalars()
+        )
+
+    def _fail_replicas(self, conn: Any, worker_id: int, reps: list[Any], now: float) -> None:
+        """Mark replicas failed; reissue their tasks until MAX_TASK_ERRORS, then fail the task.
+
+        The worker's lease quota shrinks: a worker that keeps failing gets less work.
+        """
         conn.execute(
             text("UPDATE replicas SET state = :st WHERE id IN :ids").bindparams(bindparam("ids", expanding=True)),
             {"st": int(ReplicaState.FAILED), "ids": [r.id for r in reps]},
         )
+        self._penalise(conn, worker_id, {r.job_id for r in reps}, "errors")
         for rep in reps:
+            if rep.kind == ReplicaKind.GOLD.value:
+                continue  # a gold test the worker could not run costs nothing but its quota
             errors = conn.execute(
                 text("UPDATE tasks SET errors = errors + 1 WHERE id = :t AND state = :open RETURNING errors"),
                 {"t": rep.task_id, "open": TaskState.OPEN.value},
@@ -649,34 +733,38 @@ class SqlStore(Store):
             else:
                 conn.execute(
                     insert(s.replicas).values(
-                        task_id=rep.task_id, job_id=rep.job_id, state=int(ReplicaState.READY), created_at=now
+                        task_id=rep.task_id, job_id=rep.job_id, state=int(ReplicaState.READY), created_at=now,
+                        kind=rep.kind,
                     )
                 )
 
     def reap_expired(self, now: float) -> int:
         with self._write() as conn:
-            lease_ids = list(
-                conn.execute(
-                    select(s.leases.c.id).where(s.leases.c.state == "open", s.leases.c.expires_at < now)
-                ).scalars()
-            )
-            if not lease_ids:
+            expired = conn.execute(
+                select(s.leases.c.id, s.leases.c.worker_id).where(
+                    s.leases.c.state == "open", s.leases.c.expires_at < now
+                )
+            ).all()
+            if not expired:
                 return 0
-            expanding = bindparam("leases", expanding=True)
-            # a new ready replica for every leased replica whose task is still open
+            lease_ids = [lease.id for lease in expired]
+            params = {
+                "ready": int(ReplicaState.READY),
+                "leased": int(ReplicaState.LEASED),
+                "open": TaskState.OPEN.value,
+                "provisional": TaskState.PROVISIONAL.value,
+                "now": now,
+                "leases": lease_ids,
+            }
+            # a new ready replica for every expired one still needed (gold ones are simply dropped)
             reissued = conn.execute(
                 text(
-                    "INSERT INTO replicas (task_id, job_id, state, created_at) "
-                    "SELECT r.task_id, r.job_id, :ready, :now FROM replicas r JOIN tasks t ON t.id = r.task_id "
-                    "WHERE r.lease_id IN :leases AND r.state = :leased AND t.state = :open"
-                ).bindparams(expanding),
-                {
-                    "ready": int(ReplicaState.READY),
-                    "leased": int(ReplicaState.LEASED),
-                    "open": TaskState.OPEN.value,
-                    "now": now,
-                    "leases": lease_ids,
-                },
+                    "INSERT INTO replicas (task_id, job_id, state, created_at, kind) "
+                    "SELECT r.task_id, r.job_id, :ready, :now, r.kind FROM replicas r JOIN tasks t ON t.id = r.task_id "
+                    "WHERE r.lease_id IN :leases AND r.state = :leased AND ("
+                    "(r.kind = 'normal' AND t.state = :open) OR (r.kind = 'audit' AND t.state = :provisional))"
+                ).bindparams(bindparam("leases", expanding=True)),
+                params,
             ).rowcount
             conn.execute(
                 text("UPDATE replicas SET state = :expired WHERE lease_id IN :leases AND state = :leased").bindparams(
@@ -685,106 +773,14 @@ class SqlStore(Store):
                 {"expired": int(ReplicaState.EXPIRED), "leased": int(ReplicaState.LEASED), "leases": lease_ids},
             )
             conn.execute(update(s.leases).where(s.leases.c.id.in_(lease_ids)).values(state="expired"))
+            for worker_id in {lease.worker_id for lease in expired}:
+                jobs = conn.execute(
+                    select(s.replicas.c.job_id).distinct().where(
+                        s.replicas.c.lease_id.in_(lease_ids), s.replicas.c.worker_id == worker_id
+                    )
+                ).scalars()
+                self._penalise(conn, worker_id, set(jobs), "timeouts")
         return reissued
-
-    # -- epochs and rewards --------------------------------------------------------
-
-    _ACCEPTED = s.results.c.status == ResultStatus.ACCEPTED.value
-
-    def unsealed(self) -> tuple[int, float | None]:
-        q = select(func.count(), func.min(s.results.c.received_at)).where(self._ACCEPTED, s.results.c.epoch.is_(None))
-        with self._read() as conn:
-            count, oldest = conn.execute(q).one()
-        return count, oldest
-
-    def open_epoch(self, now: float) -> int | None:
-        with self._write() as conn:
-            number = (conn.execute(select(func.max(s.epochs.c.number))).scalar() or 0) + 1
-            assigned = conn.execute(
-                update(s.results).where(self._ACCEPTED, s.results.c.epoch.is_(None)).values(epoch=number)
-            ).rowcount
-            if not assigned:
-                return None
-            conn.execute(
-                insert(s.epochs).values(
-                    number=number, state=EpochState.OPEN.value, result_count=assigned, created_at=now
-                )
-            )
-        return number
-
-    def _sealed_query(self) -> Any:
-        return (
-            select(
-                s.results.c.epoch,
-                s.tasks.c.job_id,
-                s.tasks.c.idx,
-                s.jobs.c.model_hash,
-                s.tasks.c.input_hash,
-                s.results.c.output_hash,
-                s.workers.c.address,
-            )
-            .join(s.tasks, s.tasks.c.id == s.results.c.task_id)
-            .join(s.jobs, s.jobs.c.id == s.tasks.c.job_id)
-            .join(s.workers, s.workers.c.id == s.results.c.worker_id)
-            .where(self._ACCEPTED)
-        )
-
-    def epoch_results(self, number: int) -> list[SealedResult]:
-        q = self._sealed_query().where(s.results.c.epoch == number).order_by(s.results.c.id)
-        with self._read() as conn:
-            return [SealedResult(*row) for row in conn.execute(q)]
-
-    def sealed_result(self, job_id: str, task_index: int) -> SealedResult | None:
-        q = self._sealed_query().where(s.tasks.c.job_id == job_id, s.tasks.c.idx == task_index)
-        with self._read() as conn:
-            row = conn.execute(q).first()
-        return SealedResult(*row) if row else None
-
-    def reward_totals(self, up_to_epoch: int | None) -> dict[str, int]:
-        which = s.results.c.epoch.is_(None) if up_to_epoch is None else s.results.c.epoch <= up_to_epoch
-        q = (
-            select(s.workers.c.address, s.jobs.c.reward_per_task, func.count())
-            .join(s.results, s.results.c.worker_id == s.workers.c.id)
-            .join(s.jobs, s.jobs.c.id == s.results.c.job_id)
-            .where(self._ACCEPTED, which)
-            .group_by(s.workers.c.address, s.jobs.c.reward_per_task)
-        )
-        totals: dict[str, int] = {}
-        with self._read() as conn:
-            for address, reward, n in conn.execute(q):
-                # rewards are uint256: summed as Python ints, never as SQL numbers
-                totals[address] = totals.get(address, 0) + int(reward) * n
-        return {a: t for a, t in totals.items() if t > 0}
-
-    def update_epoch(self, number: int, **fields: Any) -> None:
-        with self._write() as conn:
-            conn.execute(update(s.epochs).where(s.epochs.c.number == number).values(**fields))
-
-    def get_epoch(self, number: int) -> EpochRecord | None:
-        with self._read() as conn:
-            row = conn.execute(select(s.epochs).where(s.epochs.c.number == number)).first()
-        return EpochRecord(**row._asdict()) if row else None
-
-    def list_epochs(self, states: Sequence[str] | None = None) -> list[EpochRecord]:
-        q = select(s.epochs).order_by(s.epochs.c.number)
-        if states:
-            q = q.where(s.epochs.c.state.in_(list(states)))
-        with self._read() as conn:
-            return [EpochRecord(**row._asdict()) for row in conn.execute(q)]
-
-    def models_to_anchor(self) -> list[ModelRecord]:
-        q = select(s.models).where(s.models.c.anchor_block.is_(None)).order_by(s.models.c.created_at)
-        with self._read() as conn:
-            return [_model(r) for r in conn.execute(q)]
-
-    def set_model_anchor(self, model_hash: str, tx_hash: str, block_number: int | None) -> None:
-        with self._write() as conn:
-            conn.execute(
-                update(s.models)
-                .where(s.models.c.hash == model_hash)
-                .values(anchor_tx=tx_hash, anchor_block=block_number)
-            )
-
 
 def _check_lease(row: Any, lease_id: int, worker_id: int, now: float) -> None:
     if row is None or row.worker_id != worker_id:

@@ -20,6 +20,7 @@ from coopgrid import errors, tasks
 from coopgrid.identity import Identity
 from coopgrid.protocol import ZERO_HASH, ResultRef, b64decode, b64encode, sha256_hex
 from coopgrid.worker.client import Stopped, WorkerClient
+from coopgrid.worker.dishonest import Behaviour
 from coopgrid.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class WorkerOptions:
     batch_size: int = 256
     task_types: list[str] = field(default_factory=list)
     max_idle_sleep: float = 1.0
+    #: TEST FACILITY: a dishonest behaviour (see coopgrid.worker.dishonest); honest by default
+    behaviour: Behaviour = field(default_factory=Behaviour)
     #: stop after this many replicas (None: run until told to stop); for tests and benchmarks
     max_replicas: int | None = None
     #: stop once no work has come for this many seconds (None: wait forever)
@@ -45,6 +48,7 @@ class Stats:
     errors: int = 0
     released: int = 0
     rejected_batches: int = 0
+    refused: str | None = None  # why the coordinator stopped giving this worker work
 
 
 class Worker:
@@ -81,6 +85,9 @@ class Worker:
             self._lease_forever()
         except Stopped:
             pass
+        except (errors.Forbidden, errors.AuthError) as exc:  # quarantined, or unknown to the coordinator
+            self.stats.refused = exc.message
+            log.error("the coordinator refuses this worker: %s", exc.message)
         finally:
             self._outbox.put(None)
             submitter.join()
@@ -151,7 +158,8 @@ class Worker:
             model = self.runtime.model(job["task_type"], job["model_hash"])
             inline = b64decode(replica["input"]) if replica["input"] is not None else None
             data = self.runtime.task_input(replica["input_hash"], inline)
-            output = task_type.canonical(task_type.run(data, model, params))
+            result = self.options.behaviour.output(replica["input_hash"], lambda: task_type.run(data, model, params))
+            output = task_type.canonical(result)
             return sha256_hex(output), output, None
         except Stopped:
             raise

@@ -38,7 +38,7 @@ def grid(tmp_path):
 def run_echo_job(grid, items=40, task_size=4, reward=3):
     grid.start_worker(0, "--batch", "5")
     out = cli(grid, "submit", "--task-type", "echo", "--dataset", f"sequence:{items}", "--task-size", str(task_size),
-              "--reward", str(reward))
+              "--reward", str(reward), "--replicas", "1", "--quorum", "1", "--no-adaptive", "--gold-rate", "0")
     job_id = out.stdout.split("job ", 1)[1].split(":", 1)[0]
     assert len(job_id) == 64
     return job_id

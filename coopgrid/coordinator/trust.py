@@ -1,0 +1,160 @@
+"""The trust policy, and the pure decisions it implies.
+
+Nothing here touches the store: :func:`decide` takes a task's results and
+returns what to do (accept which result, mark which ones valid or invalid,
+issue how many more replicas, give up as inconclusive), so it is unit-tested
+on its own. :mod:`coopgrid.coordinator.validation` applies the decisions.
+
+The checks follow BOINC and the spot-checking literature:
+
+* **Quorum.** A task is accepted when ``quorum`` results from different
+  workers (and owners) agree by the task type's ``agree``; otherwise more
+  replicas are issued up to ``max_replicas``, then the task is inconclusive.
+* **Adaptive replication.** A worker with a run of at least ``trust_run``
+  validated results gets its result accepted without replication with
+  probability 1 - 1/run (BOINC). Such a result is *provisional*: it is final
+  (sealed, rewarded) only once the worker has passed ``finality_checks``
+  later checks, or the result itself was audited.
+* **Audits.** A provisional result is re-checked by one more replica with
+  probability :func:`audit_probability`, which is high while a worker's run is
+  short and falls as 1/sqrt(run): a worker that cheats on a fraction s of its
+  tasks meets many checks in its first few hundred tasks, and an honest
+  veteran costs almost nothing.
+* **Gold.** Replicas of tasks whose answer is already known are mixed into a
+  worker's leases at ``gold_rate`` (more while it is new); they look exactly
+  like ordinary replicas. Failing one quarantines the worker.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class TrustPolicy(BaseModel):
+    """How much a job trusts its workers. The defaults are safe for anonymous volunteers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(2, ge=1, le=20, description="Replicas of each task issued at first (without adaptive).")
+    quorum: int = Field(2, ge=1, le=20, description="Agreeing results from different workers needed.")
+    max_replicas: int = Field(5, ge=1, le=50, description="Give up (inconclusive) after this many results.")
+    deadline: float | None = Field(None, gt=0, description="Seconds a worker has for a replica (default: the lease).")
+    gold_rate: float = Field(0.03, ge=0, le=1, description="Share of replicas that test a worker with a known answer.")
+    adaptive: bool = Field(True, description="Accept trusted workers' results without replication (BOINC).")
+    trust_run: int = Field(10, ge=1, description="Run of validated results before a worker is trusted alone.")
+    audit_scale: float = Field(3.0, ge=0, description="Audit probability is audit_scale / sqrt(run).")
+    finality_checks: int = Field(
+        40, ge=0, description="Checks a worker must pass after a provisional result before it is final."
+    )
+    max_invalid: int = Field(3, ge=1, description="Times a worker may be outvoted before it is quarantined.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrustPolicy:
+        if not self.quorum <= self.max_replicas:
+            raise ValueError(f"quorum ({self.quorum}) must be at most max_replicas ({self.max_replicas})")
+        if not self.replicas <= self.max_replicas:
+            raise ValueError(f"replicas ({self.replicas}) must be at most max_replicas ({self.max_replicas})")
+        if self.replicas < self.quorum and not self.adaptive:
+            raise ValueError(f"replicas ({self.replicas}) must be at least quorum ({self.quorum}) unless adaptive")
+        return self
+
+    @property
+    def initial_replicas(self) -> int:
+        """Replicas made when the job is created; adaptive jobs start with one and add on demand."""
+        return 1 if self.adaptive and self.quorum > 1 else self.replicas
+
+
+def audit_probability(policy: TrustPolicy, run: int) -> float:
+    """Chance that a result accepted without replication is audited."""
+    if run <= 0:
+        return 1.0
+    return min(1.0, policy.audit_scale / math.sqrt(run))
+
+
+def gold_probability(policy: TrustPolicy, validated: int) -> float:
+    """Chance that one replica of a lease is gold: higher for workers with little history."""
+    if policy.gold_rate == 0:
+        return 0.0
+    return max(policy.gold_rate, 0.25) if validated < policy.trust_run else policy.gold_rate
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One result of a task, as validation sees it."""
+
+    result_id: int
+    worker_id: int
+    owner: str
+    status: str  # ResultStatus value
+    output: Any  # decoded output
+    run: int  # the worker's run when deciding (for adaptive acceptance)
+    kind: str = "normal"
+
+
+@dataclass
+class Decision:
+    accept: int | None = None  # result id that becomes the canonical one
+    provisional: bool = False  # accepted without replication
+    audit: bool = False  # issue one audit replica for the provisional result
+    valid: list[int] = field(default_factory=list)  # agreed with the accepted result
+    invalid: list[int] = field(default_factory=list)  # disagreed with it
+    more: int = 0  # further normal replicas to issue
+    inconclusive: bool = False
+
+
+def clusters(cands: Sequence[Candidate], agree: Callable[[Any, Any], bool]) -> list[list[Candidate]]:
+    """Group results that agree with each group's first member; largest group first, ties by earliest."""
+    groups: list[list[Candidate]] = []
+    for c in cands:
+        for g in groups:
+            if agree(g[0].output, c.output):
+                g.append(c)
+                break
+        else:
+            groups.append([c])
+    return sorted(groups, key=lambda g: (-len(g), g[0].result_id))
+
+
+def decide(
+    policy: TrustPolicy,
+    cands: Sequence[Candidate],
+    issued: int,
+    agree: Callable[[Any, Any], bool],
+    rng: random.Random,
+) -> Decision:
+    """Decide an open task from its results (errors excluded), given ``issued`` normal replicas so far."""
+    d = Decision()
+    if not cands:
+        return d
+    groups = clusters(cands, agree)
+    best = groups[0]
+    owners = {c.owner or f"#{c.worker_id}" for c in best}
+    if len(best) >= policy.quorum and len(owners) >= policy.quorum:
+        d.accept = best[0].result_id
+        d.valid = [c.result_id for c in best[1:]]
+        d.invalid = [c.result_id for g in groups[1:] for c in g]
+        return d
+    if len(cands) == 1 and policy.adaptive:
+        only = cands[0]
+        if only.run >= policy.trust_run and rng.random() < 1 - 1 / only.run:
+            d.accept = only.result_id
+            d.provisional = True
+            d.audit = rng.random() < audit_probability(policy, only.run)
+            return d
+    if issued >= policy.max_replicas:
+        d.inconclusive = True
+        return d
+    need = max(policy.quorum - len(best), 1)
+    d.more = min(need, policy.max_replicas - issued)
+    return d
+
+
+def check(agree: Callable[[Any, Any], bool], canonical: Any, candidate: Any) -> bool:
+    """A gold or audit result against the known answer."""
+    return bool(agree(canonical, candidate))

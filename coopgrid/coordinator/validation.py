@@ -1,0 +1,152 @@
+"""Validation: turn pending results into accepted, valid, invalid or more replicas.
+
+After each result batch is recorded, the tasks it touched are validated:
+:func:`coopgrid.coordinator.trust.decide` for open tasks (quorum, adaptive
+acceptance), and a comparison with the known answer for gold and audit
+replicas of decided tasks. The whole round is written by one store call.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any
+
+from coopgrid import tasks
+from coopgrid.coordinator.trust import Candidate, TrustPolicy, decide
+from coopgrid.store.base import Accept, CandidateRow, Store, TaskCheck, ValidationWrite
+from coopgrid.store.schema import ReplicaKind, ResultStatus, TaskState
+
+_UNDECODABLE = object()  # an output the task type cannot read agrees with nothing
+
+
+class Validator:
+    def __init__(self, store: Store, rng: random.Random | None = None) -> None:
+        self.store = store
+        self.rng = rng or random.Random()
+        # one validation round at a time per process: two rounds deciding the
+        # same task would issue its replicas twice (the store's unique index
+        # on accepted results still stops a double acceptance)
+        self._lock = threading.Lock()
+
+    def validate(self, task_ids: list[int] | None = None) -> list[str]:
+        """Validate these tasks (all with pending results when None); returns jobs completed."""
+        with self._lock:
+            checks = self.store.tasks_to_validate(task_ids)
+            if not checks:
+                return []
+            write = ValidationWrite()
+            for check in checks:
+                self._task(check, write)
+            return self.store.apply_validation(write, time.time())
+
+    # -- one task ----------------------------------------------------------------------
+
+    def _task(self, c: TaskCheck, w: ValidationWrite) -> None:
+        task_type = tasks.get(c.task_type)
+        policy = TrustPolicy.model_validate(c.policy or {})
+
+        def read(row: CandidateRow) -> Any:
+            try:
+                return task_type.decode(row.output)
+            except Exception:  # a malformed output is simply wrong
+                return _UNDECODABLE
+
+        def agree(a: Any, b: Any) -> bool:
+            if a is _UNDECODABLE or b is _UNDECODABLE:
+                return False
+            try:
+                return bool(task_type.agree(a, b))
+            except Exception:  # outputs of the wrong shape disagree
+                return False
+
+        def rep(worker_id: int) -> Any:
+            return w.rep(worker_id, c.task_type, policy.max_invalid)
+
+        live = []
+        for p in c.pending:
+            if p.quarantined:
+                w.statuses[p.result_id] = (ResultStatus.REJECTED.value, False)
+            else:
+                live.append(p)
+        if not live:
+            return
+
+        if c.state == TaskState.OPEN.value:
+            cands = [Candidate(p.result_id, p.worker_id, p.owner, "pending", read(p), p.run, p.kind) for p in live]
+            d = decide(policy, cands, c.issued, agree, self.rng)
+            if d.accept is not None:
+                accepted = next(p for p in live if p.result_id == d.accept)
+                final = not d.provisional
+                checks_at = accepted.checks_passed + policy.finality_checks if d.provisional else None
+                w.accepts.append(Accept(c.task_id, accepted.result_id, final, checks_at))
+                w.task_states[c.task_id] = (TaskState.DONE if final else TaskState.PROVISIONAL).value
+                w.job(c.job_id, done=1)
+                if final:
+                    rep(accepted.worker_id).valid += 1
+                for rid in d.valid:
+                    w.statuses[rid] = (ResultStatus.VALID.value, True)
+                    rep(_worker(live, rid)).valid += 1
+                for rid in d.invalid:
+                    w.statuses[rid] = (ResultStatus.INVALID.value, False)
+                    rep(_worker(live, rid)).invalid += 1
+                if d.audit:
+                    w.replicas.append((c.task_id, c.job_id, ReplicaKind.AUDIT.value))
+            elif d.more:
+                w.issued[c.task_id] = d.more
+                w.replicas += [(c.task_id, c.job_id, ReplicaKind.NORMAL.value)] * d.more
+            elif d.inconclusive:
+                w.task_states[c.task_id] = TaskState.INCONCLUSIVE.value
+                w.job(c.job_id, inconclusive=1)
+                for p in live:  # nobody knows who was right: no reward, no blame
+                    w.statuses[p.result_id] = (ResultStatus.REJECTED.value, False)
+            return
+
+        if c.canonical is None or c.state not in (TaskState.DONE.value, TaskState.PROVISIONAL.value):
+            for p in live:  # inconclusive or failed already
+                w.statuses[p.result_id] = (ResultStatus.DUPLICATE.value, False)
+            return
+
+        canon = read(c.canonical)
+        provisional = c.state == TaskState.PROVISIONAL.value
+        for p in live:
+            ok = agree(canon, read(p))
+            if p.kind == ReplicaKind.GOLD.value:
+                r = rep(p.worker_id)
+                if ok:
+                    w.statuses[p.result_id] = (ResultStatus.VALID.value, True)  # rewarded like any task
+                    r.valid += 1
+                    r.gold_passed += 1
+                    r.checks += 1
+                else:
+                    w.statuses[p.result_id] = (ResultStatus.INVALID.value, False)
+                    r.gold_failed += 1
+            elif provisional:
+                # an audit (or any second opinion) of a result accepted without replication
+                if ok:
+                    w.statuses[p.result_id] = (ResultStatus.VALID.value, True)
+                    w.accepts.append(Accept(c.task_id, c.canonical.result_id, True, None))
+                    w.task_states[c.task_id] = TaskState.DONE.value
+                    rep(p.worker_id).valid += 1
+                    owner = rep(c.canonical.worker_id)
+                    owner.valid += 1
+                    owner.checks += 1
+                else:
+                    # a dispute: the provisional acceptance is withdrawn and a tie-breaker decides
+                    w.statuses[c.canonical.result_id] = (ResultStatus.PENDING.value, False)
+                    w.task_states[c.task_id] = TaskState.OPEN.value
+                    w.job(c.job_id, done=-1)
+                    w.issued[c.task_id] = w.issued.get(c.task_id, 0) + 1
+                    w.replicas.append((c.task_id, c.job_id, ReplicaKind.NORMAL.value))
+                return
+            elif ok:
+                w.statuses[p.result_id] = (ResultStatus.VALID.value, c.canonical.final)
+                rep(p.worker_id).valid += 1
+            else:
+                w.statuses[p.result_id] = (ResultStatus.INVALID.value, False)
+                rep(p.worker_id).invalid += 1
+
+
+def _worker(rows: list[CandidateRow], result_id: int) -> int:
+    return next(r.worker_id for r in rows if r.result_id == result_id)

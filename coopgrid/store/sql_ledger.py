@@ -1,0 +1,129 @@
+"""Epochs, rewards and model anchors in the SQL store (a mixin of :class:`SqlStore`).
+
+Only *final* results are sealed and rewarded: quorum-accepted ones at once,
+provisional ones once their worker has passed its later checks. A result
+leaf is the task's canonical (accepted) result; rewards go to every worker
+whose result was accepted or agreed with it (valid).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+
+from coopgrid.store import schema as s
+from coopgrid.store.base import EpochRecord, ModelRecord, SealedResult
+from coopgrid.store.schema import EpochState, ResultStatus
+
+
+class LedgerQueries:
+    """Mixed into SqlStore, which provides ``_read`` and ``_write``."""
+
+    _read: Any
+    _write: Any
+    _ACCEPTED = s.results.c.status == ResultStatus.ACCEPTED.value
+    # what is sealed: the final canonical result of each task
+    _SEALABLE = (s.results.c.status == ResultStatus.ACCEPTED.value) & s.results.c.final
+    # what is rewarded: every final result that was accepted or agreed with the accepted one
+    _PAID = s.results.c.status.in_([ResultStatus.ACCEPTED.value, ResultStatus.VALID.value]) & s.results.c.final
+
+    def unsealed(self) -> tuple[int, float | None]:
+        q = select(func.count(), func.min(s.results.c.received_at)).where(self._PAID, s.results.c.epoch.is_(None))
+        with self._read() as conn:
+            count, oldest = conn.execute(q).one()
+        return count, oldest
+
+    def open_epoch(self, now: float) -> int | None:
+        with self._write() as conn:
+            number = (conn.execute(select(func.max(s.epochs.c.number))).scalar() or 0) + 1
+            assigned = conn.execute(
+                update(s.results).where(self._PAID, s.results.c.epoch.is_(None)).values(epoch=number)
+            ).rowcount
+            if not assigned:
+                return None
+            leaves = conn.execute(
+                select(func.count()).select_from(s.results).where(self._SEALABLE, s.results.c.epoch == number)
+            ).scalar_one()
+            conn.execute(
+                insert(s.epochs).values(
+                    number=number, state=EpochState.OPEN.value, result_count=leaves, created_at=now
+                )
+            )
+        return number
+
+    def _sealed_query(self) -> Any:
+        return (
+            select(
+                s.results.c.epoch,
+                s.tasks.c.job_id,
+                s.tasks.c.idx,
+                s.jobs.c.model_hash,
+                s.tasks.c.input_hash,
+                s.results.c.output_hash,
+                s.workers.c.address,
+            )
+            .join(s.tasks, s.tasks.c.id == s.results.c.task_id)
+            .join(s.jobs, s.jobs.c.id == s.tasks.c.job_id)
+            .join(s.workers, s.workers.c.id == s.results.c.worker_id)
+            .where(self._ACCEPTED)
+        )
+
+    def epoch_results(self, number: int) -> list[SealedResult]:
+        q = self._sealed_query().where(s.results.c.epoch == number, s.results.c.final).order_by(s.results.c.id)
+        with self._read() as conn:
+            return [SealedResult(*row) for row in conn.execute(q)]
+
+    def sealed_result(self, job_id: str, task_index: int) -> SealedResult | None:
+        q = self._sealed_query().where(s.tasks.c.job_id == job_id, s.tasks.c.idx == task_index)
+        with self._read() as conn:
+            row = conn.execute(q).first()
+        return SealedResult(*row) if row else None
+
+    def reward_totals(self, up_to_epoch: int | None) -> dict[str, int]:
+        which = s.results.c.epoch.is_(None) if up_to_epoch is None else s.results.c.epoch <= up_to_epoch
+        q = (
+            select(s.workers.c.address, s.jobs.c.reward_per_task, func.count())
+            .join(s.results, s.results.c.worker_id == s.workers.c.id)
+            .join(s.jobs, s.jobs.c.id == s.results.c.job_id)
+            .where(self._PAID, which)
+            .group_by(s.workers.c.address, s.jobs.c.reward_per_task)
+        )
+        totals: dict[str, int] = {}
+        with self._read() as conn:
+            for address, reward, n in conn.execute(q):
+                # rewards are uint256: summed as Python ints, never as SQL numbers
+                totals[address] = totals.get(address, 0) + int(reward) * n
+        return {a: t for a, t in totals.items() if t > 0}
+
+    def update_epoch(self, number: int, **fields: Any) -> None:
+        with self._write() as conn:
+            conn.execute(update(s.epochs).where(s.epochs.c.number == number).values(**fields))
+
+    def get_epoch(self, number: int) -> EpochRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(s.epochs).where(s.epochs.c.number == number)).first()
+        return EpochRecord(**row._asdict()) if row else None
+
+    def list_epochs(self, states: Sequence[str] | None = None) -> list[EpochRecord]:
+        q = select(s.epochs).order_by(s.epochs.c.number)
+        if states:
+            q = q.where(s.epochs.c.state.in_(list(states)))
+        with self._read() as conn:
+            return [EpochRecord(**row._asdict()) for row in conn.execute(q)]
+
+    def models_to_anchor(self) -> list[ModelRecord]:
+        q = select(s.models).where(s.models.c.anchor_block.is_(None)).order_by(s.models.c.created_at)
+        from coopgrid.store.sql import _model
+
+        with self._read() as conn:
+            return [_model(r) for r in conn.execute(q)]
+
+    def set_model_anchor(self, model_hash: str, tx_hash: str, block_number: int | None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(s.models)
+                .where(s.models.c.hash == model_hash)
+                .values(anchor_tx=tx_hash, anchor_block=block_number)
+            )

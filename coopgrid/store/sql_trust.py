@@ -1,0 +1,317 @@
+"""Validation state in the SQL store: reputation, decisions, quarantine, finality.
+
+A mixin of :class:`SqlStore`. :meth:`tasks_to_validate` reads what the
+validator needs; :meth:`apply_validation` writes its decisions in one
+transaction, including their consequences: reputation and lease quotas,
+quarantine (its provisional results revoked and redone), and finality of
+provisional results once their worker has passed enough later checks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from coopgrid.store import schema as s
+from coopgrid.store.base import CandidateRow, Reputation, TaskCheck, ValidationWrite, WorkerRecord
+from coopgrid.store.schema import JobState, ReplicaKind, ReplicaState, ResultStatus, TaskState
+
+#: lease quota bounds: a failing worker drops toward MIN, valid results bring it back
+QUOTA_MIN, QUOTA_MAX = 1, 10_000
+
+
+class TrustQueries:
+    """Mixed into SqlStore, which provides ``_read``, ``_write``, ``dialect`` and ``_completed``."""
+
+    _read: Any
+    _write: Any
+    dialect: str
+    _completed: Any
+
+    # -- reputation -----------------------------------------------------------------
+
+    def _ensure_reputation(self, conn: Any, pairs: set[tuple[int, str]]) -> None:
+        if not pairs:
+            return
+        ins = (pg_insert if self.dialect == "postgresql" else sqlite_insert)(s.reputation)
+        conn.execute(
+            ins.on_conflict_do_nothing(),
+            [{"worker_id": w, "task_type": t, "quota": QUOTA_MAX} for w, t in sorted(pairs)],
+        )
+
+    def _task_types(self, conn: Any, job_ids: set[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        return set(conn.execute(select(s.jobs.c.task_type).where(s.jobs.c.id.in_(sorted(job_ids)))).scalars())
+
+    def _penalise(self, conn: Any, worker_id: int, job_ids: set[str], column: str) -> None:
+        """An error or a timeout: count it, reset the run, halve the lease quota."""
+        types = self._task_types(conn, job_ids)
+        self._ensure_reputation(conn, {(worker_id, t) for t in types})
+        for t in types:
+            conn.execute(
+                text(
+                    f"UPDATE reputation SET {column} = {column} + 1, run = 0, "
+                    "quota = CASE WHEN quota / 2 < :lo THEN :lo ELSE quota / 2 END "
+                    "WHERE worker_id = :w AND task_type = :t"
+                ),
+                {"w": worker_id, "t": t, "lo": QUOTA_MIN},
+            )
+
+    def lease_quota(self, worker_id: int, task_types: Sequence[str]) -> tuple[int, int]:
+        """(Most replicas the worker may lease now, its validated results so far)."""
+        q = select(s.reputation.c.quota, s.reputation.c.valid).where(s.reputation.c.worker_id == worker_id)
+        if task_types:
+            q = q.where(s.reputation.c.task_type.in_(list(task_types)))
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        if not rows:
+            return QUOTA_MAX, 0
+        return max(r.quota for r in rows), min(r.valid for r in rows)
+
+    def reputations(self) -> list[tuple[WorkerRecord, Reputation]]:
+        from coopgrid.store.sql import _worker
+
+        q = select(s.workers, s.reputation).join(s.reputation, s.reputation.c.worker_id == s.workers.c.id)
+        with self._read() as conn:
+            return [(_worker(r), _reputation(r)) for r in conn.execute(q.order_by(s.workers.c.id))]
+
+    # -- validation -----------------------------------------------------------------
+
+    def tasks_to_validate(self, task_ids: Sequence[int] | None = None) -> list[TaskCheck]:
+        """Tasks with pending results (only ``task_ids`` when given), with everything validation needs."""
+        pending = s.results.c.status == ResultStatus.PENDING.value
+        with self._read() as conn:
+            if task_ids is None:
+                ids = sorted(set(conn.execute(select(s.results.c.task_id).where(pending)).scalars()))
+            else:
+                ids = sorted(set(task_ids))
+            if not ids:
+                return []
+            tasks = conn.execute(
+                select(s.tasks.c.id, s.tasks.c.job_id, s.tasks.c.state, s.tasks.c.issued, s.jobs.c.task_type,
+                       s.jobs.c.policy)
+                .join(s.jobs, s.jobs.c.id == s.tasks.c.job_id)
+                .where(s.tasks.c.id.in_(ids))
+            ).all()
+            rows = conn.execute(
+                select(
+                    s.results.c.id, s.results.c.task_id, s.results.c.worker_id, s.results.c.status,
+                    s.results.c.output, s.results.c.final, s.replicas.c.kind, s.workers.c.owner,
+                    s.workers.c.quarantined_at, s.reputation.c.run, s.reputation.c.checks_passed,
+                )
+                .join(s.replicas, s.replicas.c.id == s.results.c.replica_id)
+                .join(s.workers, s.workers.c.id == s.results.c.worker_id)
+                .join(s.tasks, s.tasks.c.id == s.results.c.task_id)
+                .join(s.jobs, s.jobs.c.id == s.tasks.c.job_id)
+                .outerjoin(
+                    s.reputation,
+                    (s.reputation.c.worker_id == s.results.c.worker_id)
+                    & (s.reputation.c.task_type == s.jobs.c.task_type),
+                )
+                .where(
+                    s.results.c.task_id.in_(ids),
+                    s.results.c.status.in_([ResultStatus.PENDING.value, ResultStatus.ACCEPTED.value]),
+                )
+                .order_by(s.results.c.id)
+            ).all()
+        by_task: dict[int, TaskCheck] = {
+            t.id: TaskCheck(t.id, t.job_id, t.task_type, json.loads(t.policy), t.state, t.issued, None, [])
+            for t in tasks
+        }
+        for r in rows:
+            cand = CandidateRow(
+                result_id=r.id, worker_id=r.worker_id, owner=r.owner, output=r.output or b"", kind=r.kind,
+                run=r.run or 0, checks_passed=r.checks_passed or 0, final=bool(r.final),
+                quarantined=r.quarantined_at is not None,
+            )
+            check = by_task[r.task_id]
+            if r.status == ResultStatus.ACCEPTED.value:
+                check.canonical = cand
+            else:
+                check.pending.append(cand)
+        return [c for c in by_task.values() if c.pending]
+
+    def apply_validation(self, w: ValidationWrite, now: float) -> list[str]:
+        """Write a validation round; returns the jobs it completed."""
+        with self._write() as conn:
+            for result_id, (status, final) in w.statuses.items():
+                conn.execute(
+                    update(s.results).where(s.results.c.id == result_id).values(status=status, final=final)
+                )
+            for a in w.accepts:
+                conn.execute(
+                    update(s.results)
+                    .where(s.results.c.id == a.result_id)
+                    .values(status=ResultStatus.ACCEPTED.value, final=a.final, checks_at=a.checks_at)
+                )
+            for task_id, state in w.task_states.items():
+                conn.execute(update(s.tasks).where(s.tasks.c.id == task_id).values(state=state))
+            for task_id, n in w.issued.items():
+                conn.execute(update(s.tasks).where(s.tasks.c.id == task_id).values(issued=s.tasks.c.issued + n))
+            if w.replicas:
+                conn.execute(
+                    insert(s.replicas),
+                    [
+                        {"task_id": t, "job_id": j, "state": int(ReplicaState.READY), "created_at": now, "kind": k}
+                        for t, j, k in w.replicas
+                    ],
+                )
+            for job_id, (done, inconclusive) in w.job_deltas.items():
+                conn.execute(
+                    update(s.jobs)
+                    .where(s.jobs.c.id == job_id)
+                    .values(
+                        tasks_done=s.jobs.c.tasks_done + done,
+                        tasks_inconclusive=s.jobs.c.tasks_inconclusive + inconclusive,
+                    )
+                )
+                if done < 0:
+                    self._reopen(conn, job_id)
+            self._ensure_reputation(conn, set(w.reputation))
+            checked: set[int] = set()
+            for (worker_id, task_type), d in w.reputation.items():
+                conn.execute(
+                    text(
+                        "UPDATE reputation SET "
+                        "run = CASE WHEN :bad > 0 THEN 0 ELSE run + :good END, "
+                        "valid = valid + :good, invalid = invalid + :bad, "
+                        "gold_passed = gold_passed + :gp, gold_failed = gold_failed + :gf, "
+                        "checks_passed = checks_passed + :checks, "
+                        "quota = CASE WHEN :bad > 0 THEN :lo WHEN quota + 2 * :good > :hi THEN :hi "
+                        "ELSE quota + 2 * :good END "
+                        "WHERE worker_id = :w AND task_type = :t"
+                    ),
+                    {"w": worker_id, "t": task_type, "good": d.valid, "bad": d.invalid, "gp": d.gold_passed,
+                     "gf": d.gold_failed, "checks": d.checks, "lo": QUOTA_MIN, "hi": QUOTA_MAX},
+                )
+                if d.checks:
+                    checked.add(worker_id)
+                rep = conn.execute(
+                    select(s.reputation.c.invalid, s.reputation.c.gold_failed).where(
+                        s.reputation.c.worker_id == worker_id, s.reputation.c.task_type == task_type
+                    )
+                ).one()
+                if rep.gold_failed > 0:
+                    w.quarantine.setdefault(worker_id, f"failed a gold task ({task_type})")
+                elif rep.invalid >= d.max_invalid:
+                    w.quarantine.setdefault(worker_id, f"outvoted {rep.invalid} times ({task_type})")
+            touched = set(w.job_deltas)
+            for worker_id in sorted(checked):
+                touched |= self._finalize_provisional(conn, worker_id)
+            for worker_id, reason in sorted(w.quarantine.items()):
+                touched |= self._quarantine(conn, worker_id, reason, now)
+            return self._completed(conn, touched)
+
+    def _finalize_provisional(self, conn: Any, worker_id: int) -> set[str]:
+        """The worker passed another check: its provisional results with enough checks since become final."""
+        finals = conn.execute(
+            text(
+                "UPDATE results SET final = :yes WHERE worker_id = :w AND status = :accepted AND final = :no "
+                "AND checks_at <= (SELECT max(checks_passed) FROM reputation WHERE worker_id = :w) "
+                "RETURNING task_id, job_id"
+            ),
+            {"w": worker_id, "accepted": ResultStatus.ACCEPTED.value, "yes": True, "no": False},
+        ).all()
+        if finals:
+            conn.execute(
+                text("UPDATE tasks SET state = :done WHERE id IN :ids AND state = :prov").bindparams(
+                    bindparam("ids", expanding=True)
+                ),
+                {"done": TaskState.DONE.value, "prov": TaskState.PROVISIONAL.value, "ids": [f.task_id for f in finals]},
+            )
+        return {f.job_id for f in finals}
+
+    def _quarantine(self, conn: Any, worker_id: int, reason: str, now: float) -> set[str]:
+        """No more work, nothing more earned, and its unchecked results redone by others."""
+        already = conn.execute(select(s.workers.c.quarantined_at).where(s.workers.c.id == worker_id)).scalar()
+        if already is not None:
+            return set()
+        conn.execute(
+            update(s.workers).where(s.workers.c.id == worker_id).values(quarantined_at=now, quarantine_reason=reason)
+        )
+        conn.execute(
+            update(s.results)
+            .where(s.results.c.worker_id == worker_id, s.results.c.status == ResultStatus.PENDING.value)
+            .values(status=ResultStatus.REJECTED.value)
+        )
+        # its provisional results never reach the chain: revoked, and their tasks reopened
+        revoked = conn.execute(
+            text(
+                "UPDATE results SET status = :rejected WHERE worker_id = :w AND status = :accepted AND final = :no "
+                "RETURNING task_id, job_id"
+            ),
+            {"w": worker_id, "rejected": ResultStatus.REJECTED.value, "accepted": ResultStatus.ACCEPTED.value,
+             "no": False},
+        ).all()
+        reopened: dict[str, int] = {}
+        for r in revoked:
+            conn.execute(
+                update(s.tasks).where(s.tasks.c.id == r.task_id).values(state=TaskState.OPEN.value,
+                                                                       issued=s.tasks.c.issued + 1)
+            )
+            conn.execute(
+                insert(s.replicas).values(
+                    task_id=r.task_id, job_id=r.job_id, state=int(ReplicaState.READY), created_at=now,
+                    kind=ReplicaKind.NORMAL.value,
+                )
+            )
+            reopened[r.job_id] = reopened.get(r.job_id, 0) + 1
+        # what it holds goes back to the queue (gold tests are dropped)
+        conn.execute(
+            text(
+                "UPDATE replicas SET state = :ready, worker_id = NULL, lease_id = NULL "
+                "WHERE worker_id = :w AND state = :leased AND kind != 'gold'"
+            ),
+            {"ready": int(ReplicaState.READY), "leased": int(ReplicaState.LEASED), "w": worker_id},
+        )
+        for job_id, n in reopened.items():
+            conn.execute(
+                update(s.jobs).where(s.jobs.c.id == job_id).values(tasks_done=s.jobs.c.tasks_done - n)
+            )
+            self._reopen(conn, job_id)
+        return set(reopened)
+
+    def _reopen(self, conn: Any, job_id: str) -> None:
+        """A job already reduced with a result now withdrawn runs again and is reduced anew."""
+        conn.execute(
+            update(s.jobs)
+            .where(s.jobs.c.id == job_id, s.jobs.c.state == JobState.DONE.value)
+            .values(state=JobState.RUNNING.value, finished_at=None, output_hash=None, summary=None)
+        )
+
+    def trust_counts(self, job_id: str) -> dict[str, Any]:
+        """Results by status and executed replicas by kind, for a job's summary."""
+        with self._read() as conn:
+            statuses = dict(
+                conn.execute(
+                    select(s.results.c.status, func.count()).where(s.results.c.job_id == job_id).group_by(
+                        s.results.c.status
+                    )
+                ).all()
+            )
+            kinds = dict(
+                conn.execute(
+                    select(s.replicas.c.kind, func.count())
+                    .where(s.replicas.c.job_id == job_id, s.replicas.c.state == int(ReplicaState.DONE))
+                    .group_by(s.replicas.c.kind)
+                ).all()
+            )
+            provisional = conn.execute(
+                select(func.count()).select_from(s.tasks).where(
+                    s.tasks.c.job_id == job_id, s.tasks.c.state == TaskState.PROVISIONAL.value
+                )
+            ).scalar_one()
+        return {"results": statuses, "replicas_by_kind": kinds, "tasks_provisional": provisional}
+
+
+def _reputation(r: Any) -> Reputation:
+    return Reputation(
+        task_type=r.task_type, run=r.run, valid=r.valid, invalid=r.invalid, errors=r.errors, timeouts=r.timeouts,
+        gold_passed=r.gold_passed, gold_failed=r.gold_failed, checks_passed=r.checks_passed, quota=r.quota,
+    )
