@@ -63,6 +63,8 @@ def job_view(app: App, job: JobRecord, counts: bool = True) -> dict[str, Any]:
         "task_size": job.task_size,
         "tasks_done": job.tasks_done,
         "tasks_failed": job.tasks_failed,
+        "tasks_inconclusive": job.tasks_inconclusive,
+        "trust": job.policy,
         "reward_per_task": str(job.reward_per_task),
         "params": job.params,
         "created_at": job.created_at,

@@ -1,0 +1,98 @@
+"""Trust with real worker processes: cheaters caught, dead workers survived, doubt reported."""
+
+import signal
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow.parquet as pq
+import pytest
+
+from coopgrid import datasets
+from coopgrid.client import ApiClient
+from coopgrid.local import LocalGrid
+from coopgrid.protocol import sha256_hex
+
+pytestmark = pytest.mark.acceptance
+
+
+@pytest.fixture
+def grid(tmp_path):
+    g = LocalGrid(tmp_path / "grid")
+    yield g
+    g.stop(timeout=15)
+
+
+def wait_for(client, job_id, until, timeout=180.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        if until(job):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting on job {job_id}: {client.job(job_id)}")
+
+
+def test_a_random_output_worker_is_quarantined_and_no_wrong_label_is_in_the_output(grid, digits_onnx):
+    grid.start_coordinator()
+    data = datasets.digits(3000)
+    with ApiClient(grid.url, grid.token) as client:
+        model = client.publish_model(digits_onnx.onnx, digits_onnx.spec(sha256_hex(digits_onnx.onnx)))
+        for i in range(3):
+            grid.start_worker(i, "--batch", "2")
+        grid.start_worker(3, "--batch", "2", "--dishonest", "random")
+        grid.wait_for_workers(client, 4)
+        job = client.submit({"task_type": "classify", "model": model["hash"], "dataset": client.put_blob(data.to_npz()),
+                             "task_size": 50, "reward_per_task": 1})
+        job = wait_for(client, job["id"], lambda j: j["state"] == "done")
+        output = client.call("GET", f"/v1/jobs/{job['id']}/output").content
+        workers = {w["name"]: w for w in client.workers()}
+    cheater = workers["local-3"]
+    assert cheater["quarantined"], cheater
+    assert all(not workers[f"local-{i}"]["quarantined"] for i in range(3))
+    assert cheater["address"] not in job["summary"]["tasks_per_worker"]  # nothing credited to it
+
+    sess = ort.InferenceSession(digits_onnx.onnx, providers=["CPUExecutionProvider"])
+    honest = sess.run(None, {sess.get_inputs()[0].name: data.x.astype(np.float32)})[0]
+    (grid.data_dir / "out.parquet").write_bytes(output)
+    table = pq.read_table(grid.data_dir / "out.parquet").to_pydict()
+    by_id = dict(zip(table["item_id"], table["label"]))
+    assert len(by_id) == len(data)
+    wrong = [i for i, item in enumerate(data.item_ids()) if by_id[item] != honest[i]]
+    assert wrong == []  # every label is the model's own answer
+    assert cheater["address"] not in set(table["worker"])
+
+
+def test_a_replicated_job_completes_when_a_worker_dies_mid_job(grid, digits_onnx):
+    grid.start_coordinator("--lease-seconds", "3")
+    with ApiClient(grid.url, grid.token) as client:
+        model = client.publish_model(digits_onnx.onnx, digits_onnx.spec(sha256_hex(digits_onnx.onnx)))
+        procs = [grid.start_worker(i, "--batch", "2") for i in range(3)]
+        grid.wait_for_workers(client, 3)
+        job = client.submit({
+            "task_type": "classify", "model": model["hash"], "task_size": 50,
+            "dataset": client.put_blob(datasets.digits(4000).to_npz()),
+            "trust": {"replicas": 2, "quorum": 2, "adaptive": False},
+        })
+        wait_for(client, job["id"], lambda j: j["tasks_done"] >= 10)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+        job = wait_for(client, job["id"], lambda j: j["state"] == "done")
+    assert job["tasks_done"] == job["tasks"] and job["tasks_inconclusive"] == 0
+    assert job["summary"]["replicas_per_task"] >= 2.0  # every task had its quorum of two
+
+
+def test_an_inconclusive_task_is_reported_not_dropped(grid):
+    grid.start_coordinator()
+    with ApiClient(grid.url, grid.token) as client:
+        grid.start_worker(0, "--dishonest", "random")
+        grid.start_worker(1, "--dishonest", "random")
+        grid.wait_for_workers(client, 2)
+        job = client.submit({
+            "task_type": "echo", "task_size": 5, "dataset": client.put_blob(datasets.sequence(20).to_npz()),
+            "trust": {"replicas": 2, "quorum": 2, "max_replicas": 2, "adaptive": False, "gold_rate": 0},
+        })
+        job = wait_for(client, job["id"], lambda j: j["state"] == "done")
+        status = client.job(job["id"])
+    assert status["tasks_inconclusive"] == 4 and status["tasks_done"] == 0
+    assert status["summary"]["tasks_inconclusive"] == 4
