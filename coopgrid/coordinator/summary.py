@@ -19,7 +19,7 @@ from coopgrid import tasks
 from coopgrid.blobs import BlobStore
 from coopgrid.datasets import Dataset
 from coopgrid.store.base import JobRecord, Store
-from coopgrid.tasks.base import TaskOutput
+from coopgrid.tasks.base import TaskOutput, store_blob_files
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class Summarizer:
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "output.parquet"
                 figures = task_type.reduce(outputs, dataset, params, out)
+                # extra files a reducer wrote (e.g. preprocess's dataset.npz, the next job's input)
+                figures = store_blob_files(figures, out.parent, self.blobs.put)
                 output_hash = self.blobs.put(out.read_bytes())
             now = time.time()
             summary = self.figures(job, now) | figures

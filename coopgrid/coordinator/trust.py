@@ -128,7 +128,10 @@ def decide(
     agree: Callable[[Any, Any], bool],
     rng: random.Random,
 ) -> Decision:
-    """Decide an open task from its results (errors excluded), given ``issued`` normal replicas so far."""
+    """Decide an open task from its results (errors excluded), given ``issued`` normal replicas so far.
+
+    Replicas issued but not answered yet count toward the quorum before more are issued,
+    and a task is never given up while some are still out."""
     d = Decision()
     if not cands:
         return d
@@ -140,18 +143,22 @@ def decide(
         d.valid = [c.result_id for c in best[1:]]
         d.invalid = [c.result_id for g in groups[1:] for c in g]
         return d
-    if len(cands) == 1 and policy.adaptive:
+    # replicas issued whose results have not come back yet may still complete the quorum
+    outstanding = max(issued - len(cands), 0)
+    if len(cands) == 1 and outstanding == 0 and policy.adaptive:
         only = cands[0]
         if only.run >= policy.trust_run and rng.random() < 1 - 1 / only.run:
             d.accept = only.result_id
             d.provisional = True
             d.audit = rng.random() < audit_probability(policy, only.run)
             return d
-    if issued >= policy.max_replicas:
-        d.inconclusive = True
-        return d
     need = max(policy.quorum - len(best), 1)
-    d.more = min(need, policy.max_replicas - issued)
+    if need <= outstanding:
+        return d  # wait for the replicas still out
+    if issued >= policy.max_replicas:
+        d.inconclusive = outstanding == 0
+        return d
+    d.more = min(need - outstanding, policy.max_replicas - issued)
     return d
 
 

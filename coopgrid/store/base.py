@@ -401,8 +401,8 @@ class Store(abc.ABC):
         Never two replicas of one task to the same worker or to workers of the same owner."""
 
     @abc.abstractmethod
-    def queue_depth(self, active_since: float) -> tuple[int, int]:
-        """Ready replicas, and workers seen since ``active_since`` (to share work fairly)."""
+    def queue_depth(self, active_since: float, cap: int = 1_000_000) -> tuple[int, int]:
+        """Ready replicas (counted up to ``cap``), and workers seen since ``active_since``."""
 
     @abc.abstractmethod
     def extend_lease(self, lease_id: int, worker_id: int, lease_seconds: float, now: float) -> float:

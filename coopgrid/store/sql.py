@@ -531,10 +531,12 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
             )
         return len(found)
 
-    def queue_depth(self, active_since: float) -> tuple[int, int]:
+    def queue_depth(self, active_since: float, cap: int = 1_000_000) -> tuple[int, int]:
         with self._read() as conn:
+            # counting stops at ``cap``: callers only need to know "at least this many"
             ready = conn.execute(
-                text("SELECT count(*) FROM replicas WHERE state = :ready"), {"ready": int(ReplicaState.READY)}
+                text("SELECT count(*) FROM (SELECT 1 FROM replicas WHERE state = :ready LIMIT :cap) AS q"),
+                {"ready": int(ReplicaState.READY), "cap": cap},
             ).scalar_one()
             active = conn.execute(
                 select(func.count()).select_from(s.workers).where(s.workers.c.last_seen >= active_since)

@@ -1,14 +1,39 @@
 """``classify``: an ONNX image classifier over a batch of images.
 
-Input: an .npy float32 array, one flattened image per row, already in the
-model's value range (see :mod:`coopgrid.datasets`). Output: the label and
-the confidence (highest class probability, rounded to 4 decimals so that
-honest workers on different hardware produce the same bytes) per image.
+Input, either:
+
+* an .npy float32 array, one flattened image per row, already in the
+  model's value range (numeric datasets such as ``digits``); or
+* image items (PNG, JPEG...; :func:`coopgrid.datasets.load_items`), which
+  each worker decodes and prepares as the model's manifest says. An image
+  that cannot be decoded fails alone: its row in the output has the reason.
+
+The manifest's ``input`` says how to prepare an image (every key optional):
+
+* ``image_size`` [height, width] (default: from ``shape``);
+* ``color``: ``L`` (grayscale) or ``RGB``; default from the channel count;
+* ``layout``: ``NCHW``, ``NHWC`` or ``flat`` (one row of pixels);
+  ``shape`` is the input shape without the batch dimension, e.g. [3, 224, 224];
+* ``scale`` (default 1/255), then ``mean`` and ``std`` per channel:
+  ``x = (pixel * scale - mean) / std``;
+* the digits model's form, ``value_max`` with no ``layout``: grayscale,
+  light ink on dark (a light page is inverted), scaled to 0..value_max;
+* ``scores``: ``probabilities`` or ``logits`` (softmax is applied); by
+  default a model with two outputs (scikit-learn's label + probabilities) is
+  read as such, and a single output is softmaxed unless its rows already
+  sum to one.
+
+``classes`` (the manifest's) names the labels; without it a label is the
+class index. Output: the label and the confidence (highest class
+probability, rounded to 4 decimals so honest workers on different hardware
+produce the same bytes) per image; with ``top_k`` > 1 also the k best labels
+and their probabilities.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +41,132 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from coopgrid.datasets import Dataset
+from coopgrid.datasets import Dataset, digit_like
 from coopgrid.errors import InvalidInput
-from coopgrid.tasks.base import TaskOutput, TaskType
+from coopgrid.tasks.base import ItemParams, TaskOutput, TaskType, item_errors, split_items
+from coopgrid.tasks.common import decode_image, items_input
 from coopgrid.tasks.echo import npy_load, split_rows
 
 CONFIDENCE_DECIMALS = 4
 
 
+class ClassifyParams(ItemParams):
+    top_k: int = Field(1, ge=1, le=1000, description="Also report the k most likely labels with their probabilities.")
+
+
+@dataclass
+class Classifier:
+    """An ONNX Runtime session plus what the manifest says about feeding it."""
+
+    session: Any
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    # an InferenceSession's interface, for callers that used the session directly
+    def get_inputs(self) -> Any:
+        return self.session.get_inputs()
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        return self.session.run(*args, **kwargs)
+
+    @property
+    def input_spec(self) -> dict[str, Any]:
+        return self.manifest.get("input", {}) or {}
+
+    def input_shape(self) -> list[int]:
+        spec = self.input_spec
+        if spec.get("shape"):
+            return [int(d) for d in spec["shape"]]
+        dims = self.session.get_inputs()[0].shape[1:]
+        if all(isinstance(d, int) for d in dims) and dims:
+            return [int(d) for d in dims]
+        raise InvalidInput("the classifier's manifest needs input.shape (without the batch dimension) to feed it images")
+
+    def prepare(self, image: Any) -> np.ndarray:
+        """One decoded PIL image as one row of the model's input (no batch dimension)."""
+        from PIL import Image
+
+        spec = self.input_spec
+        shape = self.input_shape()
+        layout = spec.get("layout") or ("flat" if len(shape) == 1 else "NCHW")
+        if layout == "flat" and "value_max" in spec and "mean" not in spec:  # the digits model's form
+            h, w = spec.get("image_size") or _square(shape[0])
+            gray = np.asarray(image.convert("L").resize((w, h), Image.Resampling.BILINEAR), np.float32)
+            return digit_like(gray, float(spec["value_max"]))
+        if layout == "NCHW":
+            channels, h, w = shape[-3:] if len(shape) >= 3 else (1, *shape[-2:])
+        elif layout == "NHWC":
+            h, w, channels = shape[-3:]
+        else:
+            size = spec.get("image_size")
+            if not size:
+                raise InvalidInput("a flat classifier input needs input.image_size [height, width] in its manifest")
+            h, w = size
+            channels = 1 if spec.get("color", "L") == "L" else 3
+        h, w = spec.get("image_size") or (h, w)
+        color = spec.get("color") or ("L" if channels == 1 else "RGB")
+        im = image.convert(color).resize((int(w), int(h)), Image.Resampling.BILINEAR)
+        x = np.asarray(im, np.float32)
+        if x.ndim == 2:
+            x = x[:, :, None]
+        x = x * np.float32(spec.get("scale", 1 / 255))
+        if "mean" in spec:
+            x = x - np.asarray(spec["mean"], np.float32)
+        if "std" in spec:
+            x = x / np.asarray(spec["std"], np.float32)
+        if layout == "NCHW":
+            x = x.transpose(2, 0, 1)
+        return x.reshape(-1) if layout == "flat" else x
+
+    def scores(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """(labels output if the model has one, class probabilities) for a batch."""
+        inp = self.session.get_inputs()[0]
+        declared = inp.shape[1:]
+        if len(declared) != x.ndim - 1 and x.ndim == 2 and self.input_spec.get("shape"):
+            x = x.reshape(len(x), *self.input_shape())
+        outs = self.session.run(None, {inp.name: x.astype(np.float32, copy=False)})
+        kind = self.input_spec.get("scores")
+        if len(outs) >= 2 and kind is None:
+            return np.asarray(outs[0]), np.asarray(outs[1], dtype=np.float64)
+        raw = np.asarray(outs[0], dtype=np.float64).reshape(len(x), -1)
+        if kind == "probabilities" or (kind is None and (raw >= 0).all() and np.allclose(raw.sum(axis=1), 1, atol=1e-3)):
+            return None, raw
+        z = raw - raw.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return None, e / e.sum(axis=1, keepdims=True)
+
+
+def _square(n: int) -> tuple[int, int]:
+    side = int(round(n**0.5))
+    if side * side != n:
+        raise InvalidInput("the classifier's manifest needs input.image_size [height, width]")
+    return side, side
+
+
 class ClassifyTask(TaskType):
     name = "classify"
+    Params = ClassifyParams
     needs_model = True
+    accepts = ("array", "bytes")
 
     def split(self, dataset: Dataset, task_size: int, params: BaseModel) -> Iterator[tuple[bytes, int]]:
-        if dataset.x.dtype.kind not in "fiu":
-            raise InvalidInput(f"classify needs numeric images, not {dataset.x.dtype}")
-        return split_rows(dataset, task_size, np.float32)
+        if dataset.kind == "bytes":
+            if dataset.media != "image":
+                raise InvalidInput(f"classify needs images, not {dataset.media or 'byte'} items")
+            return split_items(dataset, task_size, params)
+        if dataset.kind != "array" or dataset.x.dtype.kind not in "fiu":
+            raise InvalidInput(f"classify needs numeric images or image files, not {dataset.x.dtype if dataset.kind == 'array' else dataset.kind}")
+        max_bytes = getattr(params, "task_bytes", None)
+        if max_bytes is None:
+            return split_rows(dataset, task_size, np.float32)
+        return (
+            (out, n)
+            for a, b in dataset.ranges(task_size, max_bytes)
+            for out, n in split_rows(Dataset(dataset.x[a:b]), b - a, np.float32)
+        )
 
-    def load_model(self, model_bytes: bytes, manifest: dict[str, Any]) -> Any:
+    def load_model(self, model_bytes: bytes, manifest: dict[str, Any]) -> Classifier:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -43,49 +174,124 @@ class ClassifyTask(TaskType):
         # several workers (and the coordinator) share the machine's cores
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+        return Classifier(session, manifest or {})
 
-    def run(self, task_input: bytes, model: Any, params: BaseModel) -> dict[str, list[Any]]:
-        x = npy_load(task_input).astype(np.float32, copy=False)
-        x = x.reshape(len(x), -1)
-        inp = model.get_inputs()[0]
-        labels, probs = model.run(None, {inp.name: x})[:2]
-        confidence = np.round(np.asarray(probs, dtype=np.float64).max(axis=1), CONFIDENCE_DECIMALS)
-        return {"labels": np.asarray(labels).astype(np.int64).tolist(), "confidence": confidence.tolist()}
+    def run(self, task_input: bytes, model: Any, params: BaseModel) -> dict[str, Any]:
+        if not isinstance(model, Classifier):  # a bare InferenceSession
+            model = Classifier(model)
+        top_k = getattr(params, "top_k", 1)
+        errors: dict[int, str] = {}
+        if task_input[:4] == b"CGB1":
+            _, items = items_input(task_input, ("image",))
+            rows: list[np.ndarray] = []
+            good: list[int] = []
+            for i, data in enumerate(items):
+                try:
+                    rows.append(model.prepare(decode_image(data)))
+                    good.append(i)
+                except ValueError as exc:
+                    errors[i] = str(exc)
+            n = len(items)
+            x = np.stack(rows) if rows else None
+        else:
+            x = npy_load(task_input).astype(np.float32, copy=False)
+            x = x.reshape(len(x), -1)
+            n, good = len(x), list(range(len(x)))
+        labels_out: list[Any] = [None] * n
+        confidence: list[float | None] = [None] * n
+        tops: list[Any] = [None] * n
+        if x is not None and len(good):
+            label_arr, probs = model.scores(x)
+            classes = model.manifest.get("classes") or []
+            best = probs.argmax(axis=1)
+            if label_arr is not None:
+                found = np.asarray(label_arr).tolist()
+            else:
+                found = [classes[j] if j < len(classes) else int(j) for j in best.tolist()]
+            conf = np.round(probs.max(axis=1), CONFIDENCE_DECIMALS).tolist()
+            order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k] if top_k > 1 else None
+            for r, i in enumerate(good):
+                labels_out[i] = found[r] if not isinstance(found[r], float) else int(found[r])
+                confidence[i] = conf[r]
+                if order is not None:
+                    idx = order[r].tolist()
+                    names = [classes[j] if j < len(classes) else int(j) for j in idx]
+                    tops[i] = [names, np.round(probs[r, idx], CONFIDENCE_DECIMALS).tolist()]
+        out: dict[str, Any] = {"labels": labels_out, "confidence": confidence}
+        if top_k > 1:
+            out["top_k"] = tops
+        if errors:
+            out["errors"] = item_errors(errors)
+        return out
 
     def canonical(self, output: dict[str, list[Any]]) -> bytes:
-        return orjson.dumps({"labels": output["labels"], "confidence": output["confidence"]})
+        keys = ["labels", "confidence"] + [k for k in ("top_k", "errors") if k in output]
+        return orjson.dumps({k: output[k] for k in keys})
 
     def decode(self, data: bytes) -> dict[str, list[Any]]:
         return orjson.loads(data)
 
     def agree(self, a: dict[str, list[Any]], b: dict[str, list[Any]]) -> bool:
-        return a["labels"] == b["labels"] and bool(
-            np.allclose(a["confidence"], b["confidence"], atol=10**-CONFIDENCE_DECIMALS * 5)
-        )
+        tol = 10**-CONFIDENCE_DECIMALS * 5
+        if a["labels"] != b["labels"] or a.get("errors", []) != b.get("errors", []) or ("top_k" in a) != ("top_k" in b):
+            return False
+        ca = np.array([c if c is not None else np.nan for c in a["confidence"]], dtype=np.float64)
+        cb = np.array([c if c is not None else np.nan for c in b["confidence"]], dtype=np.float64)
+        if ca.shape != cb.shape or not np.allclose(ca, cb, atol=tol, equal_nan=True):
+            return False
+        for x, y in zip(a.get("top_k") or [], b.get("top_k") or []):
+            if (x is None) != (y is None):
+                return False
+            if x is not None and (x[0][0] != y[0][0] or not np.allclose(x[1], y[1], atol=tol)):
+                return False  # the best label must match; lower ranks may swap on near-ties
+        return True
 
     def reduce(self, outputs: Sequence[TaskOutput], dataset: Dataset, params: BaseModel, out: Path) -> dict[str, Any]:
         ids = dataset.item_ids()
-        cols: dict[str, list[Any]] = {"item_id": [], "label": [], "confidence": [], "task_index": [], "worker": []}
-        for o in outputs:
+        top_k = getattr(params, "top_k", 1)
+        cols: dict[str, list[Any]] = {k: [] for k in ("item_id", "label", "confidence", "top_labels", "top_scores", "error", "task_index", "worker")}
+        for o in sorted(outputs, key=lambda o: o.first_item):
+            reasons = dict((i, r) for i, r in o.output.get("errors", []))
             cols["item_id"] += ids[o.first_item : o.first_item + o.n_items]
             cols["label"] += o.output["labels"]
             cols["confidence"] += o.output["confidence"]
+            for k, t in enumerate(o.output.get("top_k") or [None] * o.n_items):
+                cols["top_labels"].append([str(v) for v in t[0]] if t else None)
+                cols["top_scores"].append(t[1] if t else None)
+            cols["error"] += [reasons.get(k) for k in range(o.n_items)]
             cols["task_index"] += [o.task_index] * o.n_items
             cols["worker"] += [o.worker] * o.n_items
-        table = pa.table(
-            {
-                "item_id": pa.array(cols["item_id"], pa.string()),
-                "label": pa.array(cols["label"], pa.int64()),
-                "confidence": pa.array(cols["confidence"], pa.float64()),
-                "task_index": pa.array(cols["task_index"], pa.int32()),
-                "worker": pa.array(cols["worker"], pa.string()),
-            }
-        )
-        pq.write_table(table, out)
+        labels = [v for v in cols["label"] if v is not None]
+        label_type = pa.int64() if all(isinstance(v, int) and not isinstance(v, bool) for v in labels) else pa.string()
+        if label_type == pa.string():
+            cols["label"] = [None if v is None else str(v) for v in cols["label"]]
+        columns = {
+            "item_id": pa.array(cols["item_id"], pa.string()),
+            "label": pa.array(cols["label"], label_type),
+            "confidence": pa.array(cols["confidence"], pa.float64()),
+        }
+        if top_k > 1:
+            columns["top_labels"] = pa.array(cols["top_labels"], pa.list_(pa.string()))
+            columns["top_scores"] = pa.array(cols["top_scores"], pa.list_(pa.float64()))
+        if any(e is not None for e in cols["error"]):
+            columns["error"] = pa.array(cols["error"], pa.string())
+        columns["task_index"] = pa.array(cols["task_index"], pa.int32())
+        columns["worker"] = pa.array(cols["worker"], pa.string())
+        pq.write_table(pa.table(columns), out)
         figures: dict[str, Any] = {}
+        n_errors = sum(e is not None for e in cols["error"])
+        if n_errors:
+            figures["item_errors"] = n_errors
         if dataset.y is not None and outputs:
-            truth = np.concatenate([dataset.y[o.first_item : o.first_item + o.n_items] for o in outputs])
-            figures["accuracy"] = round(float((np.asarray(cols["label"]) == truth).mean()), 6)
+            truth = np.concatenate([dataset.y[o.first_item : o.first_item + o.n_items] for o in sorted(outputs, key=lambda o: o.first_item)])
+            got = np.array([str(v) for v in cols["label"]]) if label_type == pa.string() else np.array(
+                [v if v is not None else -(2**62) for v in cols["label"]]
+            )
+            truth_cmp = truth.astype(str) if label_type == pa.string() else truth
+            figures["accuracy"] = round(float((got == truth_cmp).mean()), 6)
             figures["labelled_items"] = int(len(truth))
+            if top_k > 1:
+                hits = [t is not None and str(y) in t for t, y in zip(cols["top_labels"], truth.tolist())]
+                figures[f"top_{top_k}_accuracy"] = round(float(np.mean(hits)), 6)
         return figures

@@ -4,6 +4,10 @@ Each test builds a real coordinator (``coopgrid.app.build``) on a SQLite file
 in its tmp dir; the client is used as a context manager so the lifespan runs
 (unfinished-job recovery, the lease reaper). Workers are real identities that
 sign their requests and result batches exactly as ``coopgrid worker`` does.
+
+Most tests run jobs under the no-replication trust policy (one replica per
+task, accepted as soon as it comes back) so that one worker can finish a job;
+the tests at the end run the default policy (a quorum of two owners).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from coopgrid.protocol import ZERO_HASH, ResultRef, b64decode, b64encode, sha256
 
 # -- harness ----------------------------------------------------------------------
 
+#: one replica per task, accepted and final at once: a job one worker can finish
+NO_REPLICATION = {"replicas": 1, "quorum": 1, "adaptive": False, "gold_rate": 0}
+
 
 @dataclass
 class Grid:
@@ -57,13 +64,15 @@ class Grid:
         assert r.json() == {"sha256": sha256_hex(data), "size": len(data)}
         return r.json()["sha256"]
 
-    def submit_echo(self, n_items: int, task_size: int, token: str | None = None) -> dict[str, Any]:
+    def submit_echo(
+        self, n_items: int, task_size: int, token: str | None = None, trust: dict[str, Any] | None = NO_REPLICATION
+    ) -> dict[str, Any]:
+        """An echo job; ``trust=None`` leaves the trust policy to the coordinator's defaults."""
         dataset = self.upload(sequence(n_items).to_npz(), token)
-        r = self.client.post(
-            "/v1/jobs",
-            json={"task_type": "echo", "dataset": dataset, "task_size": task_size},
-            headers=self.headers(token),
-        )
+        spec = {"task_type": "echo", "dataset": dataset, "task_size": task_size}
+        if trust is not None:
+            spec["trust"] = trust
+        r = self.client.post("/v1/jobs", json=spec, headers=self.headers(token))
         assert r.status_code == 201, r.text
         return r.json()
 
@@ -111,9 +120,10 @@ def grid(make_grid: Callable[..., Grid]) -> Grid:
 class Worker:
     """A grid worker as seen on the wire: signs every request and every result batch."""
 
-    def __init__(self, grid: Grid, identity: Identity | None = None) -> None:
+    def __init__(self, grid: Grid, identity: Identity | None = None, owner: str = "tests") -> None:
         self.grid = grid
         self.identity = identity or Identity.generate()
+        self.owner = owner
 
     @property
     def address(self) -> str:
@@ -126,7 +136,7 @@ class Worker:
         return self.grid.client.post(path, content=content, headers=headers)
 
     def register(self) -> Worker:
-        r = self.post("/v1/workers", {"name": "test worker", "owner": "tests"})
+        r = self.post("/v1/workers", {"name": "test worker", "owner": self.owner})
         assert r.status_code == 201, r.text
         assert r.json()["address"] == self.address
         return self
@@ -136,15 +146,22 @@ class Worker:
         assert r.status_code == 201, r.text
         return r.json()
 
-    def compute(self, lease: dict[str, Any]) -> tuple[list[dict[str, Any]], list[ResultRef]]:
-        """Run every leased replica like coopgrid.worker.loop does; the items and what they sign."""
+    def compute(
+        self, lease: dict[str, Any], cheat: bool = False
+    ) -> tuple[list[dict[str, Any]], list[ResultRef]]:
+        """Run every leased replica like coopgrid.worker.loop does; the items and what they sign.
+
+        ``cheat``: send (and sign) a made-up output instead of computing it."""
         items, refs = [], []
         for replica in lease["replicas"]:
             job = lease["jobs"][replica["job"]]
             task_type = tasks.get(job["task_type"])
             data = b64decode(replica["input"])
             assert sha256_hex(data) == replica["input_hash"]
-            output = task_type.canonical(task_type.run(data, None, task_type.validate_params(job["params"])))
+            if cheat:
+                output = b"a made-up answer to replica %d" % replica["id"]
+            else:
+                output = task_type.canonical(task_type.run(data, None, task_type.validate_params(job["params"])))
             items.append({"replica_id": replica["id"], "output_hash": sha256_hex(output), "output": b64encode(output)})
             refs.append(
                 ResultRef(
@@ -157,8 +174,8 @@ class Worker:
             )
         return items, refs
 
-    def batch(self, lease: dict[str, Any], signer: Identity | None = None) -> dict[str, Any]:
-        items, refs = self.compute(lease)
+    def batch(self, lease: dict[str, Any], signer: Identity | None = None, cheat: bool = False) -> dict[str, Any]:
+        items, refs = self.compute(lease, cheat)
         signature = (signer or self.identity).sign_batch(lease["chain_id"], lease["lease_id"], refs)
         return {"signature": signature, "results": items}
 
@@ -205,8 +222,8 @@ def test_an_echo_job_runs_to_a_complete_output(grid: Grid) -> None:
     for n, (w, lease) in enumerate(leases):
         r = w.submit(lease["lease_id"], w.batch(lease))
         assert r.status_code == 200, r.text
-        assert r.json()["results"] == {"accepted": len(lease["replicas"])}
-        if n == 0:
+        assert r.json()["results"] == {"pending": len(lease["replicas"])}  # as recorded, before validation
+        if n == 0:  # ...which ran before the response: one replica per task is accepted at once
             assert grid.job(job["id"], alice)["tasks_done"] == len(lease["replicas"])
 
     done = grid.wait_until_done(job["id"], alice)
@@ -229,7 +246,10 @@ def test_an_echo_job_runs_to_a_complete_output(grid: Grid) -> None:
     summary = done["summary"]
     assert (summary["items"], summary["tasks"], summary["tasks_done"], summary["tasks_failed"]) == (50, 7, 7, 0)
     assert summary["replicas_executed"] == 7
+    assert summary["replicas_per_task"] == 1.0
     assert summary["replicas_expired"] == 0
+    assert (summary["tasks_inconclusive"], summary["tasks_provisional"]) == (0, 0)
+    assert summary["results"] == {"accepted": 7}
     assert summary["workers"] == len(per_worker)
     assert summary["tasks_per_worker"] == per_worker
     assert summary["echo_mismatches"] == 0
@@ -261,7 +281,8 @@ def test_a_complete_job_left_unreduced_is_finished_when_the_coordinator_restarts
                 [],
                 time.time(),
             )
-            assert grid.job(job["id"])["state"] == "running"
+            after = grid.job(job["id"])
+            assert (after["state"], after["tasks_done"]) == ("running", 0)  # recorded, never validated
     finally:
         app.close()
 
@@ -430,7 +451,8 @@ def test_results_for_an_unknown_lease_are_409_naming_it(grid: Grid) -> None:
     assert r.status_code == 409
     assert "987654" in error_of(r)["detail"]
 
-    assert w.submit(lease["lease_id"], batch).json()["results"] == {"accepted": 2}
+    assert w.submit(lease["lease_id"], batch).json()["results"] == {"pending": 2}
+    assert grid.job(lease["replicas"][0]["job"])["tasks_done"] == 2
 
 
 def test_results_for_an_expired_lease_are_409_saying_so(make_grid: Callable[..., Grid]) -> None:
@@ -456,7 +478,7 @@ def test_results_for_an_expired_lease_are_409_saying_so(make_grid: Callable[...,
     # the tasks were reissued; another worker completes the job (under a lease long
     # enough that this test does not race it)
     grid.app.settings.lease_seconds = 60.0
-    fast = Worker(grid).register()
+    fast = Worker(grid, owner="someone else").register()  # replicas of a task never go to one owner twice
     reissued = []
     while (r := fast.post("/v1/leases", {"max_replicas": 100})).status_code == 201 and len(reissued) < 10:
         reissued.append(r.json())
@@ -488,7 +510,8 @@ def test_a_batch_signed_by_another_key_is_401(grid: Grid) -> None:
     assert grid.job(job["id"])["tasks_done"] == 0
 
     r = w.submit(lease["lease_id"], w.batch(lease))
-    assert r.status_code == 200 and r.json()["results"] == {"accepted": 2}
+    assert r.status_code == 200 and r.json()["results"] == {"pending": 2}
+    assert grid.job(job["id"])["tasks_done"] == 2
 
 
 def test_an_output_that_does_not_hash_to_its_output_hash_is_422(grid: Grid) -> None:
@@ -567,3 +590,80 @@ def test_an_unregistered_worker_is_401(grid: Grid) -> None:
     assert stranger.address in error_of(r)["detail"]
     stranger.register()
     assert stranger.post("/v1/leases", {"max_replicas": 10}).status_code == 201
+
+
+# -- the default trust policy: a quorum of two owners ------------------------------------
+
+
+def lease_all(workers: list[Worker], max_replicas: int = 100) -> list[tuple[Worker, dict[str, Any]]]:
+    """Each worker in turn asks for work until none is granted any; the leases granted."""
+    granted: list[tuple[Worker, dict[str, Any]]] = []
+    for _ in range(20):
+        got = [(w, w.post("/v1/leases", {"max_replicas": max_replicas})) for w in workers]
+        assert all(r.status_code in (201, 204) for _, r in got), [r.text for _, r in got]
+        new = [(w, r.json()) for w, r in got if r.status_code == 201]
+        if not new:
+            return granted
+        granted += new
+    pytest.fail(f"the coordinator kept handing out replicas: {granted}")
+
+
+def test_under_the_default_policy_each_task_is_accepted_by_two_owners_agreeing(grid: Grid) -> None:
+    job = grid.submit_echo(30, 5, trust=None)  # the coordinator's default trust policy
+    assert job["replicas"] == {"ready": 6}  # adaptive: one replica per task at first, more on demand
+    assert (job["trust"]["replicas"], job["trust"]["quorum"], job["trust"]["adaptive"]) == (2, 2, True)
+    ann, ann_too, bob = Worker(grid, owner="ann").register(), Worker(grid, owner="ann").register(), Worker(
+        grid, owner="bob"
+    ).register()
+    computed_by: dict[int, list[Worker]] = {}
+    for _ in range(5):  # the first results ask for a second opinion; then the second opinions come in
+        leases = lease_all([ann, ann_too, bob])
+        if not leases:
+            break
+        for w, lease in leases:
+            for rep in lease["replicas"]:
+                computed_by.setdefault(rep["task_index"], []).append(w)
+            r = w.submit(lease["lease_id"], w.batch(lease))
+            assert r.status_code == 200, r.text
+            assert set(r.json()["results"]) == {"pending"}
+
+    done = grid.wait_until_done(job["id"])
+    assert sorted(computed_by) == list(range(6))
+    for task, ws in computed_by.items():  # two replicas per task, on two different owners
+        assert len(ws) == 2 and len({w.owner for w in ws}) == 2, (task, [w.owner for w in ws])
+    assert (done["tasks_done"], done["tasks_inconclusive"]) == (6, 0)
+    summary = done["summary"]
+    assert (summary["tasks_done"], summary["tasks_inconclusive"], summary["echo_mismatches"]) == (6, 0, 0)
+    assert summary["results"] == {"accepted": 6, "valid": 6}
+    assert summary["replicas_per_task"] == 2.0  # the price of the quorum
+    listed = {w["address"]: w for w in grid.client.get("/v1/workers", headers=grid.headers()).json()}
+    assert not any(w["quarantined"] for w in listed.values())
+    assert listed[bob.address]["reputation"][0]["valid"] == 6  # bob's half of every pair
+    r = grid.client.get(f"/v1/jobs/{job['id']}/output", headers=grid.headers())
+    assert pq.read_table(io.BytesIO(r.content)).num_rows == 30
+
+
+def test_a_worker_outvoted_is_quarantined_and_refused_work_with_403(grid: Grid) -> None:
+    job = grid.submit_echo(2, 2, trust={"max_invalid": 1, "gold_rate": 0})  # one task
+    honest, cheat, tiebreak = (Worker(grid, owner=o).register() for o in ("ann", "carl", "bob"))
+    for w, lies in ((honest, False), (cheat, True), (tiebreak, False)):  # one replica each, in turn
+        lease = w.lease()
+        assert [rep["task_index"] for rep in lease["replicas"]] == [0]
+        r = w.submit(lease["lease_id"], w.batch(lease, cheat=lies))
+        assert r.status_code == 200, r.text
+
+    done = grid.wait_until_done(job["id"])
+    assert done["summary"]["results"] == {"accepted": 1, "valid": 1, "invalid": 1}
+    assert done["summary"]["echo_mismatches"] == 0  # the made-up answer is not in the output
+    assert done["summary"]["tasks_per_worker"] == {honest.address: 1, tiebreak.address: 1}
+
+    grid.submit_echo(4, 2, trust=None)  # there is work, but not for the cheat
+    r = cheat.post("/v1/leases", {"max_replicas": 10})
+    assert r.status_code == 403, r.text
+    assert error_of(r)["error"] == "Forbidden"
+    assert "quarantined" in error_of(r)["detail"]
+    listed = {w["address"]: w for w in grid.client.get("/v1/workers", headers=grid.headers()).json()}
+    assert listed[cheat.address]["quarantined"] is True
+    assert "outvoted" in listed[cheat.address]["quarantine_reason"]
+    assert listed[honest.address]["quarantined"] is False
+    assert honest.post("/v1/leases", {"max_replicas": 10}).status_code == 201

@@ -3,23 +3,50 @@
 A "crash" is simulated by making one ledger call raise BaseException at the
 chosen point, then throwing the app away and building a new one on the same
 data dir: what survives is only what the store and the chain file hold.
+
+Only *final* results are sealed and paid: a quorum-accepted result (and the
+results that agreed with it) at once, a result accepted without replication
+(provisional) only once checked; a caught worker's provisional results never
+reach the chain.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from eth_account import Account
+from sqlalchemy import insert, update
 
 from coopgrid.app import App, build
 from coopgrid.config import Settings
 from coopgrid.coordinator.scheduler import JobSpec
+from coopgrid.coordinator.trust import TrustPolicy
+from coopgrid.coordinator.validation import Validator
 from coopgrid.datasets import sequence
 from coopgrid.errors import Conflict
 from coopgrid.ledger import merkle
 from coopgrid.protocol import sha256_hex
-from coopgrid.store.base import IncomingResult
+from coopgrid.store import schema as s
+from coopgrid.store.base import IncomingResult, WorkerRecord
+
+#: one replica per task, accepted and final at once
+NO_REPLICATION = {"replicas": 1, "quorum": 1, "adaptive": False, "gold_rate": 0}
+
+
+@pytest.fixture(autouse=True)
+def cheap_keystore(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The coordinator's key file with a one-round KDF instead of scrypt (seconds per app built):
+    the keystore's strength is not what these tests are about."""
+    encrypt = Account.encrypt
+
+    def fast(private_key: Any, password: str, kdf: Any = None, iterations: Any = None) -> dict[str, Any]:
+        return encrypt(private_key, password, kdf="pbkdf2", iterations=1)
+
+    monkeypatch.setattr(Account, "encrypt", fast)
 
 
 class Crash(BaseException):
@@ -30,27 +57,45 @@ def open_app(data_dir: Path) -> App:
     return build(Settings(data_dir=data_dir, seal_every_results=10**9, seal_every_seconds=10**9))
 
 
-def run_job(app: App, n_tasks: int, reward: int, workers: int = 2) -> str:
-    """An echo job whose every task is computed and accepted (through the store, as the API would)."""
+def submit(app: App, n_tasks: int, reward: int, trust: dict[str, Any] | None = None) -> str:
     token, _ = app.auth.issue("t", "operator")
     dataset = app.blobs.put(sequence(n_tasks).to_npz())
-    job = app.scheduler.submit(
-        JobSpec(task_type="echo", dataset=dataset, task_size=1, reward_per_task=reward), token
-    )
-    ws = [app.store.register_worker(f"0x{i:040x}", f"w{i}", f"o{i}", time.time()) for i in range(1, workers + 1)]
-    done = 0
-    while done < n_tasks:
+    policy = TrustPolicy.model_validate(NO_REPLICATION if trust is None else trust)
+    spec = JobSpec(task_type="echo", dataset=dataset, task_size=1, reward_per_task=reward, trust=policy)
+    return app.scheduler.submit(spec, token).id
+
+
+def worker(app: App, i: int) -> WorkerRecord:
+    return app.store.register_worker(f"0x{i:040x}", f"w{i}", f"o{i}", time.time())
+
+
+def compute(
+    app: App, w: WorkerRecord, n: int = 2, gold: int = 0, wrong: bool = False, validator: Validator | None = None
+) -> int:
+    """One lease of up to ``n`` replicas (plus ``gold``), answered and validated as the scheduler would."""
+    lease = app.store.lease(w.id, n, [], 60, time.time(), gold=gold, rng=random.Random(0))
+    if lease is None:
+        return 0
+    items = []
+    for r in lease.replicas:
+        out = b"wrong" if wrong else (r.input_data or b"")
+        items.append(IncomingResult(r.replica_id, sha256_hex(out), out, None))
+    outcome = app.store.record_results(lease.id, w.id, "0x" + "00" * 65, items, [], time.time())
+    (validator or app.scheduler.validator).validate(outcome.tasks)
+    return len(items)
+
+
+def run_job(app: App, n_tasks: int, reward: int, workers: int = 2, trust: dict[str, Any] | None = None) -> str:
+    """An echo job whose every task is computed and accepted (through the store and the validator, as the
+    API would); one replica per task unless ``trust`` says otherwise."""
+    job_id = submit(app, n_tasks, reward, trust)
+    ws = [worker(app, i) for i in range(1, workers + 1)]
+    for _ in range(100):
+        if app.store.get_job(job_id).complete:
+            return job_id
         for w in ws:
-            lease = app.store.lease(w.id, 2, [], 60, time.time())
-            if lease is None:
-                continue
-            items = [
-                IncomingResult(r.replica_id, sha256_hex(r.input_data or b""), r.input_data, None)
-                for r in lease.replicas
-            ]
-            app.store.record_results(lease.id, w.id, "0x" + "00" * 65, items, [], time.time())
-            done += len(items)
-    return job.id
+            compute(app, w)
+    pytest.fail(f"job never completed: {app.store.get_job(job_id)}")
 
 
 def test_sealing_commits_every_accepted_result_and_pays_by_proof(tmp_path):
@@ -130,5 +175,117 @@ def test_rewards_and_epochs_survive_a_restart_of_the_embedded_chain(tmp_path):
         assert app.ledger.last_epoch() == 1
         assert app.ledger.balance_of(address) == 42
         assert app.sealer.reward_status(address)["claimable"] == "0"
+    finally:
+        app.close()
+
+
+# -- only final results are sealed and paid -----------------------------------------------
+
+
+class Fixed(random.Random):
+    """A random source that always draws ``value``: adaptive acceptance and audits decided in advance."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def set_run(app: App, w: WorkerRecord, run: int, task_type: str = "echo") -> None:
+    """A shortcut for a long run of validated results (instead of driving hundreds of tasks)."""
+    with app.store.engine.begin() as conn:
+        conn.execute(insert(s.reputation).values(worker_id=w.id, task_type=task_type, quota=100))
+        conn.execute(
+            update(s.reputation).where(s.reputation.c.worker_id == w.id).values(run=run, valid=run)
+        )
+
+
+def test_a_quorum_seals_one_leaf_per_task_and_pays_every_agreeing_worker(tmp_path):
+    app = open_app(tmp_path)
+    try:
+        job_id = run_job(app, 3, reward=5, trust={"gold_rate": 0})  # the default policy: two owners agree
+        (epoch,) = app.sealer.step(force=True)
+        assert epoch.result_count == 3  # the canonical result of each task, once
+        for task in range(3):
+            p = app.sealer.result_proof(job_id, task)
+            assert app.ledger.verify_result(1, p["leaf_hash"], p["proof"])
+        for i in (1, 2):  # both computed every task and agreed: both paid for each
+            status = app.sealer.reward_status(worker(app, i).address)
+            assert (status["cumulative"], status["pending"]) == ("15", "0")
+    finally:
+        app.close()
+
+
+def test_a_provisional_result_is_sealed_and_paid_only_once_audited(tmp_path):
+    app = open_app(tmp_path)
+    try:
+        # accepted without replication (a long run), and always audited
+        job_id = submit(app, 1, reward=5, trust={"gold_rate": 0, "audit_scale": 1000, "finality_checks": 40})
+        veteran, auditor = worker(app, 1), worker(app, 2)
+        set_run(app, veteran, 1000)
+        validator = Validator(app.store, rng=Fixed(0.5))
+        assert compute(app, veteran, validator=validator) == 1
+        assert app.store.get_job(job_id).tasks_done == 1
+        assert app.store.trust_counts(job_id)["tasks_provisional"] == 1
+
+        assert app.sealer.step(force=True) == []  # nothing final: no epoch
+        assert app.sealer.result_proof(job_id, 0) is None
+
+        assert compute(app, auditor, validator=validator) == 1  # the audit replica agrees
+        assert app.store.trust_counts(job_id)["tasks_provisional"] == 0
+        (epoch,) = app.sealer.step(force=True)
+        assert epoch.result_count == 1
+        p = app.sealer.result_proof(job_id, 0)
+        assert p["worker"] == veteran.address and app.ledger.verify_result(1, p["leaf_hash"], p["proof"])
+        for w in (veteran, auditor):  # the auditor's agreeing result is paid like any task
+            assert app.sealer.reward_status(w.address)["cumulative"] == "5"
+    finally:
+        app.close()
+
+
+def test_rewards_for_a_provisional_result_show_as_pending(tmp_path):
+    # the trust issue: "the epoch sealer takes final results only ... and rewards for
+    # provisional results show as pending"
+    app = open_app(tmp_path)
+    try:
+        submit(app, 1, reward=5, trust={"gold_rate": 0, "audit_scale": 0})
+        veteran = worker(app, 1)
+        set_run(app, veteran, 1000)
+        assert compute(app, veteran, validator=Validator(app.store, rng=Fixed(0.5))) == 1
+        assert app.sealer.step(force=True) == []
+        status = app.sealer.reward_status(veteran.address)
+        assert status["cumulative"] == "0"
+        assert status["pending"] == "5", f"a provisional result's reward is not shown as pending: {status}"
+    finally:
+        app.close()
+
+
+def test_a_caught_workers_provisional_result_never_reaches_the_chain(tmp_path):
+    app = open_app(tmp_path)
+    try:
+        gold_job = run_job(app, 1, reward=1, workers=1)  # answers known: gold for the others
+        job_id = submit(app, 2, reward=5, trust={"gold_rate": 0, "audit_scale": 0})
+        honest, other, cheat = worker(app, 1), worker(app, 2), worker(app, 3)
+        set_run(app, cheat, 1000)
+        validator = Validator(app.store, rng=Fixed(0.5))
+        assert compute(app, cheat, n=1, validator=validator) == 1  # accepted, provisional
+        assert app.store.trust_counts(job_id)["tasks_provisional"] == 1
+        # its next lease carries a gold replica, which it gets wrong
+        assert compute(app, cheat, n=1, gold=1, wrong=True, validator=validator) == 2
+        assert app.store.get_worker(cheat.address).quarantined_at is not None
+        assert app.store.get_job(job_id).tasks_done == 0  # its provisional result was revoked
+
+        for _ in range(5):  # the others redo both tasks
+            compute(app, honest, validator=validator)
+            compute(app, other, validator=validator)
+        assert app.store.get_job(job_id).complete
+        (epoch,) = app.sealer.step(force=True)
+        leaves = app.store.epoch_results(epoch.number)
+        assert {(r.job_id, r.task_index) for r in leaves} == {(gold_job, 0), (job_id, 0), (job_id, 1)}
+        assert cheat.address not in {r.worker_address for r in leaves}
+        status = app.sealer.reward_status(cheat.address)
+        assert (status["cumulative"], status["pending"]) == ("0", "0")
     finally:
         app.close()

@@ -3,6 +3,12 @@
 Every test but the last runs once per backend through the parametrized
 ``store`` fixture (see conftest.py). Times are passed explicitly (the Store
 takes ``now``), so lease deadlines are exercised without sleeping.
+
+``record_results`` stores results as ``pending``; a validation round
+(:class:`~coopgrid.coordinator.validation.Validator`) accepts them. The jobs
+here run under the no-replication trust policy, so one worker's result is
+accepted, final, by the first round; replication, quorum, gold tasks and
+reputation are exercised in test_validation.py.
 """
 
 from __future__ import annotations
@@ -15,19 +21,37 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, inspect, insert, select
+from sqlalchemy import func, insert, inspect, select, update
 
+from coopgrid.coordinator.validation import Validator
 from coopgrid.errors import Conflict, JobNotFound, LeaseError
 from coopgrid.protocol import sha256_hex
 from coopgrid.store import SqlStore
 from coopgrid.store import schema as s
-from coopgrid.store.base import IncomingResult, JobRecord, ModelRecord, NewJob, NewTask, WorkerRecord
+from coopgrid.store.base import (
+    IncomingResult,
+    JobRecord,
+    ModelRecord,
+    NewJob,
+    NewTask,
+    RecordOutcome,
+    WorkerRecord,
+)
 from coopgrid.store.migrate import alembic_config
-from coopgrid.store.schema import ReplicaState
+from coopgrid.store.schema import (
+    EpochState,
+    JobState,
+    ReplicaKind,
+    ReplicaState,
+    ResultStatus,
+    TaskState,
+)
 from coopgrid.store.sql import MAX_TASK_ERRORS
 
 T0 = 1_700_000_000.0  # a fixed "now"; every call gets its time explicitly
 LEASE = 30.0
+#: one replica per task, accepted (and final) as soon as it is validated: the pre-trust behaviour
+NO_REPLICATION = {"replicas": 1, "quorum": 1, "adaptive": False, "gold_rate": 0}
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -38,7 +62,13 @@ def task_input(job_tag: str, idx: int) -> bytes:
 
 
 def make_job(
-    store: SqlStore, n_tasks: int, task_type: str = "echo", owner: int | None = None, now: float = T0
+    store: SqlStore,
+    n_tasks: int,
+    task_type: str = "echo",
+    owner: int | None = None,
+    now: float = T0,
+    policy: dict | None = None,
+    initial_replicas: int = 1,
 ) -> JobRecord:
     if owner is None:
         owner = store.add_token("submitter", "submitter", secrets.token_hex(32), now).id
@@ -55,6 +85,8 @@ def make_job(
         n_items=3 * n_tasks,
         task_size=3,
         reward_per_task=7,
+        policy=NO_REPLICATION if policy is None else policy,
+        initial_replicas=initial_replicas,
     )
     return store.create_job(job, tasks, now)
 
@@ -78,6 +110,11 @@ def err(replica_id: int) -> IncomingResult:
 
 def sig() -> str:
     return "0x" + secrets.token_hex(65)
+
+
+def validate(store: SqlStore, outcome: RecordOutcome) -> list[str]:
+    """The validation round the scheduler runs after each batch; returns the jobs it completed."""
+    return Validator(store).validate(outcome.tasks)
 
 
 def results_by_status(store: SqlStore, job_id: str) -> Counter[str]:
@@ -118,6 +155,25 @@ def test_migrations_produce_exactly_the_declared_schema(store: SqlStore) -> None
             where = ix.get("dialect_options", {}).get(f"{store.dialect}_where")
             found[ix["name"]] = (ix["column_names"], bool(ix["unique"]), where is not None)
         assert found == declared, table.name
+
+
+def test_every_state_name_fits_its_column(store: SqlStore) -> None:
+    # SQLite does not enforce VARCHAR lengths; PostgreSQL refuses a value that does not fit
+    columns = [
+        (s.tasks.c.state, TaskState),
+        (s.jobs.c.state, JobState),
+        (s.results.c.status, ResultStatus),
+        (s.replicas.c.kind, ReplicaKind),
+        (s.epochs.c.state, EpochState),
+    ]
+    for column, values in columns:
+        too_long = [v.value for v in values if len(v.value) > column.type.length]
+        assert too_long == [], f"{column.table.name}.{column.name} is VARCHAR({column.type.length}): {too_long}"
+    job = make_job(store, 1)
+    for state in TaskState:  # as the store writes it
+        with store.engine.begin() as conn:
+            conn.execute(update(s.tasks).where(s.tasks.c.job_id == job.id).values(state=state.value))
+            assert conn.execute(select(s.tasks.c.state).where(s.tasks.c.job_id == job.id)).scalar() == state.value
 
 
 # -- tokens, models, workers -------------------------------------------------------
@@ -187,6 +243,7 @@ def test_create_job_makes_its_tasks_with_one_ready_replica_each(store: SqlStore)
     job = make_job(store, 5)
     assert (job.n_tasks, job.n_items, job.tasks_done, job.tasks_failed) == (5, 15, 0, 0)
     assert (job.state, job.reward_per_task, job.params) == ("running", 7, {"k": 1})
+    assert (job.tasks_inconclusive, job.policy) == (0, NO_REPLICATION)
     assert not job.complete
     assert store.get_job(job.id) == job
     assert store.get_job("f" * 64) is None
@@ -281,15 +338,20 @@ def test_record_results_accepts_and_counts_each_task(store: SqlStore) -> None:
     ids = [r.replica_id for r in lease.replicas]
 
     half = store.record_results(lease.id, w.id, sig(), [ok(i, w) for i in ids[:2]], [], T0 + 1)
-    assert half.statuses == {i: "accepted" for i in ids[:2]}
+    assert half.statuses == {i: "pending" for i in ids[:2]}  # recorded; validation decides
     assert half.completed_jobs == []
     assert not half.lease_expired
+    assert store.get_job(job.id).tasks_done == 0
+    assert results_by_status(store, job.id) == {"pending": 2}
+    assert validate(store, half) == []
     assert store.get_job(job.id).tasks_done == 2
+    assert results_by_status(store, job.id) == {"accepted": 2}
     assert store.lease_view(lease.id).state == "open"  # two replicas are still out
 
     rest = store.record_results(lease.id, w.id, sig(), [ok(i, w) for i in ids[2:]], [], T0 + 2)
-    assert rest.statuses == {i: "accepted" for i in ids[2:]}
-    assert rest.completed_jobs == [job.id]
+    assert rest.statuses == {i: "pending" for i in ids[2:]}
+    assert rest.completed_jobs == []
+    assert validate(store, rest) == [job.id]
     done = store.get_job(job.id)
     assert (done.tasks_done, done.complete, done.state) == (4, True, "running")
     assert store.replica_counts(job.id) == {"done": 4}
@@ -301,7 +363,8 @@ def test_record_results_accepts_and_counts_each_task(store: SqlStore) -> None:
     # the same results again: recorded, not counted again
     again = store.record_results(lease.id, w.id, sig(), [ok(i, w) for i in ids], [], T0 + 3)
     assert set(again.statuses.values()) == {"duplicate"}
-    assert again.completed_jobs == []
+    assert again.completed_jobs == [] and again.tasks == []  # nothing for validation either
+    assert validate(store, again) == []
     assert store.get_job(job.id).tasks_done == 4
     assert results_by_status(store, job.id) == {"accepted": 4, "duplicate": 4}
 
@@ -331,10 +394,11 @@ def test_record_results_refuses_unknown_lease_foreign_worker_and_foreign_replica
     assert results_by_status(store, l1.replicas[0].job_id) == {}
 
 
-def test_a_second_replica_of_a_done_task_is_a_duplicate_and_not_counted(store: SqlStore) -> None:
+@pytest.mark.parametrize("twin_agrees", [True, False])
+def test_a_second_replica_of_a_done_task_is_checked_and_not_counted(store: SqlStore, twin_agrees: bool) -> None:
     job = make_job(store, 2)
-    # The data model holds several replicas per task (the trust issue's quorum
-    # issues them); put a second ready replica of task 0 in place by hand.
+    # Put a second ready replica of task 0 in place by hand (as a reissue would),
+    # so that one arrives after the task was accepted from the first.
     with store.engine.begin() as conn:
         task0 = conn.execute(select(s.tasks.c.id).where(s.tasks.c.job_id == job.id, s.tasks.c.idx == 0)).scalar_one()
         conn.execute(
@@ -347,19 +411,27 @@ def test_a_second_replica_of_a_done_task_is_a_duplicate_and_not_counted(store: S
     assert sorted(r.task_index for r in l1.replicas) == [0, 1]
     assert [r.task_index for r in l2.replicas] == [0]
     r2 = l2.replicas[0].replica_id
+    r1 = next(r.replica_id for r in l1.replicas if r.task_index == 0)
 
     first = store.record_results(l1.id, w1.id, sig(), [ok(r.replica_id, w1) for r in l1.replicas], [], T0 + 1)
-    assert set(first.statuses.values()) == {"accepted"}
-    assert first.completed_jobs == [job.id]
+    assert set(first.statuses.values()) == {"pending"}
+    assert validate(store, first) == [job.id]
 
-    late_twin = store.record_results(l2.id, w2.id, sig(), [ok(r2, w2)], [], T0 + 2)
-    assert late_twin.statuses == {r2: "duplicate"}
+    # the late twin is compared with the accepted result: rewarded if it agrees, never counted again
+    twin = ok(r1, w1) if twin_agrees else ok(r2, w2)  # the same bytes as w1's, or other ones
+    late_twin = store.record_results(l2.id, w2.id, sig(), [IncomingResult(r2, twin.output_hash, twin.output, None)],
+                                     [], T0 + 2)
+    assert late_twin.statuses == {r2: "pending"}
     assert not late_twin.lease_expired
+    assert validate(store, late_twin) == []  # completed once, not twice
     assert store.get_job(job.id).tasks_done == 2
-    assert results_by_status(store, job.id) == {"accepted": 2, "duplicate": 1}
-    assert store.job_workers(job.id) == {w1.address: 2}
+    verdict = "valid" if twin_agrees else "invalid"
+    assert results_by_status(store, job.id) == {"accepted": 2, verdict: 1}
+    # tasks per worker: the results that count for it (accepted, or valid beside the accepted one)
+    assert store.job_workers(job.id) == {w1.address: 2, **({w2.address: 1} if twin_agrees else {})}
     outputs = list(store.accepted_outputs(job.id))
     assert [(o.task_index, o.worker_address) for o in outputs] == [(0, w1.address), (1, w1.address)]
+    assert outputs[0].output == output_for(r1, w1)
 
 
 def test_one_replica_named_twice_in_a_batch_counts_once(store: SqlStore) -> None:
@@ -369,12 +441,14 @@ def test_one_replica_named_twice_in_a_batch_counts_once(store: SqlStore) -> None
     assert lease is not None
     a, b = (r.replica_id for r in lease.replicas)
     outcome = store.record_results(lease.id, w.id, sig(), [ok(a, w), ok(a, w), ok(b, w)], [], T0 + 1)
-    assert results_by_status(store, job.id) == {"accepted": 2, "duplicate": 1}
+    assert results_by_status(store, job.id) == {"pending": 2, "duplicate": 1}
     assert store.replica_counts(job.id) == {"done": 2}
     # both tasks are done and accepted, so the job must count both and be complete;
     # otherwise nothing will ever reissue them and the job never finishes
+    assert validate(store, outcome) == [job.id]
+    assert results_by_status(store, job.id) == {"accepted": 2, "duplicate": 1}
     assert store.get_job(job.id).tasks_done == 2, "an accepted task was not counted"
-    assert outcome.completed_jobs == [job.id]
+    assert store.reward_totals(None) == {w.address: 2 * 7}  # paid once per replica, not per mention
 
 
 def test_a_result_after_the_deadline_is_late_and_not_counted(store: SqlStore) -> None:
@@ -409,7 +483,7 @@ def test_reap_expired_reissues_open_tasks_to_another_worker(store: SqlStore) -> 
     lasting = store.lease(steady.id, 2, [], 100.0, T0)
     assert expiring and lasting
     answered = expiring.replicas[0]
-    store.record_results(expiring.id, slow.id, sig(), [ok(answered.replica_id, slow)], [], T0 + 1)
+    validate(store, store.record_results(expiring.id, slow.id, sig(), [ok(answered.replica_id, slow)], [], T0 + 1))
 
     assert store.reap_expired(T0 + 5) == 0  # nothing is past its deadline yet
     assert store.reap_expired(T0 + 20) == 2  # the two unanswered replicas of the expired lease
@@ -425,11 +499,12 @@ def test_reap_expired_reissues_open_tasks_to_another_worker(store: SqlStore) -> 
     out = store.record_results(
         reissued.id, fresh.id, sig(), [ok(r.replica_id, fresh) for r in reissued.replicas], [], T0 + 22
     )
-    assert set(out.statuses.values()) == {"accepted"}
+    assert set(out.statuses.values()) == {"pending"}
+    assert validate(store, out) == []
     out = store.record_results(
         lasting.id, steady.id, sig(), [ok(r.replica_id, steady) for r in lasting.replicas], [], T0 + 23
     )
-    assert out.completed_jobs == [job.id]
+    assert validate(store, out) == [job.id]
     assert store.get_job(job.id).tasks_done == 5
     assert store.job_workers(job.id) == {slow.address: 1, fresh.address: 2, steady.address: 2}
 
@@ -442,7 +517,8 @@ def test_error_results_reissue_until_max_errors_then_the_task_fails(store: SqlSt
     bad = next(r for r in first.replicas if r.task_index == 0)
     good = next(r for r in first.replicas if r.task_index == 1)
     out = store.record_results(first.id, w.id, sig(), [err(bad.replica_id), ok(good.replica_id, w)], [], T0 + 1)
-    assert out.statuses == {bad.replica_id: "error", good.replica_id: "accepted"}
+    assert out.statuses == {bad.replica_id: "error", good.replica_id: "pending"}
+    assert validate(store, out) == []
 
     now = T0 + 2
     for attempt in range(2, MAX_TASK_ERRORS + 1):
@@ -471,7 +547,8 @@ def test_release_puts_replicas_back_in_the_ready_queue(store: SqlStore) -> None:
     done, *given_back = [r.replica_id for r in lease.replicas]
 
     out = store.record_results(lease.id, quitter.id, sig(), [ok(done, quitter)], given_back, T0 + 1)
-    assert out.statuses == {done: "accepted"}
+    assert out.statuses == {done: "pending"}
+    assert validate(store, out) == []
     assert store.replica_counts(job.id) == {"done": 1, "ready": 3}
     assert store.lease_view(lease.id).state == "closed"
 
@@ -479,7 +556,8 @@ def test_release_puts_replicas_back_in_the_ready_queue(store: SqlStore) -> None:
     assert taken is not None
     assert sorted(r.replica_id for r in taken.replicas) == sorted(given_back)
     out = store.record_results(taken.id, other.id, sig(), [ok(i, other) for i in given_back], [], T0 + 3)
-    assert out.completed_jobs == [job.id]
+    assert validate(store, out) == [job.id]
+    assert store.job_workers(job.id) == {quitter.address: 1, other.address: 3}
 
 
 def test_cancel_job_stops_leasing_and_keeps_accepted_results(store: SqlStore) -> None:
@@ -489,7 +567,7 @@ def test_cancel_job_stops_leasing_and_keeps_accepted_results(store: SqlStore) ->
     lease = store.lease(w.id, 2, [], LEASE, T0)  # two of the doomed job's replicas
     assert lease is not None and {r.job_id for r in lease.replicas} == {doomed.id}
     a, b = (r.replica_id for r in lease.replicas)
-    store.record_results(lease.id, w.id, sig(), [ok(a, w)], [], T0 + 1)
+    validate(store, store.record_results(lease.id, w.id, sig(), [ok(a, w)], [], T0 + 1))
 
     cancelled = store.cancel_job(doomed.id, T0 + 2)
     assert (cancelled.state, cancelled.finished_at, cancelled.tasks_done) == ("cancelled", T0 + 2, 1)
@@ -502,8 +580,9 @@ def test_cancel_job_stops_leasing_and_keeps_accepted_results(store: SqlStore) ->
 
     # a result for a replica of the cancelled job is recorded but not counted
     out = store.record_results(lease.id, w.id, sig(), [ok(b, w)], [], T0 + 4)
-    assert out.statuses[b] != "accepted"
+    assert out.statuses[b] not in ("accepted", "pending")
     assert out.completed_jobs == []
+    assert validate(store, out) == []
     assert store.get_job(doomed.id).tasks_done == 1
     assert [o.task_index for o in store.accepted_outputs(doomed.id)] == [
         next(r.task_index for r in lease.replicas if r.replica_id == a)
@@ -532,8 +611,10 @@ def test_extend_lease(store: SqlStore) -> None:
     assert store.lease_view(lease.id).expires_at == T0 + 18
     # the extension is real: a result past the first deadline still counts
     out = store.record_results(lease.id, w.id, sig(), [ok(ids[0], w)], [], T0 + 15)
-    assert out.statuses == {ids[0]: "accepted"}
+    assert out.statuses == {ids[0]: "pending"}
     assert not out.lease_expired
+    validate(store, out)
+    assert results_by_status(store, lease.replicas[0].job_id) == {"accepted": 1}
     assert store.reap_expired(T0 + 15) == 0
 
     with pytest.raises(LeaseError, match="expired"):  # past the deadline, not yet reaped
@@ -560,7 +641,10 @@ def test_accepted_outputs_come_in_task_order(store: SqlStore) -> None:
     # answer the last lease first, and each lease's replicas in reverse
     for w, lease in reversed(leases):
         assert lease is not None
-        store.record_results(lease.id, w.id, sig(), [ok(r.replica_id, w) for r in reversed(lease.replicas)], [], T0 + 1)
+        out = store.record_results(
+            lease.id, w.id, sig(), [ok(r.replica_id, w) for r in reversed(lease.replicas)], [], T0 + 1
+        )
+        validate(store, out)
 
     by_task = {r.task_index: (r.replica_id, w) for w, lease in leases for r in lease.replicas}
     outputs = list(store.accepted_outputs(job.id))
@@ -578,20 +662,26 @@ def test_a_job_survives_closing_and_reopening_the_store(open_store) -> None:
     lease = first.lease(w.id, 4, [], LEASE, T0)
     assert lease is not None
     ids = [r.replica_id for r in lease.replicas]
-    first.record_results(lease.id, w.id, sig(), [ok(i, w) for i in ids[:2]], [], T0 + 1)
+    validate(first, first.record_results(lease.id, w.id, sig(), [ok(i, w) for i in ids[:2]], [], T0 + 1))
     outputs_before = list(first.accepted_outputs(job.id))
+    # a third result is recorded, and the process stops before validating it
+    first.record_results(lease.id, w.id, sig(), [ok(ids[2], w)], [], T0 + 1)
     first.close()
 
     second = open_store()  # the same file / database, migrated again (a no-op)
     again = second.get_job(job.id)
     assert (again.n_tasks, again.tasks_done, again.state, again.params) == (4, 2, "running", {"k": 1})
-    assert second.replica_counts(job.id) == {"done": 2, "leased": 2}
+    assert second.replica_counts(job.id) == {"done": 3, "leased": 1}
     assert list(second.accepted_outputs(job.id)) == outputs_before
     assert second.get_worker(w.address).id == w.id
+    assert results_by_status(second, job.id) == {"accepted": 2, "pending": 1}
+    # what was left pending is found and validated after the restart (the coordinator does this at start)
+    assert Validator(second).validate() == []
+    assert second.get_job(job.id).tasks_done == 3
     # the open lease carries on where it was
     assert second.lease_view(lease.id).state == "open"
-    out = second.record_results(lease.id, w.id, sig(), [ok(i, w) for i in ids[2:]], [], T0 + 2)
-    assert out.completed_jobs == [job.id]
+    out = second.record_results(lease.id, w.id, sig(), [ok(ids[3], w)], [], T0 + 2)
+    assert validate(second, out) == [job.id]
     assert [o.task_index for o in second.accepted_outputs(job.id)] == [0, 1, 2, 3]
 
 

@@ -4,13 +4,12 @@ import pytest
 
 from coopgrid import datasets, tasks
 from coopgrid.errors import InvalidInput
-from coopgrid.registry.train import train_digits
 from coopgrid.tasks.base import TaskOutput
 
 
-@pytest.fixture(scope="module")
-def digits_model():
-    return train_digits()
+@pytest.fixture
+def digits_model(digits_onnx):
+    return digits_onnx  # trained once per session (tests/conftest.py)
 
 
 def test_builtins_are_registered_through_entry_points():

@@ -1,0 +1,106 @@
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from coopgrid import datasets, tasks
+from coopgrid.errors import InvalidInput
+from coopgrid.task_demos import write_csv_shards
+from coopgrid.tasks.base import run_local
+from coopgrid.tasks.stats import column_partial, merge_partials, sketch_k
+
+
+def check_against_numpy(summary_rows, truth, bins, alpha, quantiles):
+    by_col = {r["column"]: r for r in summary_rows if r["kind"] == "column"}
+    for c, v in truth.items():
+        r = by_col[c]
+        assert r["count"] == len(v)  # exact
+        assert r["min"] == v.min() and r["max"] == v.max()  # exact
+        assert math.isclose(r["mean"], v.mean(), rel_tol=1e-9)
+        assert math.isclose(r["variance"], v.var(ddof=1), rel_tol=1e-9)
+        assert math.isclose(r["variance_population"], v.var(), rel_tol=1e-9)
+        assert math.isclose(r["sum"], v.sum(), rel_tol=1e-9)
+        counts, edges = np.histogram(v, bins=bins, range=(v.min(), v.max()))
+        assert r["histogram_counts"] == counts.tolist()  # exact
+        np.testing.assert_array_equal(r["histogram_edges"], edges)
+        assert r["quantile_relative_error"] <= alpha
+        for q in r["quantiles"]:
+            exact = np.quantile(v, q["q"], method="lower")
+            assert abs(q["value"] - exact) <= r["quantile_relative_error"] * abs(exact) + 1e-12, (c, q, exact)
+        assert [q["q"] for q in r["quantiles"]] == quantiles
+
+
+def test_stats_over_csv_shards_matches_a_single_numpy_pass_and_reports_bad_rows(tmp_path):
+    truth = write_csv_shards(tmp_path / "shards", 5000, shards=3, bad_rows=4)
+    data = datasets.load_items(tmp_path / "shards")
+    assert data.media == "csv" and len(data) == 5000
+    t = tasks.get("stats")
+    figures, outputs = run_local(t, data, 700, {"bins": 16}, out=tmp_path / "o.parquet")
+    rows = pq.read_table(tmp_path / "o.parquet").to_pylist()
+    check_against_numpy(rows, truth, 16, 0.01, t.validate_params({}).quantiles)
+    bad = [r for r in rows if r["kind"] == "bad_item"]
+    assert len(bad) == 4 and figures["bad_items"] == 4 and figures["rows"] == 4996
+    reasons = " ".join(r["error"] for r in bad)
+    assert "not a number" in reasons or "fields" in reasons
+    assert all(r["item_id"].startswith("part-") for r in bad)
+    assert {c for c in figures["columns"]} == {"id", "x", "y"}  # label is text: not summarized
+
+
+def test_stats_over_parquet_with_nulls_and_byte_split(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=3000) * 1e6
+    ints = rng.integers(-50, 50, size=3000)
+    xs = pa.array([None if i % 97 == 0 else float(v) for i, v in enumerate(x)], pa.float64())
+    pq.write_table(pa.table({"x": xs, "k": pa.array(ints), "name": ["n"] * 3000}), tmp_path / "t.parquet")
+    data = datasets.load_items(tmp_path / "t.parquet")
+    assert data.kind == "table" and len(data) == 3000
+    t = tasks.get("stats")
+    figures, outputs = run_local(t, data, 10_000, {"task_bytes": 8000, "quantiles": [0.5, 0.9], "relative_accuracy": 0.001}, out=tmp_path / "o.parquet")
+    assert len(outputs) > 3  # split by bytes, not by the 10,000-item task size
+    good_x = x[[i % 97 != 0 for i in range(3000)]]
+    rows = pq.read_table(tmp_path / "o.parquet").to_pylist()
+    check_against_numpy(rows, {"x": good_x, "k": ints.astype(np.float64)}, 20, 0.001, [0.5, 0.9])
+    assert [r["missing"] for r in rows if r["column"] == "x"] == [sum(i % 97 == 0 for i in range(3000))]
+
+
+def test_chan_merge_equals_one_pass_in_any_split():
+    rng = np.random.default_rng(0)
+    v = rng.normal(1e3, 1.0, 10_001)  # large mean, small variance: the naive formula would lose digits
+    k = sketch_k(0.01)
+    whole = column_partial(v, 0, (v.min(), v.max()), 10, k)
+    for cuts in ([1, 2], [5000], [3, 9000, 9001]):
+        parts = np.split(v, cuts)
+        merged = column_partial(parts[0], 0, (v.min(), v.max()), 10, k)
+        for p in parts[1:]:
+            merged = merge_partials(merged, column_partial(p, 0, (v.min(), v.max()), 10, k))
+        assert merged["n"] == whole["n"] and merged["hist"] == whole["hist"] and merged["sketch"] == whole["sketch"]
+        assert math.isclose(merged["mean"], v.mean(), rel_tol=1e-12)
+        assert math.isclose(merged["m2"] / (len(v) - 1), v.var(ddof=1), rel_tol=1e-9)
+
+
+def test_stats_agree_is_exact_on_counts_and_tolerant_on_float_rounding(tmp_path):
+    truth = write_csv_shards(tmp_path / "s", 300, shards=1, bad_rows=0)
+    t = tasks.get("stats")
+    _, outputs = run_local(t, datasets.load_items(tmp_path / "s"), 300, {})
+    a = outputs[0].output
+    b = t.decode(t.canonical(a))
+    assert t.agree(a, b)
+    b["columns"]["x"]["mean"] *= 1 + 1e-15
+    assert t.agree(a, b)
+    b["columns"]["x"]["n"] += 1
+    assert not t.agree(a, b)
+    assert truth["x"].size == 300
+
+
+def test_stats_refuses_unknown_columns_and_bad_params_clearly(tmp_path):
+    write_csv_shards(tmp_path / "s", 50, shards=1, bad_rows=0)
+    data = datasets.load_items(tmp_path / "s")
+    t = tasks.get("stats")
+    with pytest.raises(InvalidInput, match="no column 'nope'.*columns: id, x, y, label"):
+        list(t.split(data, 10, t.validate_params({"columns": ["nope"]})))
+    with pytest.raises(Exception, match="quantiles must be"):
+        t.validate_params({"quantiles": [1.5]})
+    with pytest.raises(InvalidInput, match="stats needs a CSV or Parquet"):
+        list(t.split(datasets.sequence(5), 2, t.validate_params({})))
