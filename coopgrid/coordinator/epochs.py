@@ -235,14 +235,14 @@ class Sealer:
                         sealed, proof = int(amount), tree.get_proof(i)
                         break
         claimed = self.ledger.claimed(address)
-        earned = self.store.reward_totals(None).get(address, 0) + self.store.reward_totals(2**62).get(address, 0)
         return {
             "address": address,
             "epoch": latest.number if latest else None,
             "cumulative": str(sealed),
             "claimed": str(claimed),
             "claimable": str(max(sealed - claimed, 0)),
-            "pending": str(earned - sealed),  # accepted, not yet in a committed epoch
+            # accepted or valid, provisional included, not yet in a committed epoch
+            "pending": str(self.store.pending_rewards().get(address, 0)),
             "balance": str(self.ledger.balance_of(address)),
             "proof": proof,
         }

@@ -127,6 +127,7 @@ def decide(
     issued: int,
     agree: Callable[[Any, Any], bool],
     rng: random.Random,
+    outstanding: int | None = None,
 ) -> Decision:
     """Decide an open task from its results (errors excluded), given ``issued`` normal replicas so far.
 
@@ -144,7 +145,9 @@ def decide(
         d.invalid = [c.result_id for g in groups[1:] for c in g]
         return d
     # replicas issued whose results have not come back yet may still complete the quorum
-    outstanding = max(issued - len(cands), 0)
+    # (the store counts them; without it, assume every issued replica not answered is out)
+    if outstanding is None:
+        outstanding = max(issued - len(cands), 0)
     if len(cands) == 1 and outstanding == 0 and policy.adaptive:
         only = cands[0]
         if only.run >= policy.trust_run and rng.random() < 1 - 1 / only.run:

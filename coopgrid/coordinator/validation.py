@@ -37,15 +37,17 @@ class Validator:
             if not checks:
                 return []
             write = ValidationWrite()
+            policies: dict[str, TrustPolicy] = {}  # parsed once per job, not per task
             for check in checks:
-                self._task(check, write)
+                if check.job_id not in policies:
+                    policies[check.job_id] = TrustPolicy.model_validate(check.policy or {})
+                self._task(check, policies[check.job_id], write)
             return self.store.apply_validation(write, time.time())
 
     # -- one task ----------------------------------------------------------------------
 
-    def _task(self, c: TaskCheck, w: ValidationWrite) -> None:
+    def _task(self, c: TaskCheck, policy: TrustPolicy, w: ValidationWrite) -> None:
         task_type = tasks.get(c.task_type)
-        policy = TrustPolicy.model_validate(c.policy or {})
 
         def read(row: CandidateRow) -> Any:
             try:
@@ -75,11 +77,12 @@ class Validator:
 
         if c.state == TaskState.OPEN.value:
             cands = [Candidate(p.result_id, p.worker_id, p.owner, "pending", read(p), p.run, p.kind) for p in live]
-            d = decide(policy, cands, c.issued, agree, self.rng)
+            d = decide(policy, cands, c.issued, agree, self.rng, outstanding=c.outstanding)
             if d.accept is not None:
                 accepted = next(p for p in live if p.result_id == d.accept)
-                final = not d.provisional
-                checks_at = accepted.checks_passed + policy.finality_checks if d.provisional else None
+                # a provisional result waits for its worker's later checks, unless none are asked for
+                final = not d.provisional or policy.finality_checks == 0
+                checks_at = None if final else accepted.checks_passed + policy.finality_checks
                 w.accepts.append(Accept(c.task_id, accepted.result_id, final, checks_at))
                 w.task_states[c.task_id] = (TaskState.DONE if final else TaskState.PROVISIONAL).value
                 w.job(c.job_id, done=1)

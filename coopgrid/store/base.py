@@ -246,6 +246,7 @@ class TaskCheck:
     issued: int
     canonical: CandidateRow | None
     pending: list[CandidateRow]
+    outstanding: int = 0  # replicas of the task still ready or leased (gold excluded)
 
 
 @dataclass(frozen=True)
@@ -454,6 +455,10 @@ class Store(abc.ABC):
 
         ``None`` sums the accepted results not sealed yet instead (pending rewards).
         """
+
+    @abc.abstractmethod
+    def pending_rewards(self) -> dict[str, int]:
+        """Per address: rewards of accepted or valid results (provisional included) not in a committed epoch."""
 
     @abc.abstractmethod
     def update_epoch(self, number: int, **fields: Any) -> None:

@@ -159,7 +159,7 @@ tasks = Table(
     Column("input_data", LargeBinary, nullable=True),  # small inputs inline; else a blob
     Column("first_item", Integer, nullable=False),
     Column("n_items", Integer, nullable=False),
-    Column("state", String(10), nullable=False),
+    Column("state", String(20), nullable=False),
     Column("errors", Integer, nullable=False, server_default=text("0")),
     Column("issued", Integer, nullable=False, server_default=text("1")),  # normal replicas made so far
     UniqueConstraint("job_id", "idx", name="uq_tasks_job_idx"),

@@ -120,8 +120,21 @@ class TrustQueries:
                 )
                 .order_by(s.results.c.id)
             ).all()
+            out = dict(
+                conn.execute(
+                    select(s.replicas.c.task_id, func.count())
+                    .where(
+                        s.replicas.c.task_id.in_(ids),
+                        s.replicas.c.state.in_([int(ReplicaState.READY), int(ReplicaState.LEASED)]),
+                        s.replicas.c.kind != ReplicaKind.GOLD.value,
+                    )
+                    .group_by(s.replicas.c.task_id)
+                ).all()
+            )
         by_task: dict[int, TaskCheck] = {
-            t.id: TaskCheck(t.id, t.job_id, t.task_type, json.loads(t.policy), t.state, t.issued, None, [])
+            t.id: TaskCheck(
+                t.id, t.job_id, t.task_type, json.loads(t.policy), t.state, t.issued, None, [], out.get(t.id, 0)
+            )
             for t in tasks
         }
         for r in rows:
@@ -140,18 +153,26 @@ class TrustQueries:
     def apply_validation(self, w: ValidationWrite, now: float) -> list[str]:
         """Write a validation round; returns the jobs it completed."""
         with self._write() as conn:
-            for result_id, (status, final) in w.statuses.items():
-                conn.execute(
-                    update(s.results).where(s.results.c.id == result_id).values(status=status, final=final)
-                )
-            for a in w.accepts:
+            # executemany: one statement per kind of change, not a round trip per row
+            if w.statuses:
                 conn.execute(
                     update(s.results)
-                    .where(s.results.c.id == a.result_id)
-                    .values(status=ResultStatus.ACCEPTED.value, final=a.final, checks_at=a.checks_at)
+                    .where(s.results.c.id == bindparam("rid"))
+                    .values(status=bindparam("st"), final=bindparam("fin")),
+                    [{"rid": r, "st": st, "fin": fin} for r, (st, fin) in w.statuses.items()],
                 )
-            for task_id, state in w.task_states.items():
-                conn.execute(update(s.tasks).where(s.tasks.c.id == task_id).values(state=state))
+            if w.accepts:
+                conn.execute(
+                    update(s.results)
+                    .where(s.results.c.id == bindparam("rid"))
+                    .values(status=ResultStatus.ACCEPTED.value, final=bindparam("fin"), checks_at=bindparam("ck")),
+                    [{"rid": a.result_id, "fin": a.final, "ck": a.checks_at} for a in w.accepts],
+                )
+            if w.task_states:
+                conn.execute(
+                    update(s.tasks).where(s.tasks.c.id == bindparam("tid")).values(state=bindparam("st")),
+                    [{"tid": t, "st": st} for t, st in w.task_states.items()],
+                )
             for task_id, n in w.issued.items():
                 conn.execute(update(s.tasks).where(s.tasks.c.id == task_id).values(issued=s.tasks.c.issued + n))
             if w.replicas:
@@ -234,6 +255,18 @@ class TrustQueries:
             return set()
         conn.execute(
             update(s.workers).where(s.workers.c.id == worker_id).values(quarantined_at=now, quarantine_reason=reason)
+        )
+        # its results still waiting for validation are thrown out, and their replicas replaced
+        conn.execute(
+            text(
+                "INSERT INTO replicas (task_id, job_id, state, created_at, kind) "
+                "SELECT r.task_id, r.job_id, :ready, :now, p.kind FROM results r "
+                "JOIN replicas p ON p.id = r.replica_id JOIN tasks t ON t.id = r.task_id "
+                "WHERE r.worker_id = :w AND r.status = :pending AND ("
+                "(p.kind = 'normal' AND t.state = :open) OR (p.kind = 'audit' AND t.state = :provisional))"
+            ),
+            {"ready": int(ReplicaState.READY), "now": now, "w": worker_id, "pending": ResultStatus.PENDING.value,
+             "open": TaskState.OPEN.value, "provisional": TaskState.PROVISIONAL.value},
         )
         conn.execute(
             update(s.results)

@@ -45,6 +45,9 @@ def upgrade() -> None:
 
     with op.batch_alter_table('tasks', schema=None) as batch_op:
         batch_op.add_column(sa.Column('issued', sa.Integer(), server_default=sa.text('1'), nullable=False))
+        # 'provisional' and 'inconclusive' do not fit in 10 characters
+        batch_op.alter_column('state', existing_type=sa.String(length=10), type_=sa.String(length=20),
+                              existing_nullable=False)
 
     with op.batch_alter_table('workers', schema=None) as batch_op:
         batch_op.add_column(sa.Column('quarantined_at', sa.Float(), nullable=True))
