@@ -621,13 +621,16 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
             ]
             live_ids = {it.replica_id for it in live}
             rows = []
+            seen: set[int] = set()
             for it in items:
                 rep = replica_rows[it.replica_id]
+                first = it.replica_id not in seen  # a replica named twice is answered once
+                seen.add(it.replica_id)
                 if it.error is not None:
                     status = ResultStatus.ERROR
                 elif expired:
                     status = ResultStatus.LATE
-                elif it.replica_id not in live_ids:
+                elif it.replica_id not in live_ids or not first:
                     status = ResultStatus.DUPLICATE
                 elif quarantined:
                     status = ResultStatus.REJECTED  # a quarantined worker earns nothing more

@@ -299,6 +299,7 @@ def test_a_worker_outvoted_max_invalid_times_is_quarantined_and_its_provisional_
     with pytest.raises(Forbidden, match="quarantined"):
         scheduler(grid.store, tmp_path).lease(grid.store.get_worker(mole.address), LeaseRequest())
     grid.work(ann)
+    assert grid.kinds(job, trusted, READY) == ["normal"], "the task waits for the revoked result as if still out"
     grid.work(bob)
     assert grid.results(job, trusted) == {
         "mole": ("rejected", False), "ann": ("accepted", True), "bob": ("valid", True)
@@ -306,6 +307,28 @@ def test_a_worker_outvoted_max_invalid_times_is_quarantined_and_its_provisional_
     assert grid.completed == [job.id]
     assert mole.address not in {o.worker_address for o in grid.store.accepted_outputs(job.id)}
     assert mole.address not in grid.store.reward_totals(None)
+
+
+def test_a_result_dropped_by_quarantine_is_not_waited_for(grid: Grid) -> None:
+    known = grid.job(1, NO_REPLICATION)
+    grid.work(grid.worker("oracle"))  # a gold task
+    job = grid.job(1, QUORUM)
+    ann, mole, bob, cat = (grid.worker(n) for n in ("ann", "mole", "bob", "cat"))
+    grid.work(ann)
+    grid.work(mole, 1, answer=wrong, gold=1)  # disagrees with ann, and fails its gold task
+    assert grid.quarantined(mole) == "failed a gold task (echo)"
+    assert grid.results(job, 0) == {"ann": ("pending", False), "mole": ("rejected", False)}
+    assert grid.task(job, 0) == ("open", 3)
+    assert grid.store.replica_counts(known.id) == {"done": 2}
+
+    grid.work(bob, answer=lambda r: b"yet another answer")  # no quorum yet: ann and bob disagree
+    assert grid.kinds(job, 0, READY) == ["normal"], "the task waits for the dropped result as if still out"
+    grid.work(cat)
+    assert grid.results(job, 0) == {
+        "ann": ("accepted", True), "mole": ("rejected", False), "bob": ("invalid", False), "cat": ("valid", True)
+    }
+    assert grid.completed == [known.id, job.id]
+    assert grid.store.replica_counts(job.id) == {"done": 4}  # and no spare replica left over
 
 
 # -- gold ---------------------------------------------------------------------------------------
@@ -397,7 +420,8 @@ def test_a_long_run_earns_provisional_acceptance_which_becomes_final_after_final
     assert grid.task(job, 0) == ("done", 1)
     assert grid.store.trust_counts(job.id)["tasks_provisional"] == 0
     assert grid.store.get_job(job.id).tasks_done == 1
-    assert grid.store.reward_totals(None)[vet.address] >= 5 + 3 * 5  # the warm-up, this task (and the rest)
+    # paid: 3 warm-up tasks, this one, 2 gold tasks (rewarded like any), 2 ordinary ones; 5 each
+    assert grid.store.reward_totals(None)[vet.address] == (3 + 1 + 2 + 2) * 5
     assert grid.rep(vet).gold_passed == 2
 
 
@@ -481,7 +505,7 @@ def test_an_expired_lease_counts_a_timeout_and_halves_the_quota(grid: Grid) -> N
     assert grid.store.lease_quota(slow.id, ["echo"])[0] == QUOTA_MAX // 2
 
     grid.now += LEASE + 1
-    assert grid.lease(slow, 1) is not None  # one of the two tasks it never had
+    assert grid.lease(slow, 1) is not None
     assert grid.store.reap_expired(grid.now + LEASE + 1) == 1
     assert grid.rep(slow).quota == QUOTA_MAX // 4
     assert grid.rep(slow).timeouts == 2

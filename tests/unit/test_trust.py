@@ -45,6 +45,15 @@ def policy(**fields: Any) -> TrustPolicy:
     return TrustPolicy(**({"gold_rate": 0} | fields))
 
 
+class Fixed(random.Random):
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
 FIXED = policy(adaptive=False)  # plain replication: quorum 2 of up to 5
 RNG = random.Random(7)
 
@@ -205,6 +214,25 @@ def test_a_task_is_not_given_up_while_its_issued_replicas_are_still_out() -> Non
     p = policy(adaptive=False, replicas=2, quorum=2, max_replicas=2)
     d = run_decide(p, [cand(1, "x")], issued=2)
     assert not d.inconclusive, "inconclusive after one result of two issued"
+
+
+def test_outstanding_replicas_counted_by_the_store_take_precedence() -> None:
+    p = policy(adaptive=False, replicas=2, quorum=2, max_replicas=3)
+    rng = random.Random(0)
+    # two issued, one answered, and the other dropped (a quarantined worker's): nothing is out
+    d = decide(p, [cand(1, "x")], 2, exact, rng, outstanding=0)
+    assert (d.more, d.inconclusive) == (1, False)
+    # one still out: wait for it
+    assert decide(p, [cand(1, "x")], 2, exact, rng, outstanding=1) == Decision()
+    # max_replicas reached with nothing out: inconclusive; with one out: wait
+    three = [cand(1, "a"), cand(2, "b")]
+    assert decide(p, three, 3, exact, rng, outstanding=0).inconclusive
+    assert decide(p, three, 3, exact, rng, outstanding=1) == Decision()
+
+
+def test_a_lone_result_is_not_trusted_alone_while_another_replica_is_out() -> None:
+    d = decide(policy(), [cand(1, "x", run=10_000)], 2, exact, Fixed(0.5), outstanding=1)
+    assert d == Decision()  # the second opinion is already on its way
 
 
 # -- adaptive replication ------------------------------------------------------------------------
