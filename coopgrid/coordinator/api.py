@@ -111,12 +111,18 @@ def create_api(app: App) -> FastAPI:
                 await run_in_threadpool(sealer_thread.join, 10)
 
     async def _reap_forever() -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(settings.reap_interval)
+            rounds += 1
             try:
                 n = await run_in_threadpool(app.scheduler.reap)
                 if n:
                     log.info("reissued %d replicas from expired leases", n)
+                if rounds % 30 == 0:
+                    # a safety net: validate every task with pending results, so none can wait forever
+                    for job_id in await run_in_threadpool(app.scheduler.validator.validate):
+                        await run_in_threadpool(app.summarizer.finalize, job_id)
             except Exception:  # keep reaping; the next round may succeed
                 log.exception("reaping expired leases failed")
 
