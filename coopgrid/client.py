@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +102,14 @@ class ApiClient:
 
     def model_on_chain(self, model_hash: str) -> dict[str, Any]:
         return self.json("GET", f"/v1/ledger/models/{model_hash}")
+
+    def wait_for(self, job_id: str, until: Any, timeout: float = 120.0, poll: float = 0.1) -> dict[str, Any]:
+        """Poll a job until ``until(job)`` holds; TimeoutError naming the job's state otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if until(job):
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['state']} after {timeout:.0f}s: {job}")
+            time.sleep(poll)

@@ -83,37 +83,30 @@ class LedgerQueries:
 
     def reward_totals(self, up_to_epoch: int | None) -> dict[str, int]:
         which = s.results.c.epoch.is_(None) if up_to_epoch is None else s.results.c.epoch <= up_to_epoch
+        return self._reward_sums(self._PAID, which)
+
+    def pending_rewards(self) -> dict[str, int]:
+        """Rewards earned but not yet claimable: results accepted or valid (provisional ones
+        included) that are not in a committed epoch."""
+        committed = select(s.epochs.c.number).where(s.epochs.c.state == EpochState.COMMITTED.value)
+        return self._reward_sums(
+            s.results.c.status.in_([ResultStatus.ACCEPTED.value, ResultStatus.VALID.value]),
+            s.results.c.epoch.is_(None) | s.results.c.epoch.not_in(committed),
+        )
+
+    def _reward_sums(self, *where: Any) -> dict[str, int]:
+        """Reward per worker address over the results matching ``where``."""
         q = (
             select(s.workers.c.address, s.jobs.c.reward_per_task, func.count())
             .join(s.results, s.results.c.worker_id == s.workers.c.id)
             .join(s.jobs, s.jobs.c.id == s.results.c.job_id)
-            .where(self._PAID, which)
+            .where(*where)
             .group_by(s.workers.c.address, s.jobs.c.reward_per_task)
         )
         totals: dict[str, int] = {}
         with self._read() as conn:
             for address, reward, n in conn.execute(q):
                 # rewards are uint256: summed as Python ints, never as SQL numbers
-                totals[address] = totals.get(address, 0) + int(reward) * n
-        return {a: t for a, t in totals.items() if t > 0}
-
-    def pending_rewards(self) -> dict[str, int]:
-        """Rewards earned but not yet claimable: results accepted or valid (provisional ones
-        included) that are not in a committed epoch."""
-        committed = select(s.epochs.c.number).where(s.epochs.c.state == EpochState.COMMITTED.value)
-        q = (
-            select(s.workers.c.address, s.jobs.c.reward_per_task, func.count())
-            .join(s.results, s.results.c.worker_id == s.workers.c.id)
-            .join(s.jobs, s.jobs.c.id == s.results.c.job_id)
-            .where(
-                s.results.c.status.in_([ResultStatus.ACCEPTED.value, ResultStatus.VALID.value]),
-                (s.results.c.epoch.is_(None)) | (s.results.c.epoch.not_in(committed)),
-            )
-            .group_by(s.workers.c.address, s.jobs.c.reward_per_task)
-        )
-        totals: dict[str, int] = {}
-        with self._read() as conn:
-            for address, reward, n in conn.execute(q):
                 totals[address] = totals.get(address, 0) + int(reward) * n
         return {a: t for a, t in totals.items() if t > 0}
 

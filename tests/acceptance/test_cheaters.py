@@ -1,7 +1,6 @@
 """Trust with real worker processes: cheaters caught, dead workers survived, doubt reported."""
 
 import signal
-import time
 
 import numpy as np
 import onnxruntime as ort
@@ -10,27 +9,11 @@ import pytest
 
 from coopgrid import datasets
 from coopgrid.client import ApiClient
-from coopgrid.local import LocalGrid
 from coopgrid.protocol import sha256_hex
 
 pytestmark = pytest.mark.acceptance
 
 
-@pytest.fixture
-def grid(tmp_path):
-    g = LocalGrid(tmp_path / "grid")
-    yield g
-    g.stop(timeout=15)
-
-
-def wait_for(client, job_id, until, timeout=180.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.job(job_id)
-        if until(job):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting on job {job_id}: {client.job(job_id)}")
 
 
 def test_a_random_output_worker_is_quarantined_and_no_wrong_label_is_in_the_output(grid, digits_onnx):
@@ -44,7 +27,7 @@ def test_a_random_output_worker_is_quarantined_and_no_wrong_label_is_in_the_outp
         grid.wait_for_workers(client, 4)
         job = client.submit({"task_type": "classify", "model": model["hash"], "dataset": client.put_blob(data.to_npz()),
                              "task_size": 50, "reward_per_task": 1})
-        job = wait_for(client, job["id"], lambda j: j["state"] == "done")
+        job = client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=180)
         output = client.call("GET", f"/v1/jobs/{job['id']}/output").content
         workers = {w["name"]: w for w in client.workers()}
     cheater = workers["local-3"]
@@ -74,10 +57,10 @@ def test_a_replicated_job_completes_when_a_worker_dies_mid_job(grid, digits_onnx
             "dataset": client.put_blob(datasets.digits(4000).to_npz()),
             "trust": {"replicas": 2, "quorum": 2, "adaptive": False},
         })
-        wait_for(client, job["id"], lambda j: j["tasks_done"] >= 10)
+        client.wait_for(job["id"], lambda j: j["tasks_done"] >= 10)
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait()
-        job = wait_for(client, job["id"], lambda j: j["state"] == "done")
+        job = client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=180)
     assert job["tasks_done"] == job["tasks"] and job["tasks_inconclusive"] == 0
     assert job["summary"]["replicas_per_task"] >= 2.0  # every task had its quorum of two
 
@@ -92,7 +75,7 @@ def test_an_inconclusive_task_is_reported_not_dropped(grid):
             "task_type": "echo", "task_size": 5, "dataset": client.put_blob(datasets.sequence(20).to_npz()),
             "trust": {"replicas": 2, "quorum": 2, "max_replicas": 2, "adaptive": False, "gold_rate": 0},
         })
-        job = wait_for(client, job["id"], lambda j: j["state"] == "done")
+        job = client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=180)
         status = client.job(job["id"])
     assert status["tasks_inconclusive"] == 4 and status["tasks_done"] == 0
     assert status["summary"]["tasks_inconclusive"] == 4

@@ -5,24 +5,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from coopgrid import datasets
 from coopgrid.client import ApiClient
-from coopgrid.local import LocalGrid
 from coopgrid.protocol import sha256_hex
 
 pytestmark = pytest.mark.acceptance
 
-
-@pytest.fixture
-def grid(tmp_path):
-    g = LocalGrid(tmp_path / "grid")
-    yield g
-    g.stop(timeout=15)
 
 
 def publish(client, model):
@@ -39,15 +31,6 @@ def submit(client, data, model_hash, task_size, task_type="classify"):
          "task_size": task_size, "trust": NO_REPLICATION}
     )
 
-
-def wait_for(client, job_id, until, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.job(job_id)
-        if until(job):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting on job {job_id}: {client.job(job_id)}")
 
 
 def accepted_rows(grid):
@@ -89,11 +72,11 @@ def test_a_killed_worker_s_tasks_are_reissued_and_the_job_completes(grid, digits
         model = publish(client, digits_onnx)
         doomed = grid.start_worker(0, "--batch", "4")
         job = submit(client, datasets.digits(6000), model["hash"], 50)
-        wait_for(client, job["id"], lambda j: j["tasks_done"] >= 4)
+        client.wait_for(job["id"], lambda j: j["tasks_done"] >= 4)
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
         grid.start_worker(1, "--batch", "4")
-        job = wait_for(client, job["id"], lambda j: j["state"] == "done")
+        job = client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=180)
         assert job["tasks_done"] == job["tasks"] and job["tasks_failed"] == 0
         assert job["replicas"]["expired"] >= 1  # the killed worker's lease ran out and was reissued
         assert job["summary"]["replicas_expired"] == job["replicas"]["expired"]
@@ -111,14 +94,14 @@ def test_a_coordinator_killed_mid_job_restarts_and_loses_nothing(grid, digits_on
         grid.start_worker(0, "--batch", "2")
         grid.start_worker(1, "--batch", "2")
         job = submit(client, datasets.digits(8000), model["hash"], 40)
-        wait_for(client, job["id"], lambda j: 10 <= j["tasks_done"])
+        client.wait_for(job["id"], lambda j: 10 <= j["tasks_done"])
     grid.kill_coordinator()
     before = accepted_rows(grid)
     assert 0 < len(before) < job["tasks"]
 
     grid.start_coordinator("--lease-seconds", "3", port=port)  # workers keep retrying the same address
     with ApiClient(grid.url, grid.token) as client:
-        job = wait_for(client, job["id"], lambda j: j["state"] == "done")
+        job = client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=180)
         output = client.call("GET", f"/v1/jobs/{job['id']}/output").content
     after = accepted_rows(grid)
     assert set(before) <= set(after)  # every result accepted before the crash is still there
@@ -137,7 +120,7 @@ def test_a_worker_refuses_model_bytes_that_do_not_match_their_hash(grid, digits_
         blob.write_bytes(digits_onnx.onnx[:-10] + b"0123456789")
         grid.start_worker(0, "--batch", "1")
         job = submit(client, datasets.digits(100), model["hash"], 50)
-        job = wait_for(client, job["id"], lambda j: j["state"] == "done")
+        job = client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=180)
     assert job["tasks_failed"] == job["tasks"] and job["tasks_done"] == 0  # nothing computed with bad bytes
     grid.stop()
     log = grid.log("worker-0")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from coopgrid.identity import Identity
-from coopgrid.local import KEY_PASSWORD, LocalGrid
+from coopgrid.local import KEY_PASSWORD
 from tests.integration.conftest_ledger import Anvil, anvil  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.acceptance
@@ -27,12 +27,6 @@ def cli(grid, *args, key_password=KEY_PASSWORD, check=True):
         assert run.returncode == 0, f"{args}: {run.stdout}\n{run.stderr}"
     return run
 
-
-@pytest.fixture
-def grid(tmp_path):
-    g = LocalGrid(tmp_path / "grid")
-    yield g
-    g.stop(timeout=15)
 
 
 def run_echo_job(grid, items=40, task_size=4, reward=3):
