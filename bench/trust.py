@@ -106,11 +106,13 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     n = args.workers
     k = round(n * args.dishonest)
     independent = [INDEPENDENT[i % len(INDEPENDENT)] for i in range(k)]
+    ours = dict(args.policy)  # our policy: the defaults, with --policy overrides
+    tag = "(defaults)" if not ours else "(" + ", ".join(f"{key}={v}" for key, v in ours.items()) + ")"
     out = [
         Scenario(
             "adaptive",
-            f"our policy (defaults), {k / n:.0%} independent cheaters",
-            {},
+            f"our policy {tag}, {k / n:.0%} independent cheaters",
+            ours,
             independent,
         ),
         Scenario(
@@ -124,8 +126,8 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         out.append(
             Scenario(
                 f"adaptive-{args.streamed}jobs",
-                f"our policy, {k / n:.0%} independent cheaters, tasks as {args.streamed} jobs in sequence",
-                {},
+                f"our policy {tag}, {k / n:.0%} independent cheaters, tasks as {args.streamed} jobs in sequence",
+                ours,
                 independent,
                 jobs=args.streamed,
             )
@@ -135,8 +137,8 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         out.append(
             Scenario(
                 f"collude-{round(share * 100)}",
-                f"our policy, colluding group of {c / n:.0%}",
-                {},
+                f"our policy {tag}, colluding group of {c / n:.0%}",
+                ours,
                 [args.collude_spec] * c,
             )
         )
@@ -729,6 +731,12 @@ def main() -> int:
         help="also run the adaptive scenario with the tasks split into this many jobs, each submitted "
         "once less than one round of leases waits (validation replicas then wait behind one job, "
         "not the whole queue)",
+    )
+    p.add_argument(
+        "--policy",
+        type=json.loads,
+        default={},
+        help='JSON overrides of the default TrustPolicy in the "our policy" scenarios, e.g. \'{"audit_scale": 1}\'',
     )
     p.add_argument(
         "--only",

@@ -127,6 +127,7 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._single: dict[str, bool] = {}  # job id -> quorum of one (see record_results)
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
         )
@@ -620,6 +621,28 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
                 it for it in items if replica_rows[it.replica_id].state == int(ReplicaState.LEASED) and not expired
             ]
             live_ids = {it.replica_id for it in live}
+            # Jobs with a quorum of one need no validation round: a result for an open task is
+            # accepted and final here, in the same transaction (the throughput path of trusted grids).
+            won = set()
+            if live and not quarantined:
+                single = self._quorum_one(conn, {replica_rows[i].job_id for i in live_ids})
+                direct = {
+                    replica_rows[it.replica_id].task_id
+                    for it in live
+                    if it.error is None
+                    and replica_rows[it.replica_id].job_id in single
+                    and replica_rows[it.replica_id].kind == ReplicaKind.NORMAL.value
+                }
+                if direct:
+                    won = set(
+                        conn.execute(
+                            text(
+                                "UPDATE tasks SET state = :done WHERE state = :open AND id IN :ids RETURNING id"
+                            ).bindparams(bindparam("ids", expanding=True)),
+                            {"done": TaskState.DONE.value, "open": TaskState.OPEN.value, "ids": sorted(direct)},
+                        ).scalars()
+                    )
+            credited: dict[str, int] = {}
             rows = []
             seen: set[int] = set()
             for it in items:
@@ -634,6 +657,10 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
                     status = ResultStatus.DUPLICATE
                 elif quarantined:
                     status = ResultStatus.REJECTED  # a quarantined worker earns nothing more
+                elif rep.task_id in won and rep.kind == ReplicaKind.NORMAL.value:
+                    status = ResultStatus.ACCEPTED
+                    won.discard(rep.task_id)
+                    credited[rep.job_id] = credited.get(rep.job_id, 0) + 1
                 else:
                     status = ResultStatus.PENDING  # validation decides (quorum, gold, audit)
                     outcome.tasks.append(rep.task_id)
@@ -650,7 +677,7 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
                         "error": it.error,
                         "status": status.value,
                         "received_at": now,
-                        "final": False,
+                        "final": status is ResultStatus.ACCEPTED,
                     }
                 )
             if rows:
@@ -688,10 +715,22 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
                     ),
                     {"lease": lease_id, "leased": int(ReplicaState.LEASED)},
                 )
-            if failed:
-                outcome.completed_jobs = self._completed(conn, {r.job_id for r in failed})
+            for job_id, n in credited.items():
+                conn.execute(update(s.jobs).where(s.jobs.c.id == job_id).values(tasks_done=s.jobs.c.tasks_done + n))
+            if credited:
+                self._credit(conn, worker_id, credited)
+            if failed or credited:
+                outcome.completed_jobs = self._completed(conn, {r.job_id for r in failed} | set(credited))
             conn.execute(update(s.workers).where(s.workers.c.id == worker_id).values(last_seen=now))
         return outcome
+
+    def _quorum_one(self, conn: Any, job_ids: set[str]) -> set[str]:
+        """Those jobs whose trust policy accepts a single result (policies never change: cached)."""
+        unknown = sorted(j for j in job_ids if j not in self._single)
+        if unknown:
+            for job_id, policy in conn.execute(select(s.jobs.c.id, s.jobs.c.policy).where(s.jobs.c.id.in_(unknown))):
+                self._single[job_id] = json.loads(policy).get("quorum", 2) == 1
+        return {j for j in job_ids if self._single.get(j)}
 
     def _completed(self, conn: Any, job_ids: set[str]) -> list[str]:
         """Those of ``job_ids`` still running whose every task is resolved."""

@@ -63,6 +63,23 @@ class TrustQueries:
                 {"w": worker_id, "t": t, "lo": QUOTA_MIN},
             )
 
+    def _credit(self, conn: Any, worker_id: int, per_job: dict[str, int]) -> None:
+        """Results accepted at once (quorum of one) count as validated for the worker's record."""
+        types = dict(conn.execute(select(s.jobs.c.id, s.jobs.c.task_type).where(s.jobs.c.id.in_(sorted(per_job)))).all())
+        per_type: dict[str, int] = {}
+        for job_id, n in per_job.items():
+            per_type[types[job_id]] = per_type.get(types[job_id], 0) + n
+        self._ensure_reputation(conn, {(worker_id, t) for t in per_type})
+        for task_type, n in per_type.items():
+            conn.execute(
+                text(
+                    "UPDATE reputation SET run = run + :n, valid = valid + :n, "
+                    "quota = CASE WHEN quota + 2 * :n > :hi THEN :hi ELSE quota + 2 * :n END "
+                    "WHERE worker_id = :w AND task_type = :t"
+                ),
+                {"n": n, "hi": QUOTA_MAX, "w": worker_id, "t": task_type},
+            )
+
     def lease_quota(self, worker_id: int, task_types: Sequence[str]) -> tuple[int, int]:
         """(Most replicas the worker may lease now, its validated results so far)."""
         q = select(s.reputation.c.quota, s.reputation.c.valid).where(s.reputation.c.worker_id == worker_id)
