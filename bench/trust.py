@@ -82,7 +82,7 @@ from coopgrid.protocol import (
 )
 from coopgrid.worker.dishonest import Behaviour, parse
 
-console = Console(width=None if sys.stdout.isatty() else 150)
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 INDEPENDENT = ("random", "constant", "lazy", "cheat:0.1", "cheat:0.3")
 FIXED_Q2 = {"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0}
@@ -770,8 +770,13 @@ def main() -> int:
         type=Path,
         help="also write every figure (per worker too) to this JSON file",
     )
+    p.add_argument("--show", type=Path, help="print the tables of an earlier run's --json file, run nothing")
     args = p.parse_args()
 
+    if args.show:
+        saved = json.loads(args.show.read_text())
+        print_tables(saved["scenarios"], argparse.Namespace(**saved["args"]))
+        return 0
     todo = scenarios(args)
     root = tempfile.mkdtemp(prefix="coopgrid-trust-")
     console.print(

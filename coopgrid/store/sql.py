@@ -626,9 +626,12 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
             won = set()
             if live and not quarantined:
                 single = self._quorum_one(conn, {replica_rows[i].job_id for i in live_ids})
+                firsts: dict[int, IncomingResult] = {}
+                for it in live:  # a replica named twice is answered by its first mention only
+                    firsts.setdefault(it.replica_id, it)
                 direct = {
                     replica_rows[it.replica_id].task_id
-                    for it in live
+                    for it in firsts.values()
                     if it.error is None
                     and replica_rows[it.replica_id].job_id in single
                     and replica_rows[it.replica_id].kind == ReplicaKind.NORMAL.value

@@ -6,8 +6,10 @@ in its tmp dir; the client is used as a context manager so the lifespan runs
 sign their requests and result batches exactly as ``coopgrid worker`` does.
 
 Most tests run jobs under the no-replication trust policy (one replica per
-task, accepted as soon as it comes back) so that one worker can finish a job;
-the tests at the end run the default policy (a quorum of two owners).
+task, a quorum of one: accepted, final and counted as the result batch is
+recorded, so the response already says "accepted") so that one worker can
+finish a job; the tests at the end run the default policy (a quorum of two
+owners), whose results are "pending" as recorded and decided by validation.
 """
 
 from __future__ import annotations
@@ -219,12 +221,13 @@ def test_an_echo_job_runs_to_a_complete_output(grid: Grid) -> None:
     assert hb.status_code == 200, hb.text
     assert hb.json()["expires_at"] >= lease["expires_at"]
 
-    for n, (w, lease) in enumerate(leases):
+    counted = 0
+    for w, lease in leases:
         r = w.submit(lease["lease_id"], w.batch(lease))
         assert r.status_code == 200, r.text
-        assert r.json()["results"] == {"pending": len(lease["replicas"])}  # as recorded, before validation
-        if n == 0:  # ...which ran before the response: one replica per task is accepted at once
-            assert grid.job(job["id"], alice)["tasks_done"] == len(lease["replicas"])
+        assert r.json()["results"] == {"accepted": len(lease["replicas"])}  # a quorum of one: accepted as recorded
+        counted += len(lease["replicas"])
+        assert grid.job(job["id"], alice)["tasks_done"] == counted  # counted before the response, each task once
 
     done = grid.wait_until_done(job["id"], alice)
     assert (done["tasks_done"], done["tasks_failed"]) == (7, 0)
@@ -255,8 +258,14 @@ def test_an_echo_job_runs_to_a_complete_output(grid: Grid) -> None:
     assert summary["echo_mismatches"] == 0
     assert done["replicas"] == {"done": 7}
 
-    workers = {w["address"]: w["accepted"] for w in grid.client.get("/v1/workers", headers=grid.headers()).json()}
+    listed = grid.client.get("/v1/workers", headers=grid.headers()).json()
+    workers = {w["address"]: w["accepted"] for w in listed}
     assert workers == {w.address: per_worker.get(w.address, 0) for w in (first, second)}
+    # each accepted result counts as a validated one in its worker's record
+    credited = {w["address"]: [(r["run"], r["valid"], r["invalid"]) for r in w["reputation"]] for w in listed}
+    assert credited == {
+        w.address: [(per_worker[w.address],) * 2 + (0,)] if w.address in per_worker else [] for w in (first, second)
+    }
 
 
 def test_a_complete_job_left_unreduced_is_finished_when_the_coordinator_restarts(tmp_path: Path) -> None:
@@ -273,7 +282,7 @@ def test_a_complete_job_left_unreduced_is_finished_when_the_coordinator_restarts
             lease = w.lease()
             items, refs = w.compute(lease)
             # the results reach the database, then the coordinator dies before reducing the job
-            app.store.record_results(
+            outcome = app.store.record_results(
                 lease["lease_id"],
                 app.store.get_worker(w.address).id,
                 w.identity.sign_batch(lease["chain_id"], lease["lease_id"], refs),
@@ -281,7 +290,27 @@ def test_a_complete_job_left_unreduced_is_finished_when_the_coordinator_restarts
                 [],
                 time.time(),
             )
+            assert outcome.completed_jobs == [job["id"]]  # a quorum of one: complete as recorded...
             after = grid.job(job["id"])
+            assert (after["state"], after["tasks_done"]) == ("running", 2)  # ...but never reduced
+
+            # a job with a quorum of two whose results were recorded, never validated
+            pair = grid.submit_echo(2, 2, trust={"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0})
+            for owner in ("ann", "bob"):
+                v = Worker(grid, owner=owner).register()
+                lease = v.lease()
+                assert [rep["job"] for rep in lease["replicas"]] == [pair["id"]]  # its one task
+                items, refs = v.compute(lease)
+                outcome = app.store.record_results(
+                    lease["lease_id"],
+                    app.store.get_worker(v.address).id,
+                    v.identity.sign_batch(lease["chain_id"], lease["lease_id"], refs),
+                    [IncomingResult(i["replica_id"], i["output_hash"], b64decode(i["output"]), None) for i in items],
+                    [],
+                    time.time(),
+                )
+                assert set(outcome.statuses.values()) == {"pending"} and outcome.completed_jobs == []
+            after = grid.job(pair["id"])
             assert (after["state"], after["tasks_done"]) == ("running", 0)  # recorded, never validated
     finally:
         app.close()
@@ -297,6 +326,12 @@ def test_a_complete_job_left_unreduced_is_finished_when_the_coordinator_restarts
             out = client.get(f"/v1/jobs/{job['id']}/output", headers={"Authorization": f"Bearer {operator}"})
             assert out.status_code == 200
             assert pq.read_table(io.BytesIO(out.content)).num_rows == 10
+            # the pending results were validated at start, and that job finished too
+            r = client.get(f"/v1/jobs/{pair['id']}", headers={"Authorization": f"Bearer {operator}"})
+            assert r.status_code == 200, r.text
+            assert r.json()["state"] == "done"
+            assert r.json()["summary"]["tasks_done"] == 1
+            assert r.json()["summary"]["results"] == {"accepted": 1, "valid": 1}
     finally:
         restarted.close()
 
@@ -451,7 +486,7 @@ def test_results_for_an_unknown_lease_are_409_naming_it(grid: Grid) -> None:
     assert r.status_code == 409
     assert "987654" in error_of(r)["detail"]
 
-    assert w.submit(lease["lease_id"], batch).json()["results"] == {"pending": 2}
+    assert w.submit(lease["lease_id"], batch).json()["results"] == {"accepted": 2}
     assert grid.job(lease["replicas"][0]["job"])["tasks_done"] == 2
 
 
@@ -510,7 +545,7 @@ def test_a_batch_signed_by_another_key_is_401(grid: Grid) -> None:
     assert grid.job(job["id"])["tasks_done"] == 0
 
     r = w.submit(lease["lease_id"], w.batch(lease))
-    assert r.status_code == 200 and r.json()["results"] == {"pending": 2}
+    assert r.status_code == 200 and r.json()["results"] == {"accepted": 2}
     assert grid.job(job["id"])["tasks_done"] == 2
 
 
@@ -539,6 +574,7 @@ def test_a_batch_naming_one_replica_twice_does_not_stall_the_job(grid: Grid) -> 
     if r.status_code == 422:  # refusing such a batch outright is fine; the worker then sends an honest one
         r = w.submit(lease["lease_id"], w.batch(lease))
     assert r.status_code == 200, r.text
+    assert r.json()["results"] == {"accepted": 2}  # one per replica, not per mention
     after = grid.job(job["id"])
     assert after["replicas"] == {"done": 2}  # both tasks are answered, so nothing will reissue them...
     assert after["tasks_done"] == 2, f"...and yet the job counts {after['tasks_done']} of 2 done: it can never finish"

@@ -4,11 +4,15 @@ Every test but the last runs once per backend through the parametrized
 ``store`` fixture (see conftest.py). Times are passed explicitly (the Store
 takes ``now``), so lease deadlines are exercised without sleeping.
 
-``record_results`` stores results as ``pending``; a validation round
-(:class:`~coopgrid.coordinator.validation.Validator`) accepts them. The jobs
-here run under the no-replication trust policy, so one worker's result is
-accepted, final, by the first round; replication, quorum, gold tasks and
-reputation are exercised in test_validation.py.
+Most jobs here run under the no-replication trust policy (a quorum of one):
+``record_results`` accepts a result for an open task of such a job at once
+(accepted, final, counted, the worker credited) and reports the jobs it
+completed. Every other result (a second replica of a decided task, a gold or
+audit replica, any result of a job with a quorum of two or more) is stored as
+``pending`` and a validation round
+(:class:`~coopgrid.coordinator.validation.Validator`) decides it; the tests
+about that round use a quorum of two. Replication, quorum, gold tasks and
+reputation are exercised at length in test_validation.py.
 """
 
 from __future__ import annotations
@@ -50,8 +54,10 @@ from coopgrid.store.sql import MAX_TASK_ERRORS
 
 T0 = 1_700_000_000.0  # a fixed "now"; every call gets its time explicitly
 LEASE = 30.0
-#: one replica per task, accepted (and final) as soon as it is validated: the pre-trust behaviour
+#: one replica per task, accepted (and final) as soon as it is recorded: the pre-trust behaviour
 NO_REPLICATION = {"replicas": 1, "quorum": 1, "adaptive": False, "gold_rate": 0}
+#: two replicas per task issued at once, accepted by a validation round when both agree
+QUORUM_TWO = {"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0}
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -104,6 +110,12 @@ def ok(replica_id: int, worker: WorkerRecord) -> IncomingResult:
     return IncomingResult(replica_id, sha256_hex(out), out, None)
 
 
+def echo_ok(replica_id: int, job: JobRecord, idx: int) -> IncomingResult:
+    """The answer every honest worker gives (echo: the task's input); ``ok`` differs per worker."""
+    out = task_input(job.id, idx)
+    return IncomingResult(replica_id, sha256_hex(out), out, None)
+
+
 def err(replica_id: int) -> IncomingResult:
     return IncomingResult(replica_id, "0" * 64, None, "RuntimeError: cannot compute")
 
@@ -123,6 +135,25 @@ def results_by_status(store: SqlStore, job_id: str) -> Counter[str]:
             select(s.results.c.status, func.count()).where(s.results.c.job_id == job_id).group_by(s.results.c.status)
         ).all()
     return Counter({status: n for status, n in rows})
+
+
+def final_results(store: SqlStore, job_id: str) -> Counter[str]:
+    """Statuses of a job's results that are final (sealed and paid)."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(s.results.c.status, func.count())
+            .where(s.results.c.job_id == job_id, s.results.c.final.is_(True))
+            .group_by(s.results.c.status)
+        ).all()
+    return Counter({status: n for status, n in rows})
+
+
+def reputation(store: SqlStore, w: WorkerRecord, task_type: str = "echo") -> tuple[int, int, int]:
+    """(run, valid, invalid) of a worker for a task type; zeros before it has a record."""
+    for worker, r in store.reputations():
+        if worker.id == w.id and r.task_type == task_type:
+            return r.run, r.valid, r.invalid
+    return 0, 0, 0
 
 
 # -- schema -----------------------------------------------------------------------
@@ -338,26 +369,33 @@ def test_record_results_accepts_and_counts_each_task(store: SqlStore) -> None:
     ids = [r.replica_id for r in lease.replicas]
 
     half = store.record_results(lease.id, w.id, sig(), [ok(i, w) for i in ids[:2]], [], T0 + 1)
-    assert half.statuses == {i: "pending" for i in ids[:2]}  # recorded; validation decides
+    assert half.statuses == {i: "accepted" for i in ids[:2]}  # a quorum of one: accepted as recorded
+    assert half.tasks == []  # nothing left for a validation round
     assert half.completed_jobs == []
     assert not half.lease_expired
-    assert store.get_job(job.id).tasks_done == 0
-    assert results_by_status(store, job.id) == {"pending": 2}
-    assert validate(store, half) == []
     assert store.get_job(job.id).tasks_done == 2
     assert results_by_status(store, job.id) == {"accepted": 2}
+    assert final_results(store, job.id) == {"accepted": 2}
+    assert reputation(store, w) == (2, 2, 0)  # credited as validated results
+    assert validate(store, half) == []  # a round changes nothing
+    assert store.get_job(job.id).tasks_done == 2
+    assert reputation(store, w) == (2, 2, 0)
     assert store.lease_view(lease.id).state == "open"  # two replicas are still out
 
     rest = store.record_results(lease.id, w.id, sig(), [ok(i, w) for i in ids[2:]], [], T0 + 2)
-    assert rest.statuses == {i: "pending" for i in ids[2:]}
-    assert rest.completed_jobs == []
-    assert validate(store, rest) == [job.id]
+    assert rest.statuses == {i: "accepted" for i in ids[2:]}
+    assert rest.tasks == []
+    assert rest.completed_jobs == [job.id]  # the batch that answers the last task completes the job
+    assert validate(store, rest) == []  # completed once, not twice
     done = store.get_job(job.id)
     assert (done.tasks_done, done.complete, done.state) == (4, True, "running")
     assert store.replica_counts(job.id) == {"done": 4}
     assert store.lease_view(lease.id).state == "closed"
     assert store.job_workers(job.id) == {w.address: 4}
     assert store.list_workers()[0][1] == 4
+    assert reputation(store, w) == (4, 4, 0)
+    assert store.reward_totals(None) == {w.address: 4 * 7}  # final: each task paid once
+    assert [o.task_index for o in store.accepted_outputs(job.id)] == [0, 1, 2, 3]
     assert store.complete_unfinished_jobs() == [job.id]
 
     # the same results again: recorded, not counted again
@@ -367,6 +405,9 @@ def test_record_results_accepts_and_counts_each_task(store: SqlStore) -> None:
     assert validate(store, again) == []
     assert store.get_job(job.id).tasks_done == 4
     assert results_by_status(store, job.id) == {"accepted": 4, "duplicate": 4}
+    assert final_results(store, job.id) == {"accepted": 4}
+    assert reputation(store, w) == (4, 4, 0)  # duplicates credit nothing
+    assert store.reward_totals(None) == {w.address: 4 * 7}
 
     store.finish_job(job.id, {"items": 12}, "e" * 64, T0 + 4)
     finished = store.get_job(job.id)
@@ -414,19 +455,27 @@ def test_a_second_replica_of_a_done_task_is_checked_and_not_counted(store: SqlSt
     r1 = next(r.replica_id for r in l1.replicas if r.task_index == 0)
 
     first = store.record_results(l1.id, w1.id, sig(), [ok(r.replica_id, w1) for r in l1.replicas], [], T0 + 1)
-    assert set(first.statuses.values()) == {"pending"}
-    assert validate(store, first) == [job.id]
+    assert set(first.statuses.values()) == {"accepted"}  # a quorum of one: decided as recorded
+    assert first.completed_jobs == [job.id] and first.tasks == []
+    assert validate(store, first) == []
+    assert store.get_job(job.id).tasks_done == 2
 
     # the late twin is compared with the accepted result: rewarded if it agrees, never counted again
     twin = ok(r1, w1) if twin_agrees else ok(r2, w2)  # the same bytes as w1's, or other ones
     late_twin = store.record_results(l2.id, w2.id, sig(), [IncomingResult(r2, twin.output_hash, twin.output, None)],
                                      [], T0 + 2)
-    assert late_twin.statuses == {r2: "pending"}
+    assert late_twin.statuses == {r2: "pending"}  # the task is decided: validation compares it
+    assert late_twin.tasks == [task0]
+    assert late_twin.completed_jobs == []
     assert not late_twin.lease_expired
-    assert validate(store, late_twin) == []  # completed once, not twice
+    assert store.get_job(job.id).tasks_done == 2  # not counted at record time...
+    assert validate(store, late_twin) == []  # ...nor by validation: completed once, not twice
     assert store.get_job(job.id).tasks_done == 2
     verdict = "valid" if twin_agrees else "invalid"
     assert results_by_status(store, job.id) == {"accepted": 2, verdict: 1}
+    assert final_results(store, job.id) == {"accepted": 2, **({"valid": 1} if twin_agrees else {})}
+    assert reputation(store, w2) == ((1, 1, 0) if twin_agrees else (0, 0, 1))
+    assert reputation(store, w1) == (2, 2, 0)
     # tasks per worker: the results that count for it (accepted, or valid beside the accepted one)
     assert store.job_workers(job.id) == {w1.address: 2, **({w2.address: 1} if twin_agrees else {})}
     outputs = list(store.accepted_outputs(job.id))
@@ -441,14 +490,39 @@ def test_one_replica_named_twice_in_a_batch_counts_once(store: SqlStore) -> None
     assert lease is not None
     a, b = (r.replica_id for r in lease.replicas)
     outcome = store.record_results(lease.id, w.id, sig(), [ok(a, w), ok(a, w), ok(b, w)], [], T0 + 1)
-    assert results_by_status(store, job.id) == {"pending": 2, "duplicate": 1}
+    assert results_by_status(store, job.id) == {"accepted": 2, "duplicate": 1}
     assert store.replica_counts(job.id) == {"done": 2}
     # both tasks are done and accepted, so the job must count both and be complete;
     # otherwise nothing will ever reissue them and the job never finishes
-    assert validate(store, outcome) == [job.id]
-    assert results_by_status(store, job.id) == {"accepted": 2, "duplicate": 1}
+    assert outcome.completed_jobs == [job.id]
     assert store.get_job(job.id).tasks_done == 2, "an accepted task was not counted"
+    assert validate(store, outcome) == []
+    assert store.get_job(job.id).tasks_done == 2, "an accepted task was counted twice"
+    assert reputation(store, w) == (2, 2, 0)  # credited once per replica, not per mention
     assert store.reward_totals(None) == {w.address: 2 * 7}  # paid once per replica, not per mention
+
+
+def test_a_replica_named_first_as_an_error_then_with_an_output_does_not_stall_the_job(store: SqlStore) -> None:
+    # a replica named twice is answered by its first mention; here that is an error, so
+    # the task must stay open and be reissued, as for any error, whatever the second mention says
+    job = make_job(store, 2)
+    w, other = make_worker(store, "w"), make_worker(store, "other")
+    lease = store.lease(w.id, 2, [], LEASE, T0)
+    assert lease is not None
+    a, b = (r.replica_id for r in lease.replicas)
+    a_index = next(r.task_index for r in lease.replicas if r.replica_id == a)
+    outcome = store.record_results(lease.id, w.id, sig(), [err(a), ok(a, w), ok(b, w)], [], T0 + 1)
+    assert outcome.statuses[b] == "accepted"
+    assert results_by_status(store, job.id) == {"error": 1, "duplicate": 1, "accepted": 1}
+    assert store.get_job(job.id).tasks_done == 1
+    assert store.replica_counts(job.id) == {"done": 1, "failed": 1, "ready": 1}, "the errored task was not reissued"
+    validate(store, outcome)
+    again = store.lease(other.id, 10, [], LEASE, T0 + 2)
+    assert again is not None and [r.task_index for r in again.replicas] == [a_index]
+    out = store.record_results(again.id, other.id, sig(), [ok(again.replicas[0].replica_id, other)], [], T0 + 3)
+    assert out.completed_jobs == [job.id]
+    assert store.get_job(job.id).tasks_done == 2
+    assert {o.task_index: o.worker_address for o in store.accepted_outputs(job.id)}[a_index] == other.address
 
 
 def test_a_result_after_the_deadline_is_late_and_not_counted(store: SqlStore) -> None:
@@ -483,7 +557,9 @@ def test_reap_expired_reissues_open_tasks_to_another_worker(store: SqlStore) -> 
     lasting = store.lease(steady.id, 2, [], 100.0, T0)
     assert expiring and lasting
     answered = expiring.replicas[0]
-    validate(store, store.record_results(expiring.id, slow.id, sig(), [ok(answered.replica_id, slow)], [], T0 + 1))
+    out = store.record_results(expiring.id, slow.id, sig(), [ok(answered.replica_id, slow)], [], T0 + 1)
+    assert out.statuses == {answered.replica_id: "accepted"}
+    assert store.get_job(job.id).tasks_done == 1
 
     assert store.reap_expired(T0 + 5) == 0  # nothing is past its deadline yet
     assert store.reap_expired(T0 + 20) == 2  # the two unanswered replicas of the expired lease
@@ -499,13 +575,17 @@ def test_reap_expired_reissues_open_tasks_to_another_worker(store: SqlStore) -> 
     out = store.record_results(
         reissued.id, fresh.id, sig(), [ok(r.replica_id, fresh) for r in reissued.replicas], [], T0 + 22
     )
-    assert set(out.statuses.values()) == {"pending"}
-    assert validate(store, out) == []
+    assert set(out.statuses.values()) == {"accepted"}
+    assert out.completed_jobs == []
+    assert store.get_job(job.id).tasks_done == 3
     out = store.record_results(
         lasting.id, steady.id, sig(), [ok(r.replica_id, steady) for r in lasting.replicas], [], T0 + 23
     )
-    assert validate(store, out) == [job.id]
+    assert set(out.statuses.values()) == {"accepted"}
+    assert out.completed_jobs == [job.id]
     assert store.get_job(job.id).tasks_done == 5
+    # the slow worker's answered replica was credited; its timeout reset the run
+    assert reputation(store, slow) == (0, 1, 0)
     assert store.job_workers(job.id) == {slow.address: 1, fresh.address: 2, steady.address: 2}
 
 
@@ -517,8 +597,10 @@ def test_error_results_reissue_until_max_errors_then_the_task_fails(store: SqlSt
     bad = next(r for r in first.replicas if r.task_index == 0)
     good = next(r for r in first.replicas if r.task_index == 1)
     out = store.record_results(first.id, w.id, sig(), [err(bad.replica_id), ok(good.replica_id, w)], [], T0 + 1)
-    assert out.statuses == {bad.replica_id: "error", good.replica_id: "pending"}
-    assert validate(store, out) == []
+    assert out.statuses == {bad.replica_id: "error", good.replica_id: "accepted"}
+    assert out.tasks == [] and out.completed_jobs == []
+    assert store.get_job(job.id).tasks_done == 1
+    assert store.replica_counts(job.id) == {"done": 1, "failed": 1, "ready": 1}  # the error is reissued
 
     now = T0 + 2
     for attempt in range(2, MAX_TASK_ERRORS + 1):
@@ -547,8 +629,9 @@ def test_release_puts_replicas_back_in_the_ready_queue(store: SqlStore) -> None:
     done, *given_back = [r.replica_id for r in lease.replicas]
 
     out = store.record_results(lease.id, quitter.id, sig(), [ok(done, quitter)], given_back, T0 + 1)
-    assert out.statuses == {done: "pending"}
-    assert validate(store, out) == []
+    assert out.statuses == {done: "accepted"}
+    assert out.completed_jobs == []
+    assert store.get_job(job.id).tasks_done == 1
     assert store.replica_counts(job.id) == {"done": 1, "ready": 3}
     assert store.lease_view(lease.id).state == "closed"
 
@@ -556,7 +639,9 @@ def test_release_puts_replicas_back_in_the_ready_queue(store: SqlStore) -> None:
     assert taken is not None
     assert sorted(r.replica_id for r in taken.replicas) == sorted(given_back)
     out = store.record_results(taken.id, other.id, sig(), [ok(i, other) for i in given_back], [], T0 + 3)
-    assert validate(store, out) == [job.id]
+    assert set(out.statuses.values()) == {"accepted"}
+    assert out.completed_jobs == [job.id]
+    assert store.get_job(job.id).tasks_done == 4
     assert store.job_workers(job.id) == {quitter.address: 1, other.address: 3}
 
 
@@ -567,7 +652,7 @@ def test_cancel_job_stops_leasing_and_keeps_accepted_results(store: SqlStore) ->
     lease = store.lease(w.id, 2, [], LEASE, T0)  # two of the doomed job's replicas
     assert lease is not None and {r.job_id for r in lease.replicas} == {doomed.id}
     a, b = (r.replica_id for r in lease.replicas)
-    validate(store, store.record_results(lease.id, w.id, sig(), [ok(a, w)], [], T0 + 1))
+    assert store.record_results(lease.id, w.id, sig(), [ok(a, w)], [], T0 + 1).statuses == {a: "accepted"}
 
     cancelled = store.cancel_job(doomed.id, T0 + 2)
     assert (cancelled.state, cancelled.finished_at, cancelled.tasks_done) == ("cancelled", T0 + 2, 1)
@@ -595,6 +680,42 @@ def test_cancel_job_stops_leasing_and_keeps_accepted_results(store: SqlStore) ->
         store.cancel_job("0" * 64, T0 + 5)
 
 
+def test_only_open_tasks_of_quorum_one_jobs_are_accepted_as_recorded(store: SqlStore) -> None:
+    # one lease holding replicas of a quorum-one job and of a quorum-two job: only the
+    # former are decided by record_results, the latter wait for a validation round
+    single = make_job(store, 2)
+    pair = make_job(store, 1, policy=QUORUM_TWO, initial_replicas=2)
+    w, v = make_worker(store, "w"), make_worker(store, "v")
+    lease = store.lease(w.id, 10, [], LEASE, T0)
+    assert lease is not None
+    assert sorted(r.job_id == pair.id for r in lease.replicas) == [False, False, True]  # one replica of the pair
+    items = [
+        echo_ok(r.replica_id, pair, r.task_index) if r.job_id == pair.id else ok(r.replica_id, w)
+        for r in lease.replicas
+    ]
+    out = store.record_results(lease.id, w.id, sig(), items, [], T0 + 1)
+    assert out.statuses == {r.replica_id: "pending" if r.job_id == pair.id else "accepted" for r in lease.replicas}
+    assert out.completed_jobs == [single.id]
+    assert len(out.tasks) == 1  # only the quorum-two task goes to validation
+    assert store.get_job(single.id).tasks_done == 2
+    assert (store.get_job(pair.id).tasks_done, results_by_status(store, pair.id)) == (0, {"pending": 1})
+    assert validate(store, out) == []  # the second replica is still out: nothing decided yet
+    assert store.get_job(pair.id).tasks_done == 0
+    assert reputation(store, w) == (2, 2, 0)  # credited for the quorum-one results only
+
+    second = store.lease(v.id, 10, [], LEASE, T0 + 2)
+    assert second is not None and [r.job_id for r in second.replicas] == [pair.id]
+    out = store.record_results(
+        second.id, v.id, sig(), [echo_ok(second.replicas[0].replica_id, pair, 0)], [], T0 + 3
+    )
+    assert set(out.statuses.values()) == {"pending"} and out.completed_jobs == []
+    assert validate(store, out) == [pair.id]
+    assert results_by_status(store, pair.id) == {"accepted": 1, "valid": 1}
+    assert final_results(store, pair.id) == {"accepted": 1, "valid": 1}
+    assert store.get_job(pair.id).tasks_done == 1
+    assert reputation(store, w) == (3, 3, 0) and reputation(store, v) == (1, 1, 0)
+
+
 def test_extend_lease(store: SqlStore) -> None:
     make_job(store, 3)
     w, stranger = make_worker(store, "w"), make_worker(store, "stranger")
@@ -611,10 +732,10 @@ def test_extend_lease(store: SqlStore) -> None:
     assert store.lease_view(lease.id).expires_at == T0 + 18
     # the extension is real: a result past the first deadline still counts
     out = store.record_results(lease.id, w.id, sig(), [ok(ids[0], w)], [], T0 + 15)
-    assert out.statuses == {ids[0]: "pending"}
+    assert out.statuses == {ids[0]: "accepted"}
     assert not out.lease_expired
-    validate(store, out)
     assert results_by_status(store, lease.replicas[0].job_id) == {"accepted": 1}
+    assert store.get_job(lease.replicas[0].job_id).tasks_done == 1
     assert store.reap_expired(T0 + 15) == 0
 
     with pytest.raises(LeaseError, match="expired"):  # past the deadline, not yet reaped
@@ -644,7 +765,7 @@ def test_accepted_outputs_come_in_task_order(store: SqlStore) -> None:
         out = store.record_results(
             lease.id, w.id, sig(), [ok(r.replica_id, w) for r in reversed(lease.replicas)], [], T0 + 1
         )
-        validate(store, out)
+        assert set(out.statuses.values()) == {"accepted"}
 
     by_task = {r.task_index: (r.replica_id, w) for w, lease in leases for r in lease.replicas}
     outputs = list(store.accepted_outputs(job.id))
@@ -656,32 +777,47 @@ def test_accepted_outputs_come_in_task_order(store: SqlStore) -> None:
 
 
 def test_a_job_survives_closing_and_reopening_the_store(open_store) -> None:
+    # a quorum of two, so that results wait for a validation round, and one can be left pending
     first = open_store()
-    job = make_job(first, 4)
-    w = make_worker(first)
+    job = make_job(first, 4, policy=QUORUM_TWO, initial_replicas=2)
+    w, v = make_worker(first, "w"), make_worker(first, "v")
     lease = first.lease(w.id, 4, [], LEASE, T0)
-    assert lease is not None
-    ids = [r.replica_id for r in lease.replicas]
-    validate(first, first.record_results(lease.id, w.id, sig(), [ok(i, w) for i in ids[:2]], [], T0 + 1))
+    other = first.lease(v.id, 4, [], LEASE, T0)
+    assert lease is not None and other is not None
+    mine = {r.task_index: r.replica_id for r in lease.replicas}
+    theirs = {r.task_index: r.replica_id for r in other.replicas}
+    assert sorted(mine) == sorted(theirs) == [0, 1, 2, 3]
+    out = first.record_results(
+        other.id, v.id, sig(), [echo_ok(theirs[i], job, i) for i in range(4)], [], T0 + 1
+    )
+    assert set(out.statuses.values()) == {"pending"}
+    assert validate(first, out) == []  # one opinion of two per task
+    out = first.record_results(lease.id, w.id, sig(), [echo_ok(mine[i], job, i) for i in (0, 1)], [], T0 + 1)
+    assert set(out.statuses.values()) == {"pending"}
+    assert validate(first, out) == []
+    assert first.get_job(job.id).tasks_done == 2
     outputs_before = list(first.accepted_outputs(job.id))
     # a third result is recorded, and the process stops before validating it
-    first.record_results(lease.id, w.id, sig(), [ok(ids[2], w)], [], T0 + 1)
+    first.record_results(lease.id, w.id, sig(), [echo_ok(mine[2], job, 2)], [], T0 + 1)
     first.close()
 
     second = open_store()  # the same file / database, migrated again (a no-op)
     again = second.get_job(job.id)
     assert (again.n_tasks, again.tasks_done, again.state, again.params) == (4, 2, "running", {"k": 1})
-    assert second.replica_counts(job.id) == {"done": 3, "leased": 1}
+    assert second.replica_counts(job.id) == {"done": 7, "leased": 1}
     assert list(second.accepted_outputs(job.id)) == outputs_before
     assert second.get_worker(w.address).id == w.id
-    assert results_by_status(second, job.id) == {"accepted": 2, "pending": 1}
+    assert results_by_status(second, job.id) == {"accepted": 2, "valid": 2, "pending": 3}
     # what was left pending is found and validated after the restart (the coordinator does this at start)
     assert Validator(second).validate() == []
     assert second.get_job(job.id).tasks_done == 3
+    assert results_by_status(second, job.id) == {"accepted": 3, "valid": 3, "pending": 1}
     # the open lease carries on where it was
     assert second.lease_view(lease.id).state == "open"
-    out = second.record_results(lease.id, w.id, sig(), [ok(ids[3], w)], [], T0 + 2)
+    out = second.record_results(lease.id, w.id, sig(), [echo_ok(mine[3], job, 3)], [], T0 + 2)
+    assert out.statuses == {mine[3]: "pending"}
     assert validate(second, out) == [job.id]
+    assert second.get_job(job.id).tasks_done == 4
     assert [o.task_index for o in second.accepted_outputs(job.id)] == [0, 1, 2, 3]
 
 

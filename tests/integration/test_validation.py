@@ -6,6 +6,10 @@ the way the scheduler does, with several registered workers, on both backends
 answers). Echo tasks: an honest answer is the task's input; a cheat sends
 something else. Adaptive acceptance and audits draw from a fixed "random"
 value, so which results are trusted alone is decided in advance.
+
+Jobs with a quorum of one (``NO_REPLICATION``, used here for gold tasks and
+filler work) need no validation round: ``record_results`` accepts a result
+for an open task at once. Everything else is decided by the validator.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from coopgrid.config import Settings
 from coopgrid.coordinator.scheduler import Scheduler
 from coopgrid.coordinator.trust import TrustPolicy
 from coopgrid.coordinator.validation import Validator
-from coopgrid.errors import Forbidden
+from coopgrid.errors import Forbidden, LeaseError
 from coopgrid.protocol import LeaseRequest, sha256_hex
 from coopgrid.store import SqlStore
 from coopgrid.store import schema as s
@@ -103,17 +107,28 @@ class Grid:
         return self.store.lease(w.id, n, [], LEASE, self.tick(), gold=gold, rng=random.Random(1))
 
     def answer(self, w: WorkerRecord, lease: Lease, answer: Answer = honest) -> dict[int, str]:
-        """Record the lease's results and validate them; the record-time statuses."""
+        """Record the lease's results and validate them; the record-time statuses.
+
+        The jobs completed are those the store completed as it recorded (quorum of one)
+        and those the validation round completed, as the scheduler reports them."""
         items = [IncomingResult(r.replica_id, sha256_hex(answer(r)), answer(r), None) for r in lease.replicas]
         outcome = self.store.record_results(lease.id, w.id, "0x" + "00" * 65, items, [], self.tick())
-        self.completed += self.validator.validate(outcome.tasks)
+        self.completed += outcome.completed_jobs + self.validator.validate(outcome.tasks)
         return outcome.statuses
 
     def work(self, w: WorkerRecord, n: int = 1, answer: Answer = honest, gold: int = 0) -> Lease:
-        """Lease up to ``n`` replicas (plus ``gold``), answer and validate them."""
+        """Lease up to ``n`` replicas (plus ``gold``), answer and validate them.
+
+        At record time a normal replica of a quorum-of-one job is accepted at once; any other
+        result is pending (or rejected: a quarantined worker's)."""
         lease = self.lease(w, n, gold)
         assert lease is not None, f"no work for {w.name}"
-        assert set(self.answer(w, lease, answer).values()) <= {"pending", "rejected"}
+        statuses = self.answer(w, lease, answer)
+        quarantined = statuses and set(statuses.values()) == {"rejected"}
+        for r in lease.replicas:
+            at_once = self.store.get_job(r.job_id).policy["quorum"] == 1 and self.kind(r.replica_id) == "normal"
+            expected = "rejected" if quarantined else "accepted" if at_once else "pending"
+            assert statuses[r.replica_id] == expected, (r, statuses)
         return lease
 
     # -- what the store holds ------------------------------------------------------------
@@ -145,6 +160,10 @@ class Grid:
             rows = conn.execute(q).all()
         assert len({r.name for r in rows}) == len(rows), rows
         return {r.name: (r.status, bool(r.final)) for r in rows}
+
+    def kind(self, replica_id: int) -> str:
+        with self.store.engine.connect() as conn:
+            return conn.execute(select(s.replicas.c.kind).where(s.replicas.c.id == replica_id)).scalar_one()
 
     def kinds(self, job: JobRecord, idx: int, state: int | None = None) -> list[str]:
         """Kinds of a task's replicas (in ``state`` only when given), oldest first."""
@@ -352,7 +371,8 @@ def test_gold_replicas_test_workers_passing_counts_failing_quarantines(grid: Gri
     (gold,) = [r for r in lease.replicas if r.job_id == known.id]
     assert gold.input_data == f"{known.id[:8]}/input/{gold.task_index}".encode()  # an ordinary-looking replica
     assert grid.kinds(known, gold.task_index) == ["normal", "gold"]
-    grid.answer(hal, lease)
+    # a gold replica of a quorum-of-one job is not accepted as recorded: validation compares it
+    assert set(grid.answer(hal, lease).values()) == {"pending"}
     assert grid.results(known, gold.task_index)["hal"] == ("valid", True)  # rewarded like any task
     r = grid.rep(hal)
     assert (r.gold_passed, r.gold_failed, r.checks_passed) == (1, 0, 1)
@@ -363,7 +383,10 @@ def test_gold_replicas_test_workers_passing_counts_failing_quarantines(grid: Gri
     assert lease is not None and len(lease.replicas) == 2
     (gold,) = [r for r in lease.replicas if r.job_id == known.id]
     (normal,) = [r for r in lease.replicas if r.job_id == job.id]
-    grid.answer(zed, lease, wrong)
+    trusting = grid.job(1, NO_REPLICATION)
+    held = grid.lease(zed, 100)  # work it still holds when it is caught, a quorum-of-one task among it
+    assert held is not None and trusting.id in {r.job_id for r in held.replicas}
+    assert set(grid.answer(zed, lease, wrong).values()) == {"pending"}
     assert grid.results(known, gold.task_index)["zed"] == ("invalid", False)
     assert grid.rep(zed).gold_failed == 1
     assert grid.quarantined(zed) == "failed a gold task (echo)"
@@ -371,6 +394,13 @@ def test_gold_replicas_test_workers_passing_counts_failing_quarantines(grid: Gri
     assert grid.results(job, normal.task_index)["zed"] == ("rejected", False)
     assert grid.task(job, normal.task_index)[0] == "open"
     assert "normal" in grid.kinds(job, normal.task_index, READY)
+    # what it held went back to the queue: an answer now is refused, not accepted under a quorum of one
+    with pytest.raises(LeaseError):
+        grid.answer(zed, held)
+    assert grid.task(trusting, 0) == ("open", 1)
+    assert grid.kinds(trusting, 0, READY) == ["normal"]
+    assert grid.store.get_job(trusting.id).tasks_done == 0
+    assert trusting.id not in grid.completed
 
 
 def test_a_released_gold_replica_is_dropped_not_reissued(grid: Grid) -> None:
