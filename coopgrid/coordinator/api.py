@@ -89,7 +89,7 @@ def create_api(app: App) -> FastAPI:
         # results recorded but not validated when the last process stopped
         await run_in_threadpool(app.scheduler.validator.validate)
         for job_id in await run_in_threadpool(app.store.complete_unfinished_jobs):
-            await run_in_threadpool(app.summarizer.finalize, job_id)
+            await run_in_threadpool(_finalize, job_id)
         reaper = asyncio.create_task(_reap_forever())
         stop_sealing = threading.Event()
         sealer_thread = None
@@ -110,6 +110,13 @@ def create_api(app: App) -> FastAPI:
             if sealer_thread is not None:
                 await run_in_threadpool(sealer_thread.join, 10)
 
+    def _finalize(job_id: str) -> None:
+        """Reduce a complete job; a reducer that fails is logged, and never stops the coordinator."""
+        try:
+            app.summarizer.finalize(job_id)
+        except Exception:
+            log.exception("reducing job %s failed; its results stay in the store", job_id)
+
     async def _reap_forever() -> None:
         rounds = 0
         while True:
@@ -122,7 +129,7 @@ def create_api(app: App) -> FastAPI:
                 if rounds % 30 == 0:
                     # a safety net: validate every task with pending results, so none can wait forever
                     for job_id in await run_in_threadpool(app.scheduler.validator.validate):
-                        await run_in_threadpool(app.summarizer.finalize, job_id)
+                        await run_in_threadpool(_finalize, job_id)
             except Exception:  # keep reaping; the next round may succeed
                 log.exception("reaping expired leases failed")
 
@@ -322,7 +329,7 @@ def create_api(app: App) -> FastAPI:
         batch = ResultBatch.model_validate_json(body)
         outcome = await run_in_threadpool(app.scheduler.submit_results, worker, lease_id, batch)
         for job_id in outcome.completed_jobs:
-            asyncio.get_running_loop().run_in_executor(None, app.summarizer.finalize, job_id)
+            asyncio.get_running_loop().run_in_executor(None, _finalize, job_id)
         counts: dict[str, int] = {}
         for status in outcome.statuses.values():
             counts[status] = counts.get(status, 0) + 1

@@ -48,7 +48,7 @@ class TrustPolicy(BaseModel):
     gold_rate: float = Field(0.03, ge=0, le=1, description="Share of replicas that test a worker with a known answer.")
     adaptive: bool = Field(True, description="Accept trusted workers' results without replication (BOINC).")
     trust_run: int = Field(10, ge=1, description="Run of validated results before a worker is trusted alone.")
-    audit_scale: float = Field(3.0, ge=0, description="Audit probability is audit_scale / sqrt(run).")
+    audit_scale: float = Field(1.0, ge=0, description="Audit probability is audit_scale / sqrt(run).")
     finality_checks: int = Field(
         40, ge=0, description="Checks a worker must pass after a provisional result before it is final."
     )

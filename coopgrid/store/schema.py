@@ -174,6 +174,7 @@ leases = Table(
     Column("expires_at", Float, nullable=False),
     Column("state", String(10), nullable=False),  # open | closed | expired
 )
+Index("ix_tasks_done", tasks.c.id, sqlite_where=text("state = 'done'"), postgresql_where=text("state = 'done'"))
 Index("ix_leases_open", leases.c.expires_at, sqlite_where=text("state = 'open'"), postgresql_where=text("state = 'open'"))
 
 replicas = Table(
@@ -189,6 +190,11 @@ replicas = Table(
     Column("kind", String(10), nullable=False, server_default=text("'normal'")),
 )
 Index("ix_replicas_ready", replicas.c.id, sqlite_where=text("state = 0"), postgresql_where=text("state = 0"))
+# leases serve ready replicas in task order: a task already started (its second replica, an
+# audit, a tie-breaker) goes out before the first replicas of later tasks
+Index(
+    "ix_replicas_ready_task", replicas.c.task_id, sqlite_where=text("state = 0"), postgresql_where=text("state = 0")
+)
 Index("ix_replicas_lease", replicas.c.lease_id)
 Index("ix_replicas_job_state", replicas.c.job_id, replicas.c.state)
 Index("ix_replicas_task", replicas.c.task_id)

@@ -434,7 +434,9 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
             + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.worker_id IN :kin"
             " AND o.state IN (:leased, :done))"  # a replica that failed or expired may go back to its worker
             " AND r.id = (SELECT min(r2.id) FROM replicas r2 WHERE r2.task_id = r.task_id AND r2.state = :ready)"
-            " ORDER BY r.id LIMIT :n"
+            # task order, not replica order: replicas added by validation (a second opinion,
+            # an audit, a tie-breaker) go out before later tasks' first replicas
+            " ORDER BY r.task_id, r.id LIMIT :n"
         )
         if self.dialect == "postgresql":
             candidates += " FOR UPDATE SKIP LOCKED"
@@ -503,8 +505,10 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
         rng: random.Random,
     ) -> int:
         """Lease ``k`` gold replicas: tasks of running jobs whose final answer is known."""
-        lo, hi = conn.execute(select(func.min(s.tasks.c.id), func.max(s.tasks.c.id))).one()
-        if lo is None:
+        # two queries: SQLite answers min() and max() from the index only when asked one at a time
+        lo = conn.execute(select(func.min(s.tasks.c.id))).scalar()
+        hi = conn.execute(select(func.max(s.tasks.c.id))).scalar()
+        if lo is None or hi is None:
             return 0
         q = (
             "SELECT t.id, t.job_id FROM tasks t JOIN jobs j ON j.id = t.job_id"
