@@ -75,6 +75,10 @@ def coordinator(
     rpc_url: Annotated[str | None, typer.Option(envvar="COOPGRID_RPC_URL", help="JSON-RPC endpoint for --ledger rpc.")] = None,
     contract: Annotated[str | None, typer.Option(envvar="COOPGRID_CONTRACT", help="Ledger contract address.")] = None,
     chain_id: Annotated[int, typer.Option(envvar="COOPGRID_CHAIN_ID", help="The chain the ledger must be on.")] = 31337,
+    separate_networks: Annotated[
+        bool,
+        typer.Option(envvar="COOPGRID_SEPARATE_NETWORKS", help="Replicas of a task never to two workers of one /24 network."),
+    ] = False,
     seal_every_results: Annotated[int, typer.Option(envvar="COOPGRID_SEAL_EVERY_RESULTS")] = 10_000,
     seal_every_seconds: Annotated[float, typer.Option(envvar="COOPGRID_SEAL_EVERY_SECONDS")] = 60.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -91,6 +95,7 @@ def coordinator(
             data_dir=data_dir, host=host, port=port, database_url=database_url, lease_seconds=lease_seconds,
             ledger=ledger, rpc_url=rpc_url, contract=contract, chain_id=chain_id,
             seal_every_results=seal_every_results, seal_every_seconds=seal_every_seconds,
+            separate_networks=separate_networks,
         )
     except ValidationError as exc:
         fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     coordinator_key_password: str = Field(
         "", description="Password of the coordinator's keystore (data dir); empty leaves the key unencrypted."
     )
+    separate_networks: bool = Field(
+        False,
+        description="Replicas of a task never go to two workers of one /24 (IPv4) or /48 (IPv6) network; "
+        "off for loopback deployments such as the demo.",
+    )
     seal_every_results: int = Field(10_000, ge=1, description="Seal an epoch once this many results wait.")
     seal_every_seconds: float = Field(60.0, gt=0, description="Seal an epoch once the oldest waiting result is this old.")
 

@@ -10,6 +10,7 @@ the :mod:`coopgrid.errors` class.
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import re
 import threading
@@ -282,7 +283,10 @@ def create_api(app: App) -> FastAPI:
             app.auth.worker_address, request.method, request.url.path, body, headers
         )
         reg = WorkerRegistration.model_validate_json(body or b"{}")
-        record = await run_in_threadpool(app.store.register_worker, address, reg.name, reg.owner, time.time())
+        network = network_of(request.client.host) if request.client else None
+        record = await run_in_threadpool(
+            app.store.register_worker, address, reg.name, reg.owner, time.time(), network
+        )
         app.auth.forget_worker(address)
         return {"id": record.id, "address": record.address, "name": record.name, "owner": record.owner}
 
@@ -431,6 +435,15 @@ def create_api(app: App) -> FastAPI:
         }
 
     return api
+
+
+def network_of(host: str) -> str | None:
+    """The /24 (IPv4) or /48 (IPv6) network a worker connects from, for placement by network."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}", strict=False))
 
 
 def _address(text: str) -> str:

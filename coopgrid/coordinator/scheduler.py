@@ -140,7 +140,8 @@ class Scheduler:
         gold_p = gold_probability(TrustPolicy(gold_rate=self._job_gold_rate(now)), validated)
         gold = sum(self.rng.random() < gold_p for _ in range(n)) if gold_p else 0
         lease = self.store.lease(
-            worker.id, n, request.task_types, self.settings.lease_seconds, now, gold=gold, rng=self.rng
+            worker.id, n, request.task_types, self.settings.lease_seconds, now, gold=gold, rng=self.rng,
+            separate_networks=self.settings.separate_networks,
         )
         if lease is None:
             return None

@@ -334,8 +334,10 @@ class Store(abc.ABC):
     # -- workers ----------------------------------------------------------------
 
     @abc.abstractmethod
-    def register_worker(self, address: str, name: str, owner: str, now: float) -> WorkerRecord:
-        """Create or update the worker with this address."""
+    def register_worker(
+        self, address: str, name: str, owner: str, now: float, network: str | None = None
+    ) -> WorkerRecord:
+        """Create or update the worker with this address (``network``: the network it registered from)."""
 
     @abc.abstractmethod
     def get_worker(self, address: str) -> WorkerRecord | None:
@@ -395,11 +397,13 @@ class Store(abc.ABC):
         now: float,
         gold: int = 0,
         rng: Any = None,
+        separate_networks: bool = False,
     ) -> Lease | None:
         """Lease up to ``max_replicas`` ready replicas to a worker in one lease, plus ``gold`` replicas
         of tasks whose answer is known; None if none are ready.
 
-        Never two replicas of one task to the same worker or to workers of the same owner."""
+        Never two replicas of one task to the same worker or to workers of the same owner (or,
+        with ``separate_networks``, of the same network)."""
 
     @abc.abstractmethod
     def queue_depth(self, active_since: float, cap: int = 1_000_000) -> tuple[int, int]:

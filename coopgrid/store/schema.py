@@ -106,6 +106,7 @@ workers = Table(
     Column("last_seen", Float, nullable=False),
     Column("quarantined_at", Float, nullable=True),
     Column("quarantine_reason", Text, nullable=True),
+    Column("network", String(64), nullable=True),  # e.g. 203.0.113.0/24, for placement by network
 )
 
 reputation = Table(

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, text, update
+from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from coopgrid.errors import ConfigError, Conflict, JobNotFound, LeaseError
@@ -226,17 +226,21 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
 
     # -- workers ----------------------------------------------------------------
 
-    def register_worker(self, address: str, name: str, owner: str, now: float) -> WorkerRecord:
+    def register_worker(
+        self, address: str, name: str, owner: str, now: float, network: str | None = None
+    ) -> WorkerRecord:
         with self._write() as conn:
             row = conn.execute(select(s.workers).where(s.workers.c.address == address)).first()
             if row:
                 conn.execute(
-                    update(s.workers).where(s.workers.c.id == row.id).values(name=name, owner=owner, last_seen=now)
+                    update(s.workers)
+                    .where(s.workers.c.id == row.id)
+                    .values(name=name, owner=owner, last_seen=now, network=network)
                 )
             else:
                 conn.execute(
                     insert(s.workers).values(
-                        address=address, name=name, owner=owner, registered_at=now, last_seen=now
+                        address=address, name=name, owner=owner, registered_at=now, last_seen=now, network=network
                     )
                 )
             row = conn.execute(select(s.workers).where(s.workers.c.address == address)).one()
@@ -423,6 +427,7 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
         now: float,
         gold: int = 0,
         rng: random.Random | None = None,
+        separate_networks: bool = False,
     ) -> Lease | None:
         types = list(task_types)
         type_filter = " AND job_id IN (SELECT id FROM jobs WHERE state = 'running' AND task_type IN :types)"
@@ -447,7 +452,7 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
             take = take.bindparams(bindparam("types", expanding=True))
         expires = now + lease_seconds
         with self._write() as conn:
-            kin = self._kin(conn, worker_id)
+            kin = self._kin(conn, worker_id, separate_networks)
             params: dict[str, Any] = {
                 "ready": int(ReplicaState.READY),
                 "leased": int(ReplicaState.LEASED),
@@ -493,12 +498,17 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
             jobs={j.id: LeaseJob(j.id, j.task_type, j.model_hash, json.loads(j.params)) for j in jobs},
         )
 
-    def _kin(self, conn: Any, worker_id: int) -> list[int]:
-        """The worker and every worker of the same (declared) owner."""
-        owner = conn.execute(select(s.workers.c.owner).where(s.workers.c.id == worker_id)).scalar()
-        if not owner:
+    def _kin(self, conn: Any, worker_id: int, by_network: bool = False) -> list[int]:
+        """The worker, every worker of the same (declared) owner and, when asked, of the same network."""
+        me = conn.execute(select(s.workers.c.owner, s.workers.c.network).where(s.workers.c.id == worker_id)).one()
+        related = []
+        if me.owner:
+            related.append(s.workers.c.owner == me.owner)
+        if by_network and me.network:
+            related.append(s.workers.c.network == me.network)
+        if not related:
             return [worker_id]
-        return list(conn.execute(select(s.workers.c.id).where(s.workers.c.owner == owner)).scalars())
+        return sorted({worker_id, *conn.execute(select(s.workers.c.id).where(or_(*related))).scalars()})
 
     def _add_gold(
         self, conn: Any, worker_id: int, kin: list[int], lease_id: int, k: int, types: list[str], now: float,

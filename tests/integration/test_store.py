@@ -870,3 +870,24 @@ def test_two_coordinators_leasing_concurrently_never_share_a_replica(pg_database
         for st in stores:
             st.close()
 
+
+
+def test_with_separate_networks_a_task_never_goes_to_two_workers_of_one_network(store: SqlStore) -> None:
+    # the trust issue: "optionally also the same source network, a setting that is off for loopback"
+    make_job(store, 1, policy=QUORUM_TWO, initial_replicas=2)
+    a = store.register_worker("0x" + secrets.token_hex(20), "a", "alice", T0, network="198.51.100.0/24")
+    b = store.register_worker("0x" + secrets.token_hex(20), "b", "bob", T0, network="198.51.100.0/24")
+    c = store.register_worker("0x" + secrets.token_hex(20), "c", "carol", T0, network="203.0.113.0/24")
+    assert store.lease(a.id, 5, [], LEASE, T0, separate_networks=True) is not None
+    assert store.lease(b.id, 5, [], LEASE, T0, separate_networks=True) is None  # a's neighbour: not the twin
+    assert store.lease(b.id, 5, [], LEASE, T0) is not None  # with the setting off (loopback grids) it may
+
+
+def test_with_separate_networks_another_network_gets_the_second_replica(store: SqlStore) -> None:
+    make_job(store, 1, policy=QUORUM_TWO, initial_replicas=2)
+    a = store.register_worker("0x" + secrets.token_hex(20), "a", "alice", T0, network="198.51.100.0/24")
+    c = store.register_worker("0x" + secrets.token_hex(20), "c", "carol", T0, network="203.0.113.0/24")
+    first = store.lease(a.id, 5, [], LEASE, T0, separate_networks=True)
+    second = store.lease(c.id, 5, [], LEASE, T0, separate_networks=True)
+    assert first is not None and second is not None
+    assert first.replicas[0].task_index == second.replicas[0].task_index == 0

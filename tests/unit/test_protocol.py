@@ -77,3 +77,11 @@ def test_keystore_round_trip_and_wrong_password(tmp_path):
         Identity.load_or_create(path, "wrong")
     with pytest.raises(ConfigError, match="COOPGRID_KEY_PASSWORD"):
         Identity.load_or_create(path, None)
+
+
+def test_workers_are_grouped_by_their_slash_24_or_slash_48_network():
+    from coopgrid.coordinator.api import network_of
+
+    assert network_of("198.51.100.77") == "198.51.100.0/24"
+    assert network_of("2001:db8:abcd:12::1") == "2001:db8:abcd::/48"
+    assert network_of("testclient") is None
