@@ -129,8 +129,16 @@ def ledger_part(console: Console, client: ApiClient, grid: LocalGrid, job: dict,
         table.add_row(me.address, claimed["claimed_now"], claimed["balance"], claimed["tx_hash"][:18] + "…")
     console.print(table)
 
-    task = random.randrange(job["tasks"])
-    proof = client.proof(job["id"], task)
+    # a random task whose result is on chain (a provisional one waits for its worker's later checks)
+    for task in random.sample(range(job["tasks"]), job["tasks"]):
+        try:
+            proof = client.proof(job["id"], task)
+            break
+        except CoopgridError:
+            continue
+    else:
+        console.print("7/7 no result is final yet: every accepted result is still provisional")
+        return
     ok = client.verify(proof["epoch"], proof["leaf_hash"], proof["proof"])
     forged = client.verify(proof["epoch"], "0x" + "ab" * 32, proof["proof"])
     console.print(
