@@ -202,10 +202,6 @@ class ResultBatch(Strict):
         return self
 
 
-class Heartbeat(Strict):
-    """POST /v1/leases/{lease_id}/heartbeat: the worker is still working."""
-
-
 def b64encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
