@@ -312,24 +312,17 @@ class Ledger(ABC):
 
 
 def hex32(x: HexLike, what: str = "hash") -> str:
-    """A 32-byte value as 0x-hex (InvalidInput if it is not 32 bytes)."""
-    if isinstance(x, str):
-        s = x[2:] if x[:2] in ("0x", "0X") else x
-        try:
-            b = bytes.fromhex(s)
-        except ValueError as exc:
-            raise InvalidInput(f"{what} is not hex: {x!r}") from exc
-    elif isinstance(x, (bytes, bytearray, memoryview)):
-        b = bytes(x)
-    else:
-        raise InvalidInput(f"{what} must be 32 bytes or hex, not {type(x).__name__}")
-    if len(b) != 32:
-        raise InvalidInput(f"{what} must be 32 bytes, got {len(b)}")
-    return "0x" + b.hex()
+    """A 32-byte value as 0x-hex (InvalidInput naming ``what`` if it is not 32 bytes)."""
+    return "0x" + _b32(x, what).hex()
 
 
 def _b32(x: HexLike, what: str = "hash") -> bytes:
-    return bytes.fromhex(hex32(x, what)[2:])
+    from coopgrid.ledger.merkle import to_bytes32  # the one parser of 32-byte values
+
+    try:
+        return to_bytes32(x)  # type: ignore[arg-type]
+    except InvalidInput as exc:
+        raise InvalidInput(f"{what}: {exc.message}") from exc
 
 
 def checksum(address: str | bytes) -> str:
