@@ -9,8 +9,10 @@ dir, with the contract compiled by coopgrid.ledger.compile:
 
 * commitEpoch gas (first commit, and a later one), and what it comes to per
   accepted result at 1,000 / 10,000 / 100,000 results per epoch;
+* commitEpoch carrying the cumulative spend of 1 / 10 / 100 touched jobs;
+* fund (approve + fund: a new job, a top-up), stake, unstake, slash, refund;
 * claim gas with a rewards tree of 1,000 and 100,000 workers (a worker's
-  first claim, after the token already has a supply; average and max);
+  first claim, paid out of escrow by a token transfer; average and max);
 * verifyResult gas (as a transaction, 100,000-result epoch);
 * the baseline: bench/contracts/naive.vy, one storage write + one event per
   result, and what that costs per epoch;
@@ -20,7 +22,8 @@ Targets are printed next to the figures: commitEpoch <= 85,000 gas whatever
 the epoch's size (<= 10 gas per result at 10,000 results); a claim <= 95,000
 gas at 100,000 leaves (Uniswap's MerkleDistributor: 78,600 on average, 95,300
 for a single claim, at 100,000 leaves); an Ethereum Attestation Service
-attestation costs about 230,000 gas per result.
+attestation costs about 230,000 gas per result. Escrow: commitEpoch <= 85,000
++ 5,000 per touched job; fund, stake, slash and refund <= 80,000 each.
 """
 
 from __future__ import annotations
@@ -41,10 +44,14 @@ from eth_account import Account  # noqa: E402
 from coopgrid.ledger import merkle  # noqa: E402
 from coopgrid.ledger.compile import compile_contract  # noqa: E402
 from coopgrid.ledger.embedded import EmbeddedLedger  # noqa: E402
+from coopgrid.ledger.money import job_key  # noqa: E402
 
 TARGET_COMMIT = 85_000
 TARGET_PER_RESULT_10K = 10
 TARGET_CLAIM = 95_000
+TARGET_COMMIT_PER_JOB = 5_000
+TARGET_MONEY = 80_000
+DAY = 24 * 3600
 UNISWAP_AVG, UNISWAP_SINGLE = 78_600, 95_300
 EAS_PER_RESULT = 230_000
 CLAIMS_MEASURED = 20
@@ -94,12 +101,48 @@ def main() -> None:
     ledger.deploy()
     epoch = 0
 
-    def commit(res_tree, rew_tree, n) -> tuple[str, float]:
+    def commit(res_tree, rew_tree, n, spends=()) -> tuple[str, float]:
         nonlocal epoch
         epoch += 1
         t0 = time.perf_counter()
-        h = ledger.commit_epoch(epoch, res_tree.root, rew_tree.root, n)
+        h = ledger.commit_epoch(epoch, res_tree.root, rew_tree.root, n, spends)
         return h, time.perf_counter() - t0
+
+    # ---- money: a submitter funds 101 jobs (the contract's very first token balance comes with
+    # the first one); a worker stakes; the coordinator commits spends, slashes, closes; refunds
+    submitter, worker = Account.create(), Account.create()
+    for acct in (submitter, worker):
+        ledger.send_gas(acct.address, 10**20)
+        ledger.mint(acct.address, 10**27)
+    as_submitter, as_worker = ledger.with_signer(submitter.key), ledger.with_signer(worker.key)
+    deadline = ledger.w3.eth.get_block("latest")["timestamp"] + 30 * DAY
+    approve = gas_of(ledger, send_raw(ledger, submitter, {
+        "to": ledger.token_address,
+        "data": ledger._token().encode_abi("approve", args=[ledger.address, 2**256 - 1]),
+    }))
+    jobs = [rnd.randbytes(32) for _ in range(101)]
+    fund_gas = [gas_of(ledger, as_submitter.fund(j, 10**24, deadline)) for j in jobs]
+    keys = [job_key(j, submitter.address) for j in jobs]
+    topup_gas = gas_of(ledger, as_submitter.fund(jobs[0], 10**18, 0))
+    stake_first = gas_of(ledger, as_worker.stake(10**20))
+    stake_more = gas_of(ledger, as_worker.stake(10**19))
+    unstake_gas = gas_of(ledger, as_worker.unstake(10**18))
+    slash_gas = gas_of(ledger, ledger.slash(worker.address, 10**18, jobs[1], submitter.address, rnd.randbytes(32)))
+    spend_commit: dict[int, int] = {}
+    tiny = merkle.result_tree(results(10))
+    small_rewards = merkle.reward_tree({a: 10**18 for a in addresses(10)})
+    # the contract's first commit also writes the rewards-root slot from zero
+    h, _ = commit(tiny, small_rewards, 10)
+    first_commit = gas_of(ledger, h)
+    spent = {k: 0 for k in keys}
+    for n_jobs in (1, 10, 100):
+        touched = keys[1 : n_jobs + 1]
+        for k in touched:
+            spent[k] += 10**18 + rnd.randrange(10**18)  # a realistic cumulative spend
+        h, _ = commit(tiny, merkle.reward_tree({a: 10**18 for a in addresses(10)}), 10, [(k, spent[k]) for k in touched])
+        spend_commit[n_jobs] = gas_of(ledger, h)
+    ledger.close_job(jobs[2], submitter.address)
+    refund_gas = gas_of(ledger, ledger.refund(jobs[2], submitter.address))
 
     print(f"coopgrid ledger gas benchmark (embedded py-evm chain, {tmp})")
     print()
@@ -107,10 +150,6 @@ def main() -> None:
     # ---- commits and gas per result
     commit_gas: dict[int, int] = {}
     trees: dict[int, merkle.StandardMerkleTree] = {}
-    small_rewards = merkle.reward_tree({a: 10**18 for a in addresses(10)})
-    # the contract's first commit also writes the rewards-root slot from zero
-    h, _ = commit(merkle.result_tree(results(10)), small_rewards, 10)
-    first_commit = gas_of(ledger, h)
     for n in (1_000, 10_000, 100_000):
         trees[n] = merkle.result_tree(results(n))
         h, _ = commit(trees[n], small_rewards, n)
@@ -123,7 +162,9 @@ def main() -> None:
         accounts = addresses(workers)
         amounts = {a: 10**18 + i for i, a in enumerate(accounts)}
         rewards = merkle.reward_tree(amounts)
-        commit(trees[1_000], rewards, 1_000)
+        pay_job = keys[0]  # claims are paid out of what the epochs spent
+        spent[pay_job] += sum(amounts.values())
+        commit(trees[1_000], rewards, 1_000, [(pay_job, spent[pay_job])])
         if first_supply_claim is None:  # the token's very first mint also creates totalSupply
             a0 = accounts[0]
             first_supply_claim = gas_of(
@@ -139,7 +180,7 @@ def main() -> None:
 
     # ---- verifyResult (as a transaction would pay for it) on the 100k epoch
     big = trees[100_000]
-    verify_epoch = 4  # the 100,000-result epoch
+    verify_epoch = 7  # the 100,000-result epoch (after the three spend commits)
     contract = ledger.w3.eth.contract(address=ledger.address, abi=ledger._load_artifact().abi)
     verify_gas, verify_depths = [], []
     for i in rnd.sample(range(100_000), 5):
@@ -206,7 +247,22 @@ def main() -> None:
         )
         row(f"tree of {workers:,} workers, proof {dmin}-{dmax} nodes: avg", f"{avg:,.0f}", target)
         row(f"tree of {workers:,} workers: max", f"{worst:,}", "")
-    row("the token's very first claim (creates totalSupply)", f"{first_supply_claim:,}", "one-off")
+    row("the first claim (the contract's running claim total from 0)", f"{first_supply_claim:,}", "one-off")
+    print()
+    print("escrow and stakes (approve once: an unlimited allowance, then fund without approving again)")
+    row("approve the ledger (once per submitter)", f"{approve:,}", "")
+    row("fund: the contract's very first token balance", f"{fund_gas[0]:,}", "one-off")
+    row("fund a new job: avg / max of 100", f"{statistics.mean(fund_gas[1:]):,.0f} / {max(fund_gas[1:]):,}",
+        f"target <= {TARGET_MONEY:,}")
+    row("fund: top up a job", f"{topup_gas:,}", f"target <= {TARGET_MONEY:,}")
+    row("stake: first / more", f"{stake_first:,} / {stake_more:,}", f"target <= {TARGET_MONEY:,}")
+    row("unstake", f"{unstake_gas:,}", "")
+    row("slash (into the harmed job's escrow)", f"{slash_gas:,}", f"target <= {TARGET_MONEY:,}")
+    row("refund a closed job", f"{refund_gas:,}", f"target <= {TARGET_MONEY:,}")
+    for n_jobs, g in spend_commit.items():
+        target = TARGET_COMMIT + TARGET_COMMIT_PER_JOB * n_jobs
+        row(f"commitEpoch with {n_jobs} touched job{'s' if n_jobs > 1 else ''}' spends", f"{g:,}",
+            f"target <= {target:,} ({(g - steady) / n_jobs:,.0f} per job over a plain commit)")
     print()
     print("verifyResult (view; gas if sent as a transaction, incl. 21,000 base)")
     row(
@@ -243,6 +299,8 @@ def main() -> None:
         and first_commit <= TARGET_COMMIT
         and steady / 10_000 <= TARGET_PER_RESULT_10K
         and claim_stats[100_000][1] <= TARGET_CLAIM
+        and max(fund_gas[1:] + [topup_gas, stake_first, slash_gas, refund_gas]) <= TARGET_MONEY
+        and all(g <= TARGET_COMMIT + TARGET_COMMIT_PER_JOB * n for n, g in spend_commit.items())
     )
     print("targets:", "all met" if ok else "NOT all met")
     ledger.close()

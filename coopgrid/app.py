@@ -82,6 +82,28 @@ def open_coordinator_ledger(settings: Settings, identity: Identity, deploy: bool
     return ledger
 
 
+def _cached_stakes(ledger: Ledger, ttl: float = 10.0):
+    """A worker's active stake from the chain, read at most every ``ttl`` seconds per worker;
+    0 while the chain cannot be read (paid work waits rather than go to an unstaked worker)."""
+    import time
+
+    cache: dict[str, tuple[int, float]] = {}
+
+    def stake_of(address: str) -> int:
+        hit = cache.get(address)
+        now = time.monotonic()
+        if hit is None or now - hit[1] > ttl:
+            try:
+                hit = (ledger.stake_of(address).active, now)
+            except Exception:  # noqa: BLE001 - a chain error must not fail leasing of free work
+                log.warning("cannot read the stake of %s from the chain", address)
+                return 0
+            cache[address] = hit
+        return hit[0]
+
+    return stake_of
+
+
 def build(settings: Settings) -> App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlStore.open(settings.resolved_database_url())
@@ -92,13 +114,16 @@ def build(settings: Settings) -> App:
     if settings.ledger != "none":
         ledger = open_coordinator_ledger(settings, coordinator_identity(settings), deploy=False)
         sealer = Sealer(settings, store, blobs, ledger)
+    scheduler = Scheduler(settings, store, blobs, registry, summarizer, Validator(store))
+    if ledger is not None:
+        scheduler.stake_of = _cached_stakes(ledger)
     return App(
         settings=settings,
         store=store,
         blobs=blobs,
         registry=registry,
         auth=Auth(store, settings),
-        scheduler=Scheduler(settings, store, blobs, registry, summarizer, Validator(store)),
+        scheduler=scheduler,
         summarizer=summarizer,
         ledger=ledger,
         sealer=sealer,

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     max_reward_per_task: int = Field(
         10**24, ge=0, lt=REWARD_CEILING, description="Largest reward per task a job may offer (token base units)."
     )
+    default_min_stake: int = Field(
+        10**18, ge=0, lt=REWARD_CEILING,
+        description="Stake a worker needs for paid jobs that name none (0 for a private grid of known workers).",
+    )
+    min_funding_seconds: float = Field(
+        3600.0, ge=0, description="A paid job is leased only while its refund deadline is at least this far away."
+    )
     max_job_reward: int = Field(
         10**27, ge=0, lt=REWARD_CEILING, description="Largest reward x tasks a job may offer (its most possible spend)."
     )

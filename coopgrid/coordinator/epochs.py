@@ -43,7 +43,9 @@ from coopgrid.errors import (
     TransactionReverted,
 )
 from coopgrid.ledger import Ledger, SignedTx
+from coopgrid.coordinator import rewards
 from coopgrid.ledger import merkle
+from coopgrid.ledger.money import job_key
 from coopgrid.protocol import ZERO_HASH
 from coopgrid.store.base import EpochRecord, SealedResult, Store
 from coopgrid.store.schema import EpochState
@@ -67,10 +69,13 @@ def leaf_value(r: SealedResult) -> tuple[bytes, int, bytes, bytes, bytes]:
 
 class Sealer:
     def __init__(self, settings: Settings, store: Store, blobs: BlobStore, ledger: Ledger) -> None:
+        from coopgrid.coordinator.escrow import Escrow
+
         self.settings = settings
         self.store = store
         self.blobs = blobs
         self.ledger = ledger
+        self.escrow = Escrow(settings, store, ledger)
         self._lock = threading.Lock()
         self._trees: dict[int, merkle.StandardMerkleTree] = {}
 
@@ -111,6 +116,8 @@ class Sealer:
                 if committed is not None:
                     done.append(committed)
             self._anchor_models()
+            self.escrow.activate_funded()
+            self.escrow.close_paid()
             return done
 
     def reconcile(self) -> list[EpochRecord]:
@@ -137,7 +144,9 @@ class Sealer:
         if e.state == EpochState.SEALED:
             assert e.results_root and e.rewards_root
             try:
-                signed = self.ledger.prepare_commit_epoch(n, e.results_root, e.rewards_root, e.result_count)
+                signed = self.ledger.prepare_commit_epoch(
+                    n, e.results_root, e.rewards_root, e.result_count, self.epoch_spends(e)
+                )
             except TransactionReverted as exc:
                 if exc.tx_hash is None and _content_refusal(exc.reason):
                     return self._isolate(e, exc)
@@ -170,22 +179,58 @@ class Sealer:
         return self._get(n)
 
     def _build(self, n: int) -> None:
-        """Both trees of an open epoch, dumped as blobs; the epoch becomes sealed."""
+        """Both trees of an open epoch, and its jobs' cumulative spends, dumped as blobs; the epoch
+        becomes sealed. Rewards follow rewards.SHARE_RULE: each task's R once, so a job spends
+        R per accepted task, never more than it was funded with."""
         self._trees.pop(n, None)  # an epoch rebuilt after isolation has other leaves
         results_tree = self.results_tree(n)
-        totals = self.store.reward_totals(n)
+        earned, spent = rewards.epoch_rewards(self.store.epoch_shares(n))
+        previous_totals, previous_spends = self._cumulative(n - 1)
+        totals = rewards.add(previous_totals, earned)
         too_big = sorted(a for a, t in totals.items() if not 0 <= t < 2**256)
         if too_big:
             raise SealingError(f"the cumulative rewards of {', '.join(too_big)} do not fit in a uint256")
+        spends = dict(previous_spends)
+        for job_id, amount in spent.items():
+            job = self.store.get_job(job_id)
+            if job is None or not job.funder:
+                raise SealingError(f"job {job_id} pays rewards but has no funded escrow", job_id=job_id)
+            funder, before = spends.get(job_id, (job.funder, 0))
+            spends[job_id] = (funder, before + amount)
         rewards_tree = merkle.reward_tree(totals) if totals else None
         self.store.update_epoch(
-                n,
-                state=EpochState.SEALED.value,
-                results_root=results_tree.root,
-                rewards_root=rewards_tree.root if rewards_tree else "0x" + ZERO_HASH,
-                results_dump=self.blobs.put(json.dumps(results_tree.dump()).encode()),
-                rewards_dump=self.blobs.put(json.dumps(rewards_tree.dump()).encode()) if rewards_tree else None,
-            )
+            n,
+            state=EpochState.SEALED.value,
+            results_root=results_tree.root,
+            rewards_root=rewards_tree.root if rewards_tree else "0x" + ZERO_HASH,
+            results_dump=self.blobs.put(json.dumps(results_tree.dump()).encode()),
+            rewards_dump=self.blobs.put(json.dumps(rewards_tree.dump()).encode()) if rewards_tree else None,
+            spends_dump=self.blobs.put(json.dumps({j: [f, str(a)] for j, (f, a) in sorted(spends.items())}).encode()),
+        )
+
+    def _cumulative(self, n: int) -> tuple[dict[str, int], dict[str, tuple[str, int]]]:
+        """Every worker's cumulative reward and every job's (funder, cumulative spend) up to epoch ``n``."""
+        e = self.store.get_epoch(n) if n >= 1 else None
+        if e is None:
+            return {}, {}
+        totals: dict[str, int] = {}
+        if e.rewards_dump:
+            tree = merkle.StandardMerkleTree.load(json.loads(self.blobs.get(e.rewards_dump)))
+            totals = {account: int(amount) for account, amount in tree.values}
+        spends: dict[str, tuple[str, int]] = {}
+        if e.spends_dump:
+            spends = {j: (f, int(a)) for j, (f, a) in json.loads(self.blobs.get(e.spends_dump)).items()}
+        return totals, spends
+
+    def epoch_spends(self, e: EpochRecord) -> list[tuple[int, int]]:
+        """The (escrow key, cumulative spend) of the jobs epoch ``e`` touches, for its commit."""
+        _, now = self._cumulative(e.number)
+        _, before = self._cumulative(e.number - 1)
+        return sorted(
+            (job_key(job_id, funder), amount)
+            for job_id, (funder, amount) in now.items()
+            if before.get(job_id, (funder, 0))[1] != amount
+        )
 
     def _isolate(self, e: EpochRecord, exc: Exception) -> EpochRecord | None:
         """Hold the jobs that make epoch ``e`` unsealable, then seal what is left of it."""
@@ -215,6 +260,18 @@ class Sealer:
                     f"its reward per task ({job.reward_per_task}) is above the bound of {bound} "
                     "(max_reward_per_task); it was accepted before rewards were bounded"
                 )
+            elif job is not None and job.reward_per_task and not job.funder:
+                problems[job_id] = "it pays rewards but has no funder (a job from before escrow)"
+        e = self.store.get_epoch(n)
+        if e is not None and e.spends_dump:  # built: is any spend beyond what its escrow holds now?
+            _, spends = self._cumulative(n)
+            for job_id, (funder, amount) in spends.items():
+                escrow = self.ledger.job_escrow("0x" + job_id, funder)
+                if amount > escrow.budget:
+                    problems[job_id] = (
+                        f"its spend of {amount} is above its escrow's budget of {escrow.budget} "
+                        f"(funded by {funder}; refunded early?)"
+                    )
         return problems
 
     def _mark_committed(self, e: EpochRecord) -> EpochRecord:  # noqa: D401

@@ -41,6 +41,13 @@ class JobSpec(BaseModel):
     reward_per_task: int = Field(
         0, ge=0, lt=REWARD_CEILING, description="Reward token base units per accepted task (bounded by the coordinator)."
     )
+    funder: str | None = Field(
+        None, pattern=r"^0x[0-9a-fA-F]{40}$",
+        description="A paid job: the account that funds its escrow (needed when reward_per_task > 0).",
+    )
+    min_stake: int | None = Field(
+        None, ge=0, lt=REWARD_CEILING, description="Stake a worker needs to take this job's replicas."
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     trust: TrustPolicy = Field(default_factory=TrustPolicy, description="Replication, quorum, gold, adaptive.")
 
@@ -73,6 +80,11 @@ class Scheduler:
                 f"reward_per_task {spec.reward_per_task} is above this coordinator's bound of "
                 f"{self.settings.max_reward_per_task} per task (max_reward_per_task); offer less",
                 limit=str(self.settings.max_reward_per_task),
+            )
+        if spec.reward_per_task and not spec.funder:
+            raise InvalidInput(
+                "a job with a reward needs the funder: pass funder (the address whose tokens fund its escrow; "
+                "`coopgrid submit --reward R` does it with your --key-file)"
             )
         task_type = tasks.get(spec.task_type)
         try:
@@ -123,6 +135,9 @@ class Scheduler:
             reward_per_task=spec.reward_per_task,
             policy=spec.trust.model_dump(),
             initial_replicas=spec.trust.initial_replicas,
+            funder=_checksum(spec.funder) if spec.reward_per_task else None,
+            min_stake=(spec.min_stake if spec.min_stake is not None
+                       else self.settings.default_min_stake if spec.reward_per_task else 0),
         )
         return self.store.create_job(job, new_tasks, time.time())
 
@@ -143,6 +158,7 @@ class Scheduler:
                 f"worker {worker.address} is quarantined ({worker.quarantine_reason}) and gets no more work",
                 address=worker.address,
             )
+        excluded = self._needs_more_stake(worker.address, now)
         # No worker takes more than its fair share of what is waiting, so a
         # short job is spread over every active worker instead of the first
         # one to ask; a long queue still goes out in full batches.
@@ -157,9 +173,16 @@ class Scheduler:
         gold = sum(self.rng.random() < gold_p for _ in range(n)) if gold_p else 0
         lease = self.store.lease(
             worker.id, n, request.task_types, self.settings.lease_seconds, now, gold=gold, rng=self.rng,
-            separate_networks=self.settings.separate_networks,
+            separate_networks=self.settings.separate_networks, exclude_jobs=sorted(excluded),
         )
         if lease is None:
+            if excluded:
+                need = max(excluded.values())
+                raise Forbidden(
+                    f"the work waiting here needs a stake of {need} (you have {self._stake(worker.address)}): "
+                    "stake with `coopgrid worker stake AMOUNT`",
+                    address=worker.address, min_stake=str(need),
+                )
             return None
         return {
             "lease_id": lease.id,
@@ -182,6 +205,23 @@ class Scheduler:
                 for r in lease.replicas
             ],
         }
+
+    #: the worker's active stake (set by app.build when there is a ledger): address -> base units
+    stake_of: Any = None
+
+    def _stake(self, address: str) -> int:
+        return int(self.stake_of(address)) if self.stake_of is not None else 0
+
+    def _needs_more_stake(self, address: str, now: float) -> dict[str, int]:
+        """Running jobs whose minimum stake this worker does not have: job id -> the stake needed."""
+        stakes, when = getattr(self, "_min_stakes", ({}, -1.0))
+        if now - when > 1.0:  # re-read at most once a second, like the gold rate
+            stakes = {j.id: j.min_stake for j in self.store.list_jobs() if j.state == "running" and j.min_stake}
+            self._min_stakes = (stakes, now)
+        if not stakes:
+            return {}
+        have = self._stake(address)
+        return {job_id: need for job_id, need in stakes.items() if need > have}
 
     def _job_gold_rate(self, now: float) -> float:
         """The highest gold rate among running jobs (re-read at most once a second)."""
@@ -241,6 +281,12 @@ class Scheduler:
 
     def reap(self) -> int:
         return self.store.reap_expired(time.time())
+
+
+def _checksum(address: str) -> str:
+    from eth_utils import to_checksum_address
+
+    return to_checksum_address(address.lower())
 
 
 def _first_error(exc: ValidationError) -> str:

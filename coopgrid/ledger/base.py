@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from coopgrid.ledger.money import Money, Web3Money, spends_words
 from coopgrid.errors import (
     ChainUnavailable,
     ContractMissing,
@@ -114,7 +115,15 @@ class ModelRecord:
 # --------------------------------------------------------------------------- the interface
 
 
-class Ledger(ABC):
+#: Spends of one commit: (escrow key from money.job_key, cumulative spend) per touched job.
+Spends = Sequence[tuple[int, int]]
+
+#: Deployment defaults: how long an unstake waits, and the shortest refund deadline of a job.
+DEFAULT_UNSTAKE_DELAY = 7 * 24 * 3600
+DEFAULT_MIN_REFUND_DELAY = 3600
+
+
+class Ledger(Money, ABC):
     """What coopgrid needs from the chain. One instance per chain + contract + key.
 
     An instance is bound to: a chain (checked by id), a signing key (the
@@ -144,23 +153,32 @@ class Ledger(ABC):
     # ---- deployment
 
     @abstractmethod
-    def deploy(self) -> str:
+    def deploy(
+        self,
+        token: str | None = None,
+        unstake_delay: int = DEFAULT_UNSTAKE_DELAY,
+        min_refund_delay: int = DEFAULT_MIN_REFUND_DELAY,
+    ) -> str:
         """Deploy a new ledger contract owned by :attr:`account`; wait for it; bind to it.
 
-        Returns the contract address. The contract is compiled (or taken from the
-        artifact cache) in-process.
+        ``token`` is the reward token (any ERC-20); None deploys a coopgrid token
+        owned (and minted) by :attr:`account`. ``unstake_delay`` must be longer than
+        the coordinator's finality window. Returns the contract address. The
+        contracts are compiled (or taken from the artifact cache) in-process.
         """
 
     # ---- epochs
 
     @abstractmethod
     def prepare_commit_epoch(
-        self, epoch: int, results_root: HexLike, rewards_root: HexLike, result_count: int
+        self, epoch: int, results_root: HexLike, rewards_root: HexLike, result_count: int, spends: Spends = ()
     ) -> SignedTx:
-        """Sign ``commitEpoch(epoch, results_root, rewards_root, result_count)``; do not send it.
+        """Sign ``commitEpoch(epoch, results_root, rewards_root, result_count, spends)``; do not send it.
 
-        Checks it against the chain first (estimate): a commit that would revert
-        (wrong epoch number, not the owner) raises ``TransactionReverted`` with
+        ``spends``: the cumulative spend of every job the epoch touches, as
+        (escrow key, amount). Checks it against the chain first (estimate): a
+        commit that would revert (wrong epoch number, not the owner, a spend
+        above a budget or going down) raises ``TransactionReverted`` with
         ``tx_hash=None`` and the contract's reason. The caller persists the
         returned hash (and raw bytes, to re-broadcast the very same tx) before
         calling :meth:`broadcast`.
@@ -176,21 +194,21 @@ class Ledger(ABC):
         """
 
     def send_commit_epoch(
-        self, epoch: int, results_root: HexLike, rewards_root: HexLike, result_count: int
+        self, epoch: int, results_root: HexLike, rewards_root: HexLike, result_count: int, spends: Spends = ()
     ) -> str:
         """:meth:`prepare_commit_epoch` then :meth:`broadcast`; returns the tx hash."""
         return self.broadcast(
-            self.prepare_commit_epoch(epoch, results_root, rewards_root, result_count)
+            self.prepare_commit_epoch(epoch, results_root, rewards_root, result_count, spends)
         )
 
     def commit_epoch(
-        self, epoch: int, results_root: HexLike, rewards_root: HexLike, result_count: int
+        self, epoch: int, results_root: HexLike, rewards_root: HexLike, result_count: int, spends: Spends = ()
     ) -> str:
         """Commit an epoch and wait until it is mined; returns the tx hash.
 
         Only the contract owner may commit, and only epoch ``last_epoch() + 1``.
         """
-        tx_hash = self.send_commit_epoch(epoch, results_root, rewards_root, result_count)
+        tx_hash = self.send_commit_epoch(epoch, results_root, rewards_root, result_count, spends)
         self.wait_receipt(tx_hash)
         return tx_hash
 
@@ -242,8 +260,9 @@ class Ledger(ABC):
         """Send ``claim(account, cumulative_amount, proof)``, signed and paid by ``signer``.
 
         ``signer`` may be anyone (None: the ledger's own key); the tokens go to
-        ``account``. Checked first: an invalid proof or an amount the latest
-        rewards tree does not grant, or nothing left to claim, raises
+        ``account``, out of the spent escrow. Checked first: an invalid proof or
+        an amount the latest rewards tree does not grant, nothing left to claim,
+        or claims beyond every spend committed, raises
         ``TransactionReverted`` (``tx_hash=None``) with the contract's reason.
         """
 
@@ -257,11 +276,11 @@ class Ledger(ABC):
 
     @abstractmethod
     def claimed(self, account: str) -> int:
-        """The cumulative amount already claimed by (minted to) ``account``."""
+        """The cumulative amount already claimed by (paid to) ``account``."""
 
-    @abstractmethod
     def balance_of(self, account: str) -> int:
         """``account``'s reward-token balance."""
+        return self.token_balance(account)
 
     @abstractmethod
     def rewards_root(self) -> str:
@@ -391,7 +410,7 @@ class RetryPolicy:
 # --------------------------------------------------------------------------- web3 implementation
 
 
-class Web3Ledger(Ledger):
+class Web3Ledger(Web3Money, Ledger):
     """:class:`Ledger` over a ``web3.Web3`` and the compiled ledger contract.
 
     Subclasses build the Web3 (provider) and check the chain; everything else
@@ -543,6 +562,7 @@ class Web3Ledger(Ledger):
             raise ContractMissing(address=address)
         self._address = address
         self._contract = self._w3.eth.contract(address=address, abi=self._load_artifact().abi)
+        self._token_contract = None  # read from the contract when first needed
 
     def _c(self) -> Any:
         if self._contract is None:
@@ -619,24 +639,44 @@ class Web3Ledger(Ledger):
 
     # ---- deployment
 
-    def deploy(self) -> str:
-        art = self._load_artifact()
+    def _create(self, art: Any, *args: Any) -> str:
+        """Deploy ``art`` with constructor ``args``; wait; return its address."""
+        from eth_abi import encode
+
+        ctor = next((item for item in art.abi if item.get("type") == "constructor"), None)
+        data = art.bytecode
+        if ctor and ctor.get("inputs"):
+            data += encode([i["type"] for i in ctor["inputs"]], list(args))
         with self._send_lock:
-            signed = self._sign(self._signer, {"data": "0x" + art.bytecode.hex()})
+            signed = self._sign(self._signer, {"data": "0x" + data.hex()})
             tx_hash = self.broadcast(signed)
         self.wait_receipt(tx_hash)
         raw = self._call("eth_getTransactionReceipt", self._w3.eth.get_transaction_receipt, tx_hash)
         address = raw.get("contractAddress")
         if not address:  # pragma: no cover
             raise LedgerError("deployment produced no contract", tx_hash=tx_hash)
-        self._bind(checksum(address))
-        assert self._address is not None
-        return self._address
+        return checksum(address)
+
+    def deploy(
+        self,
+        token: str | None = None,
+        unstake_delay: int = DEFAULT_UNSTAKE_DELAY,
+        min_refund_delay: int = DEFAULT_MIN_REFUND_DELAY,
+    ) -> str:
+        if token is None:
+            from coopgrid.ledger.compile import TOKEN_SOURCE, load_artifact
+
+            token = self._create(load_artifact(TOKEN_SOURCE))
+        elif not self._call("eth_getCode", self._w3.eth.get_code, checksum(token)):
+            raise ContractMissing(f"no token contract at {token}: pass an ERC-20's address", address=token)
+        address = self._create(self._load_artifact(), checksum(token), int(unstake_delay), int(min_refund_delay))
+        self._bind(address)
+        return address
 
     # ---- epochs
 
     def prepare_commit_epoch(
-        self, epoch: int, results_root: HexLike, rewards_root: HexLike, result_count: int
+        self, epoch: int, results_root: HexLike, rewards_root: HexLike, result_count: int, spends: Spends = ()
     ) -> SignedTx:
         if epoch < 1 or result_count < 0:
             raise InvalidInput("epochs start at 1 and result counts are >= 0")
@@ -647,14 +687,15 @@ class Web3Ledger(Ledger):
             _b32(results_root, "results root"),
             _b32(rewards_root, "rewards root"),
             int(result_count),
+            spends_words(spends),
         )
 
     def send_commit_epoch(
-        self, epoch: int, results_root: HexLike, rewards_root: HexLike, result_count: int
+        self, epoch: int, results_root: HexLike, rewards_root: HexLike, result_count: int, spends: Spends = ()
     ) -> str:
         with self._send_lock:  # no other send between this nonce and its broadcast
             return self.broadcast(
-                self.prepare_commit_epoch(epoch, results_root, rewards_root, result_count)
+                self.prepare_commit_epoch(epoch, results_root, rewards_root, result_count, spends)
             )
 
     def last_epoch(self) -> int:
@@ -767,14 +808,12 @@ class Web3Ledger(Ledger):
     def claimed(self, account: str) -> int:
         return int(self._view("claimed", checksum(account)))
 
-    def balance_of(self, account: str) -> int:
-        return int(self._view("balanceOf", checksum(account)))
-
     def rewards_root(self) -> str:
         return hex32(self._view("rewardsRoot"))
 
     def total_supply(self) -> int:
-        return int(self._view("totalSupply"))
+        """The reward token's total supply."""
+        return int(self._token_view("totalSupply"))
 
     def owner(self) -> str:
         return checksum(self._view("owner"))

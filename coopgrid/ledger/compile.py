@@ -28,6 +28,8 @@ from coopgrid.errors import ConfigError
 #: The contract shipped with coopgrid.
 CONTRACTS_DIR = Path(__file__).with_name("contracts")
 LEDGER_SOURCE = CONTRACTS_DIR / "ledger.vy"
+#: The coopgrid token (an ERC-20 the operator mints) of embedded and test deployments.
+TOKEN_SOURCE = CONTRACTS_DIR / "coop_token.vy"
 
 #: EVM version the bytecode targets: supported by py-evm 0.12 and anvil alike.
 EVM_VERSION = "cancun"

@@ -69,6 +69,8 @@ class NewJob:
     reward_per_task: int
     policy: dict[str, Any] = field(default_factory=dict)  # TrustPolicy as a dict
     initial_replicas: int = 1
+    funder: str | None = None  # a paid job: the account whose escrow pays it (the job waits unfunded)
+    min_stake: int = 0  # stake a worker needs to lease its replicas
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ class JobRecord:
     summary: dict[str, Any] | None
     output_hash: str | None
     seal_error: str | None = None  # set when its results are held out of sealing, and why
+    funder: str | None = None
+    min_stake: int = 0
 
     @property
     def complete(self) -> bool:
@@ -189,6 +193,7 @@ class EpochRecord:
     block_number: int | None
     created_at: float
     committed_at: float | None
+    spends_dump: str | None = None  # blob: JSON {job id: [funder, cumulative spend]}
 
 
 @dataclass(frozen=True)
@@ -399,6 +404,7 @@ class Store(abc.ABC):
         gold: int = 0,
         rng: Any = None,
         separate_networks: bool = False,
+        exclude_jobs: Sequence[str] = (),
     ) -> Lease | None:
         """Lease up to ``max_replicas`` ready replicas to a worker in one lease, plus ``gold`` replicas
         of tasks whose answer is known; None if none are ready.
@@ -474,6 +480,19 @@ class Store(abc.ABC):
         """Hold jobs out of sealing (job id -> why), atomically: their results leave the not yet
         committed ``epoch``, which goes back to open (roots cleared) or, left empty, is removed so
         that its number goes to the next epoch; nothing of a held job is sealed again."""
+
+    @abc.abstractmethod
+    def epoch_shares(self, number: int) -> list[Any]:
+        """The paid results (rewards.ShareRow) of the tasks whose accepted result is sealed in the epoch,
+        gold tests excluded: what :func:`coopgrid.coordinator.rewards.epoch_rewards` shares R among."""
+
+    @abc.abstractmethod
+    def job_unsealed(self, job_id: str, committed: set[int]) -> int:
+        """How many paid results of a job are not in one of the ``committed`` epochs."""
+
+    @abc.abstractmethod
+    def activate_job(self, job_id: str, now: float) -> bool:
+        """An unfunded job becomes running: its first replicas are made (once; False if it was not unfunded)."""
 
     @abc.abstractmethod
     def held_jobs(self) -> list[JobRecord]:

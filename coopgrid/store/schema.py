@@ -48,6 +48,7 @@ class TaskState(str, enum.Enum):
 
 
 class JobState(str, enum.Enum):
+    UNFUNDED = "unfunded"  # a paid job whose escrow is not funded yet: no replica exists
     RUNNING = "running"
     DONE = "done"
     CANCELLED = "cancelled"
@@ -150,6 +151,8 @@ jobs = Table(
     Column("output_hash", String(64), nullable=True),
     # why the job's results are held out of sealing (an epoch with them could not be built or committed)
     Column("seal_error", Text, nullable=True),
+    Column("funder", String(42), nullable=True),  # the account whose escrow pays a paid job
+    Column("min_stake", String(80), nullable=False, server_default=text("'0'")),  # to lease its replicas
 )
 
 tasks = Table(
@@ -263,6 +266,7 @@ epochs = Table(
     Column("rewards_root", String(66), nullable=True),
     Column("results_dump", String(64), nullable=True),  # blob: StandardMerkleTree dump
     Column("rewards_dump", String(64), nullable=True),
+    Column("spends_dump", String(64), nullable=True),  # blob: JSON {job id: [funder, cumulative spend]}
     Column("tx_hash", String(66), nullable=True),
     Column("raw_tx", LargeBinary, nullable=True),
     Column("block_number", Integer, nullable=True),

@@ -94,6 +94,8 @@ def _job(row: Any) -> JobRecord:
         summary=json.loads(row.summary) if row.summary else None,
         output_hash=row.output_hash,
         seal_error=row.seal_error,
+        funder=row.funder,
+        min_stake=int(row.min_stake),
     )
 
 
@@ -284,7 +286,9 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
                     n_tasks=len(tasks),
                     task_size=job.task_size,
                     reward_per_task=str(job.reward_per_task),
-                    state=JobState.RUNNING.value,
+                    state=(JobState.UNFUNDED if job.funder else JobState.RUNNING).value,
+                    funder=job.funder,
+                    min_stake=str(job.min_stake),
                     tasks_done=0,
                     tasks_failed=0,
                     tasks_inconclusive=0,
@@ -309,8 +313,9 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
                     for i, t in enumerate(tasks)
                 ],
             )
-            # the first replicas of every task, set-based rather than a row per round trip
-            for _ in range(job.initial_replicas):
+            # the first replicas of every task, set-based rather than a row per round trip; a paid
+            # job gets them once its escrow is funded (activate_job): until then nothing is leased
+            for _ in range(0 if job.funder else job.initial_replicas):
                 conn.execute(
                     text(
                         "INSERT INTO replicas (task_id, job_id, state, created_at, kind) "
@@ -338,7 +343,7 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
             row = conn.execute(select(s.jobs).where(s.jobs.c.id == job_id)).first()
             if row is None:
                 raise JobNotFound(job_id=job_id)
-            if row.state != JobState.RUNNING.value:
+            if row.state not in (JobState.RUNNING.value, JobState.UNFUNDED.value):
                 raise Conflict(f"job {job_id} is already {row.state}", job_id=job_id)
             conn.execute(
                 update(s.jobs)
@@ -429,6 +434,7 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
         gold: int = 0,
         rng: random.Random | None = None,
         separate_networks: bool = False,
+        exclude_jobs: Sequence[str] = (),
     ) -> Lease | None:
         types = list(task_types)
         type_filter = " AND job_id IN (SELECT id FROM jobs WHERE state = 'running' AND task_type IN :types)"
@@ -437,6 +443,7 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
         candidates = (
             "SELECT r.id FROM replicas r WHERE r.state = :ready"
             + (type_filter.replace("job_id", "r.job_id") if types else "")
+            + (" AND r.job_id NOT IN :excluded" if exclude_jobs else "")
             + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.worker_id IN :kin"
             " AND o.state IN (:leased, :done))"  # a replica that failed or expired may go back to its worker
             " AND r.id = (SELECT min(r2.id) FROM replicas r2 WHERE r2.task_id = r.task_id AND r2.state = :ready)"
@@ -451,6 +458,8 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
         ).bindparams(bindparam("kin", expanding=True))
         if types:
             take = take.bindparams(bindparam("types", expanding=True))
+        if exclude_jobs:
+            take = take.bindparams(bindparam("excluded", expanding=True))
         expires = now + lease_seconds
         with self._write() as conn:
             kin = self._kin(conn, worker_id, separate_networks)
@@ -462,6 +471,7 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
                 "n": max_replicas,
                 "kin": kin,
                 **({"types": types} if types else {}),
+                **({"excluded": list(exclude_jobs)} if exclude_jobs else {}),
             }
             lease_id = conn.execute(
                 insert(s.leases).values(worker_id=worker_id, created_at=now, expires_at=expires, state="open")

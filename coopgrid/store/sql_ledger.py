@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 
 from coopgrid.store import schema as s
 from coopgrid.store.base import EpochRecord, JobRecord, ModelRecord, SealedResult
-from coopgrid.store.schema import EpochState, ResultStatus
+from coopgrid.coordinator.rewards import ShareRow
+from coopgrid.store.schema import EpochState, JobState, ReplicaKind, ReplicaState, ResultStatus
 
 
 #: An epoch whose content changed goes back to open, to be built again.
@@ -160,6 +161,56 @@ class LedgerQueries:
                 select(func.count()).select_from(s.results).where(self._SEALABLE, s.results.c.epoch == epoch)
             ).scalar_one()
             conn.execute(update(s.epochs).where(s.epochs.c.number == epoch).values(result_count=leaves, **_REBUILD))
+
+    def epoch_shares(self, number: int) -> list[ShareRow]:
+        accepted_here = select(s.results.c.task_id).where(
+            s.results.c.status == ResultStatus.ACCEPTED.value, s.results.c.final, s.results.c.epoch == number
+        )
+        q = (
+            select(s.results.c.task_id, s.results.c.job_id, s.jobs.c.reward_per_task, s.workers.c.address,
+                   s.results.c.status)
+            .join(s.jobs, s.jobs.c.id == s.results.c.job_id)
+            .join(s.workers, s.workers.c.id == s.results.c.worker_id)
+            .join(s.replicas, s.replicas.c.id == s.results.c.replica_id)
+            .where(self._PAID, s.results.c.epoch == number, s.replicas.c.kind != ReplicaKind.GOLD.value,
+                   s.results.c.task_id.in_(accepted_here))
+            .order_by(s.results.c.id)
+        )
+        with self._read() as conn:
+            return [
+                ShareRow(r.task_id, r.job_id, int(r.reward_per_task), r.address, r.status == ResultStatus.ACCEPTED.value)
+                for r in conn.execute(q)
+            ]
+
+    def job_unsealed(self, job_id: str, committed: set[int]) -> int:
+        """Paid results of a job not in one of the ``committed`` epochs."""
+        q = select(func.count()).select_from(s.results).where(
+            self._PAID, s.results.c.job_id == job_id,
+            s.results.c.epoch.is_(None) | s.results.c.epoch.not_in(sorted(committed) or [-1]),
+        )
+        with self._read() as conn:
+            return conn.execute(q).scalar_one()
+
+    def activate_job(self, job_id: str, now: float) -> bool:
+        with self._write() as conn:
+            changed = conn.execute(
+                update(s.jobs)
+                .where(s.jobs.c.id == job_id, s.jobs.c.state == JobState.UNFUNDED.value)
+                .values(state=JobState.RUNNING.value)
+            ).rowcount
+            if not changed:
+                return False
+            most = conn.execute(select(func.max(s.tasks.c.issued)).where(s.tasks.c.job_id == job_id)).scalar() or 0
+            for k in range(most):
+                conn.execute(
+                    text(
+                        "INSERT INTO replicas (task_id, job_id, state, created_at, kind) "
+                        "SELECT id, job_id, :ready, :now, 'normal' FROM tasks WHERE job_id = :job AND issued > :k "
+                        "ORDER BY idx"
+                    ),
+                    {"ready": int(ReplicaState.READY), "now": now, "job": job_id, "k": k},
+                )
+        return True
 
     def held_jobs(self) -> list[JobRecord]:
         from coopgrid.store.sql import _job

@@ -148,6 +148,10 @@ class Chain:
     def fund(self, ledger: Any, address: str) -> None:
         raise NotImplementedError
 
+    def advance(self, ledger: Any, seconds: int) -> None:
+        """Move the chain's clock ``seconds`` forward (a new block carries the time)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         for ledger in getattr(self, "_opened", []):
             ledger.close()
@@ -190,6 +194,10 @@ class EmbeddedChain(Chain):
         signed = signer.sign_transaction(tx)
         w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(signed.raw_transaction))
 
+    def advance(self, ledger: Any, seconds: int) -> None:
+        now = ledger.w3.eth.get_block("latest")["timestamp"]
+        ledger._tester.time_travel(now + seconds)
+
 
 class AnvilChain(Chain):
     kind = "rpc"
@@ -213,6 +221,10 @@ class AnvilChain(Chain):
 
     def fund(self, ledger: Any, address: str) -> None:
         self.node.fund(address)
+
+    def advance(self, ledger: Any, seconds: int) -> None:
+        _rpc(self.url, "evm_increaseTime", [seconds])
+        _rpc(self.url, "evm_mine", [])
 
 
 @pytest.fixture(params=["embedded", "rpc"])

@@ -24,6 +24,7 @@ from coopgrid.errors import (
     WrongChain,
 )
 from coopgrid.ledger import merkle
+from coopgrid.ledger.money import job_key
 
 try:  # the tests tree as packages (python -m pytest from the repo root)
     from tests.integration.conftest_ledger import (  # noqa: F401 - fixtures
@@ -66,6 +67,22 @@ def _rewards(balances: dict[str, int]) -> merkle.StandardMerkleTree:
 
 def _proof_for(tree: merkle.StandardMerkleTree, account: str, amount: int) -> list[str]:
     return tree.get_proof([account, amount])
+
+
+DAY = 24 * 3600
+
+
+def _now(ledger) -> int:
+    return int(ledger.w3.eth.get_block("latest")["timestamp"])
+
+
+def _funded_job(ledger, make_account, budget: int, deadline_in: int = 30 * DAY):
+    """A submitter (ether for gas, coopgrid tokens minted) funds a new job: (job id, submitter, escrow key)."""
+    submitter = make_account()
+    ledger.mint(submitter.address, budget)
+    job_id = os.urandom(32)
+    ledger.with_signer(submitter.key).fund(job_id, budget, _now(ledger) + deadline_in)
+    return job_id, submitter, job_key(job_id, submitter.address)
 
 
 # --------------------------------------------------------------------------- deployment
@@ -140,7 +157,7 @@ def test_a_mined_revert_carries_its_tx_hash_and_reason(ledger):
     # the same call, signed by hand with a fixed gas limit: no pre-check
     contract = ledger.w3.eth.contract(address=ledger.address, abi=ledger._load_artifact().abi)
     data = contract.encode_abi(
-        "commitEpoch", args=[1, bytes.fromhex(r.root[2:]), bytes.fromhex(w.root[2:]), 2]
+        "commitEpoch", args=[1, bytes.fromhex(r.root[2:]), bytes.fromhex(w.root[2:]), 2, []]
     )
     block = ledger.w3.eth.get_block("latest")
     tx = {
@@ -164,10 +181,11 @@ def test_a_mined_revert_carries_its_tx_hash_and_reason(ledger):
 # --------------------------------------------------------------------------- rewards
 
 
-def test_claim_mints_the_difference_once(ledger, funded):
+def test_claim_pays_the_difference_once_out_of_escrow(ledger, funded):
     worker, other = funded(), new_key()
+    job, submitter, key = _funded_job(ledger, funded, 1_000)
     w1 = _rewards({worker.address: 100, other.address: 50})
-    ledger.commit_epoch(1, _results(2).root, w1.root, 2)
+    ledger.commit_epoch(1, _results(2).root, w1.root, 2, [(key, 150)])
 
     # the worker claims with its own key and pays its own gas
     as_worker = ledger.with_signer(worker.key)
@@ -180,9 +198,9 @@ def test_claim_mints_the_difference_once(ledger, funded):
     assert "nothing to claim" in err.value.reason
     assert ledger.balance_of(worker.address) == 100
 
-    # epoch 2: cumulative totals grow; only the difference is minted
+    # epoch 2: cumulative totals grow; only the difference is paid
     w2 = _rewards({worker.address: 250, other.address: 50})
-    ledger.commit_epoch(2, _results(3, 9).root, w2.root, 3)
+    ledger.commit_epoch(2, _results(3, 9).root, w2.root, 3, [(key, 300)])
     with pytest.raises(TransactionReverted) as err:  # the old tree is no longer the latest
         ledger.claim(None, worker.address, 100, _proof_for(w1, worker.address, 100))
     assert "invalid proof" in err.value.reason
@@ -192,13 +210,18 @@ def test_claim_mints_the_difference_once(ledger, funded):
 
     ledger.claim(None, other.address, 50, _proof_for(w2, other.address, 50))
     assert ledger.balance_of(other.address) == 50
-    assert ledger.total_supply() == 300
+    assert ledger.total_supply() == 1_000  # nothing minted by claims: paid out of the escrow
+    assert ledger.totals() == (300, 300)
+    assert ledger.token_balance(ledger.address) == 700
+    escrow = ledger.job_escrow(job, submitter.address)
+    assert (escrow.budget, escrow.spent, escrow.remaining) == (1_000, 300, 700)
 
 
-def test_claim_for_more_than_granted_reverts_with_reason(ledger):
+def test_claim_for_more_than_granted_reverts_with_reason(ledger, funded):
     worker = new_key()
+    _, _, key = _funded_job(ledger, funded, 500)
     w = _rewards({worker.address: 100, new_key().address: 7})
-    ledger.commit_epoch(1, _results(2).root, w.root, 2)
+    ledger.commit_epoch(1, _results(2).root, w.root, 2, [(key, 107)])
     proof = _proof_for(w, worker.address, 100)
     with pytest.raises(TransactionReverted) as err:
         ledger.claim(None, worker.address, 101, proof)
@@ -281,6 +304,12 @@ def test_missing_contract_is_refused(chain, ledger, coordinator):
 # --------------------------------------------------------------------------- embedded chain only
 
 
+def _gas_account(chain, ledger):
+    acct = new_key()
+    chain.fund(ledger, acct.address)
+    return acct
+
+
 @pytest.fixture
 def embedded(tmp_path):
     """The embedded chain alone, with a deployed contract: (chain, ledger, coordinator)."""
@@ -299,7 +328,8 @@ def test_embedded_chain_reopens_with_the_same_state(embedded):
     worker = new_key()
     w = _rewards({worker.address: 42, new_key().address: 1})
     r = _results(10)
-    ledger.commit_epoch(1, r.root, w.root, 10)
+    _, _, key = _funded_job(ledger, lambda: _gas_account(chain, ledger), 43)
+    ledger.commit_epoch(1, r.root, w.root, 10, [(key, 43)])
     claim_tx = ledger.claim(None, worker.address, 42, _proof_for(w, worker.address, 42))
     model = os.urandom(32)
     ledger.publish_model(model)

@@ -1,4 +1,4 @@
-"""escrow: jobs held out of sealing
+"""escrow: jobs held out of sealing, job funders and minimum stakes, epoch spends
 
 Revision ID: 0008
 Revises: 0005
@@ -17,8 +17,17 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('seal_error', sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column('funder', sa.String(length=42), nullable=True))
+        batch_op.add_column(sa.Column('min_stake', sa.String(length=80), server_default=sa.text("'0'"),
+                                      nullable=False))
+    with op.batch_alter_table('epochs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('spends_dump', sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('epochs', schema=None) as batch_op:
+        batch_op.drop_column('spends_dump')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_column('min_stake')
+        batch_op.drop_column('funder')
         batch_op.drop_column('seal_error')
