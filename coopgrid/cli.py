@@ -267,7 +267,12 @@ def submit(
     task_type: Annotated[str, typer.Option(help="classify, echo, or any installed type.")] = "classify",
     model: Annotated[str | None, typer.Option(help="Model hash, name or name:version.")] = None,
     task_size: Annotated[int, typer.Option(min=1, help="Items per task.")] = 256,
-    reward: Annotated[int, typer.Option(min=0, help="Reward units per accepted task.")] = 0,
+    reward: Annotated[int, typer.Option(min=0, help="Reward units per accepted task (funded from --key-file).")] = 0,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(envvar="COOPGRID_SUBMITTER_KEY_FILE", help="Keystore whose tokens fund a paid job's escrow."),
+    ] = None,
+    min_stake: Annotated[int | None, typer.Option(min=0, help="Stake a worker needs for this job.")] = None,
     name: str = "",
     param: Annotated[list[str] | None, typer.Option(help="Task parameter KEY=VALUE (repeatable).")] = None,
     wait: Annotated[bool, typer.Option(help="Show progress until the job is done.")] = True,
@@ -301,13 +306,25 @@ def submit(
                          "gold_rate": gold_rate, "adaptive": adaptive}.items()
             if v is not None
         }
+        funder = None
+        if reward:
+            if key_file is None:
+                fail("--reward needs --key-file: the keystore whose tokens fund the job's escrow (R x tasks)")
+            from coopgrid.cli_ledger import _identity
+
+            funder = _identity(key_file)
         job = client.submit(
             {
                 "name": name, "task_type": task_type, "model": model, "dataset": digest,
                 "task_size": task_size, "reward_per_task": reward, "params": _params(param or []), "trust": trust,
+                "funder": funder.address if funder else None, "min_stake": min_stake,
             }
         )
         console.print(f"job {job['id']}: {job['items']:,} items in {job['tasks']:,} tasks", highlight=False)
+        if funder is not None:
+            from coopgrid.cli_ledger import fund_job
+
+            fund_job(client, coordinator, job, funder)
         if not wait:
             return
         job = watch(client, job["id"], console)

@@ -43,6 +43,77 @@ def _identity(key_file: Path) -> Any:
     return Identity.load_or_create(key_file, os.environ.get(PASSWORD_ENV))
 
 
+def chain_for(coordinator: str, key: bytes, rpc_url: str | None = None) -> Any:
+    """The ledger as a client reaches it: --rpc-url, else the coordinator's relay of its own chain."""
+    with _anonymous(coordinator) as client:
+        info = client.ledger()
+    return _rpc_ledger(rpc_url or f"{coordinator.rstrip('/')}/v1/ledger/rpc", info["contract"], key)
+
+
+def fund_job(client: Any, coordinator: str, job: dict, funder: Any, rpc_url: str | None = None,
+             deadline_days: float = 30.0) -> dict:
+    """Approve and fund a paid job's escrow (R x tasks) from ``funder``, then ask the coordinator to lease it."""
+    import time
+
+    need = int(job["reward_per_task"]) * int(job["tasks"])
+    ledger = chain_for(coordinator, funder.private_key, rpc_url)
+    have = ledger.token_balance(funder.address)
+    if have < need:
+        fail(f"{funder.address} holds {have} tokens; the job needs {need} ({job['tasks']} tasks x "
+             f"{job['reward_per_task']}). Get tokens (on the embedded chain: `coopgrid ledger mint {funder.address} {need}` "
+             f"by the operator), then `coopgrid fund {job['id']}`")
+    tx = ledger.fund("0x" + job["id"], need, int(time.time() + deadline_days * 86400))
+    console.print(f"funded job {job['id'][:16]}… with {need} from {funder.address} (tx {tx}); refundable after "
+                  f"{deadline_days:g} days if never closed", highlight=False)
+    return client.json("POST", f"/v1/jobs/{job['id']}/funded")
+
+
+@app.command("fund")
+def fund(
+    job_id: str,
+    key_file: KeyFile = Path("coopgrid-submitter/key.json"),
+    coordinator: Coordinator = DEFAULT_URL,
+    token: TokenOpt = None,
+    rpc_url: RpcUrl = None,
+) -> None:
+    """Fund a paid job's escrow from your keystore (approve + fund), then let its tasks be leased."""
+    with _client(coordinator, token) as client:
+        job = client.job(job_id)
+        if job["state"] != "unfunded":
+            console.print(f"job {job_id} is {job['state']}: nothing to fund")
+            return
+        fund_job(client, coordinator, job, _identity(key_file), rpc_url)
+
+
+@ledger_app.command("mint")
+def mint(address: str, amount: int, coordinator: Coordinator = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """Mint coopgrid tokens to an account, with some ether for its gas (operator; embedded chain)."""
+    with _client(coordinator, token) as client:
+        out = client.json("POST", "/v1/ledger/mint", json={"address": address, "amount": amount})
+    console.print(f"minted {out['minted']} to {out['address']} (tx {out['tx_hash']}); balance {out['balance']}")
+
+
+@ledger_app.command("refund")
+def refund(
+    job_id: str,
+    key_file: KeyFile = Path("coopgrid-submitter/key.json"),
+    coordinator: Coordinator = DEFAULT_URL,
+    token: TokenOpt = None,
+    rpc_url: RpcUrl = None,
+) -> None:
+    """Take a closed (or past its deadline) job's unspent budget back to its funder."""
+    me = _identity(key_file)
+    with _client(coordinator, token) as client:
+        escrow = client.json("GET", f"/v1/jobs/{job_id}/escrow")
+    if escrow["funder"] is None:
+        fail(f"job {job_id} is free: it has no escrow")
+    ledger = chain_for(coordinator, me.private_key, rpc_url)
+    tx = ledger.refund("0x" + job_id.removeprefix("0x"), escrow["funder"])
+    after = ledger.job_escrow("0x" + job_id.removeprefix("0x"), escrow["funder"])
+    console.print(f"refunded {int(escrow['unspent']) - after.remaining} to {escrow['funder']} (tx {tx}); "
+                  f"balance {ledger.token_balance(escrow['funder'])}", highlight=False)
+
+
 def _anonymous(url: str) -> Any:
     from coopgrid.client import ApiClient
 

@@ -355,6 +355,7 @@ def create_api(app: App) -> FastAPI:
             "kind": settings.ledger,
             "chain_id": seal.ledger.chain_id,
             "contract": seal.ledger.address,
+            "token": seal.ledger.token_address,
             "coordinator": seal.ledger.account,
             "epochs": [
                 {"number": e.number, "state": e.state, "results": e.result_count, "tx_hash": e.tx_hash,
@@ -437,6 +438,7 @@ def create_api(app: App) -> FastAPI:
             "contract": sealer().ledger.address,
         }
 
+    add_escrow_routes(api, app)
     return api
 
 
@@ -455,3 +457,100 @@ def _address(text: str) -> str:
     if not is_address(text):
         raise InvalidInput(f"{text!r} is not an Ethereum address (0x and 40 hex characters)")
     return to_checksum_address(text)
+
+
+# -- escrow (issue 9): routes added as functions of their own --------------------------------------
+
+#: JSON-RPC methods the coordinator relays to its chain: reads, and transactions already signed by
+#: their sender (who pays its own gas). Lets clients use the embedded chain, which one process owns.
+RELAYED = frozenset({
+    "eth_chainId", "net_version", "eth_blockNumber", "eth_getBlockByNumber", "eth_getTransactionCount",
+    "eth_estimateGas", "eth_call", "eth_sendRawTransaction", "eth_getTransactionReceipt", "eth_getCode",
+    "eth_getTransactionByHash", "eth_getLogs", "eth_maxPriorityFeePerGas", "eth_gasPrice", "eth_getBalance",
+    "eth_feeHistory",
+})
+
+
+class RelayRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    jsonrpc: str = Field("2.0", max_length=10)
+    id: int | str | None = None
+    method: str = Field(max_length=64)
+    params: list[Any] = Field(default_factory=list, max_length=8)
+
+
+def _quantities(value: Any) -> Any:
+    """Python ints as JSON-RPC hex quantities, everywhere in a result."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return hex(value)
+    if isinstance(value, list):
+        return [_quantities(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _quantities(v) for k, v in value.items()}
+    return value
+
+
+def add_escrow_routes(api: FastAPI, app: App) -> None:
+    """The money routes: relay to the chain, job funding and escrow, minting on the embedded chain."""
+    from web3 import Web3
+
+    def token(authorization: Annotated[str | None, Header()] = None) -> Token:
+        return app.auth.token(authorization)
+
+    TokenDep = Annotated[Token, Depends(token)]
+
+    def ledger() -> Any:
+        if app.sealer is None:
+            raise Conflict("this coordinator runs without a ledger (--ledger none)")
+        return app.sealer.ledger
+
+    @api.post("/v1/ledger/rpc", tags=["ledger"])
+    def relay(req: RelayRequest) -> dict[str, Any]:
+        """A JSON-RPC relay to this coordinator's chain (reads and signed transactions only)."""
+        if req.method not in RELAYED:
+            return {"jsonrpc": "2.0", "id": req.id, "error": {"code": -32601, "message": f"{req.method} is not relayed"}}
+        w3 = ledger().w3
+        # through the provider's own formatting (the embedded chain takes Python values, not JSON hex)
+        answer = w3.provider.request_func(w3, w3.middleware_onion)(req.method, req.params)
+        result = {**dict(answer), "id": req.id}
+        if "result" in result:
+            result["result"] = _quantities(orjson.loads(Web3.to_json(result["result"])))
+        return orjson.loads(Web3.to_json(result))
+
+    @api.post("/v1/jobs/{job_id}/funded", tags=["jobs"])
+    def job_funded(job_id: str, tok: TokenDep) -> dict[str, Any]:
+        """Check a paid job's escrow on chain and lease its tasks once it is funded (409 says how otherwise)."""
+        job = app.scheduler.job_for(job_id, tok)
+        job = app.sealer.escrow.activate(job) if app.sealer else job
+        return {**job_view(app, job), "escrow": app.sealer.escrow.summary(job) if app.sealer else None}
+
+    @api.get("/v1/jobs/{job_id}/escrow", tags=["jobs"])
+    def job_escrow(job_id: str, tok: TokenDep) -> dict[str, Any]:
+        """A job's budget, spent and refundable amounts, and the reward sharing rule."""
+        from coopgrid.coordinator.rewards import SHARE_RULE
+
+        job = app.scheduler.job_for(job_id, tok)
+        ledger()
+        return {**app.sealer.escrow.summary(job), "state": job.state, "reward_per_task": str(job.reward_per_task),
+                "share_rule": SHARE_RULE, "contract": app.sealer.ledger.address}
+
+    class MintRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        address: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
+        amount: int = Field(gt=0, lt=2**104)
+        gas: int = Field(10**17, ge=0, le=10**19, description="Ether (wei) sent along, to pay for its transactions.")
+
+    @api.post("/v1/ledger/mint", tags=["ledger"])
+    def mint(req: MintRequest, tok: TokenDep) -> dict[str, Any]:
+        """Mint coopgrid tokens (and some ether for gas) to an account: operator, embedded chain only."""
+        app.auth.require_operator(tok)
+        if app.settings.ledger != "embedded":
+            raise Forbidden("tokens are minted only on the embedded chain; on a real chain, buy or transfer them")
+        led = ledger()
+        address = _address(req.address)
+        if req.gas and led.w3.eth.get_balance(address) < req.gas:
+            led.send_gas(address, req.gas)
+        tx = led.mint(address, req.amount)
+        return {"address": address, "minted": str(req.amount), "tx_hash": tx, "balance": str(led.token_balance(address))}

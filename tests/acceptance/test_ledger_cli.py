@@ -30,9 +30,16 @@ def cli(grid, *args, key_password=KEY_PASSWORD, check=True):
 
 
 def run_echo_job(grid, items=40, task_size=4, reward=3):
+    """A paid echo job: the operator mints the submitter's tokens, `submit --reward` funds its escrow."""
+    key = grid.data_dir / "submitter" / "key.json"
+    submitter = Identity.load_or_create(key, KEY_PASSWORD)
+    if "--ledger" not in " ".join(grid.coordinator.args):  # tokens are minted on the embedded chain only
+        cli(grid, "ledger", "mint", submitter.address, str(reward * items // task_size))
     grid.start_worker(0, "--batch", "5")
     out = cli(grid, "submit", "--task-type", "echo", "--dataset", f"sequence:{items}", "--task-size", str(task_size),
-              "--reward", str(reward), "--replicas", "1", "--quorum", "1", "--no-adaptive", "--gold-rate", "0")
+              "--reward", str(reward), "--key-file", str(key), "--min-stake", "0",
+              "--replicas", "1", "--quorum", "1", "--no-adaptive", "--gold-rate", "0")
+    assert "funded job" in out.stdout, out.stdout
     job_id = out.stdout.split("job ", 1)[1].split(":", 1)[0]
     assert len(job_id) == 64
     return job_id
@@ -61,9 +68,19 @@ def test_seal_claim_verify_and_survive_a_coordinator_kill(grid, tmp_path):
     assert "committed" in status.stdout
     balance = cli(grid, "ledger", "balance", address)
     assert "balance 30, claimed 30, claimable 0" in balance.stdout
+    escrow = grid_escrow(grid, job_id)
+    assert (escrow["budget"], escrow["spent"], escrow["closed"]) == ("30", "30", True)
     assert "verified" in cli(grid, "verify", job_id, "9").stdout
     tree = json.loads(cli(grid, "ledger", "epoch", "1", "--json").stdout)
     assert tree["format"] == "standard-v1" and len(tree["values"]) == 10
+
+
+def grid_escrow(grid, job_id):
+    import httpx
+
+    r = httpx.get(f"{grid.url}/v1/jobs/{job_id}/escrow", headers={"authorization": f"Bearer {grid.token}"})
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
 def test_on_anvil_a_proof_checks_against_the_chain_alone(grid, anvil, tmp_path):  # noqa: F811
