@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from coopgrid.app import coordinator_identity
+from coopgrid.config import Settings
 from coopgrid.identity import Identity
 from coopgrid.local import KEY_PASSWORD
 from tests.integration.conftest_ledger import Anvil, anvil  # noqa: F401  (fixture)
@@ -67,10 +69,13 @@ def test_seal_claim_verify_and_survive_a_coordinator_kill(grid, tmp_path):
 
 
 def test_on_anvil_a_proof_checks_against_the_chain_alone(grid, anvil, tmp_path):  # noqa: F811
-    coordinator_key = Identity.load_or_create(grid.data_dir / "coordinator-key.json", "")
+    # the coordinator keeps its key encrypted, under a password of its own beside it
+    coordinator_key = coordinator_identity(Settings(data_dir=grid.data_dir))
+    key_password = (grid.data_dir / "coordinator-key.password").read_text().strip()
+    assert (grid.data_dir / "coordinator-key.password").stat().st_mode & 0o077 == 0
     anvil.fund(coordinator_key.address)
     deployed = cli(grid, "ledger", "deploy", "--rpc-url", anvil.url, "--key-file",
-                   str(grid.data_dir / "coordinator-key.json"), key_password="")
+                   str(grid.data_dir / "coordinator-key.json"), key_password=key_password)
     contract = deployed.stdout.split("deployed at ", 1)[1].split()[0]
 
     wrong = subprocess.run(
@@ -111,10 +116,11 @@ def test_while_the_chain_is_down_jobs_still_complete_and_sealing_waits(grid, tmp
         pytest.fail("anvil is not installed (make test installs it)") if os.environ.get("CI") else pytest.skip("no anvil")
     node = Anvil(binary)
     try:
-        key = Identity.load_or_create(grid.data_dir / "coordinator-key.json", "")
+        key = coordinator_identity(Settings(data_dir=grid.data_dir))
+        key_password = (grid.data_dir / "coordinator-key.password").read_text().strip()
         node.fund(key.address)
         contract = cli(grid, "ledger", "deploy", "--rpc-url", node.url, "--key-file",
-                       str(grid.data_dir / "coordinator-key.json"), key_password="").stdout.split("deployed at ", 1)[1].split()[0]
+                       str(grid.data_dir / "coordinator-key.json"), key_password=key_password).stdout.split("deployed at ", 1)[1].split()[0]
         grid.start_coordinator("--ledger", "rpc", "--rpc-url", node.url, "--contract", contract,
                                "--seal-every-results", "1")
     finally:

@@ -133,7 +133,7 @@ class Worker:
 
     def post(self, path: str, body: Any, signer: Identity | None = None) -> Response:
         content = orjson.dumps(body)
-        headers = (signer or self.identity).request_headers("POST", path, content)
+        headers = (signer or self.identity).request_headers("POST", path, content, self.grid.app.auth.grid)
         headers["content-type"] = "application/json"
         return self.grid.client.post(path, content=content, headers=headers)
 
@@ -598,19 +598,20 @@ def test_unsigned_or_badly_signed_worker_requests_are_401(grid: Grid) -> None:
     assert r.status_code == 401
 
     # signed over another body
-    headers = w.identity.request_headers("POST", "/v1/leases", orjson.dumps({"max_replicas": 1}))
+    grid_id = grid.app.auth.grid
+    headers = w.identity.request_headers("POST", "/v1/leases", orjson.dumps({"max_replicas": 1}), grid_id)
     r = grid.client.post("/v1/leases", content=body, headers=headers)
     assert r.status_code == 401
     # signed for another path
-    headers = w.identity.request_headers("POST", "/v1/workers", body)
+    headers = w.identity.request_headers("POST", "/v1/workers", body, grid_id)
     r = grid.client.post("/v1/leases", content=body, headers=headers)
     assert r.status_code == 401
     # signed long ago (a replayed request)
-    headers = w.identity.request_headers("POST", "/v1/leases", body, now=time.time() - 3600)
+    headers = w.identity.request_headers("POST", "/v1/leases", body, grid_id, now=time.time() - 3600)
     r = grid.client.post("/v1/leases", content=body, headers=headers)
     assert r.status_code == 401
     # claiming another worker's address
-    headers = Identity.generate().request_headers("POST", "/v1/leases", body) | {"x-coopgrid-worker": w.address}
+    headers = Identity.generate().request_headers("POST", "/v1/leases", body, grid_id) | {"x-coopgrid-worker": w.address}
     r = grid.client.post("/v1/leases", content=body, headers=headers)
     assert r.status_code == 401
 
