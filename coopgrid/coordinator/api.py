@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from coopgrid import __version__
 from coopgrid.app import App
 from coopgrid.coordinator.edge import STATE_SIGNED, STATE_TOKEN, Edge, error_body, error_headers
+from coopgrid.coordinator.openapi import document
 from coopgrid.coordinator.ratelimit import TokenBuckets
 from coopgrid.errors import AuthError, Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
@@ -342,12 +343,13 @@ def create_api(app: App) -> FastAPI:
                 "accepted": accepted,
                 "quarantined": w.quarantined_at is not None,
                 "quarantine_reason": w.quarantine_reason,
+                "prior_quarantines": w.prior_quarantines,
                 "reputation": reputation.get(w.id, []),
             }
             for w, accepted in app.store.list_workers()
         ]
 
-    @api.post("/v1/leases", tags=["workers"], responses={204: {"description": "no work right now"}})
+    @api.post("/v1/leases", status_code=201, tags=["workers"], responses={204: {"description": "no work right now"}})
     async def lease(request: Request) -> Response:
         worker = await worker_of(request)
         leases_by_worker.take(worker.address)
@@ -472,6 +474,7 @@ def create_api(app: App) -> FastAPI:
             "contract": sealer().ledger.address,
         }
 
+    api.openapi = lambda: document(api)  # type: ignore[method-assign]
     return api
 
 
