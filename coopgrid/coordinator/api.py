@@ -319,9 +319,11 @@ def create_api(app: App) -> FastAPI:
         address = signed_address(request)
         reg = WorkerRegistration.model_validate_json(await request.body() or b"{}")
         network = network_of(request.client.host) if request.client else None
-        if app.auth.store.get_worker(address) is None:  # a new key: registrations are what costs nothing
+        if await run_in_threadpool(app.store.get_worker, address) is None:
+            # new keys are what costs an attacker nothing: they are what is limited
             registrations_by_network.take(network or "unknown")
             registrations_by_owner.take(reg.owner)
+        app.auth.nonces.remember(address, request.scope["state"][STATE_SIGNED].nonce)
         record = await run_in_threadpool(
             app.store.register_worker, address, reg.name, reg.owner, time.time(), network
         )

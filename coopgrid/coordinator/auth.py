@@ -22,6 +22,7 @@ from coopgrid.identity import SignedRequest, verify_request_headers
 from coopgrid.store.base import Store, Token, WorkerRecord
 
 ROLES = ("operator", "submitter")
+REGISTRATION = ("POST", "/v1/workers")
 TOKEN_PREFIX = "cgt_"
 
 
@@ -113,9 +114,15 @@ class Auth:
             raise Forbidden("only an operator token may do this", role=token.role)
 
     def signed(self, method: str, path: str, headers: dict[str, str]) -> SignedRequest:
-        """A worker request authenticated from its headers; its nonce is used up here."""
+        """A worker request authenticated from its headers; its nonce is used up here.
+
+        Only a registered worker's nonces are remembered here: fresh keys cost
+        nothing to make, and would otherwise fill the cache. A registration's
+        nonce is remembered by the registration route, after its rate limits."""
         signed = verify_request_headers(self.grid, method, path, headers, self.settings.auth_skew_seconds)
-        self.nonces.remember(signed.address, signed.nonce)
+        if (method, path) != REGISTRATION:
+            self.worker(signed.address)
+            self.nonces.remember(signed.address, signed.nonce)
         return signed
 
     def worker(self, address: str) -> WorkerRecord:

@@ -618,6 +618,28 @@ def test_unsigned_or_badly_signed_worker_requests_are_401(grid: Grid) -> None:
     assert w.post("/v1/leases", {"max_replicas": 10}).status_code == 201  # the real thing works
 
 
+def test_a_signed_request_cannot_be_replayed_nor_sent_to_another_grid(grid: Grid) -> None:
+    w = Worker(grid).register()
+    grid.submit_echo(4, 1)
+    body = orjson.dumps({"max_replicas": 1})
+    headers = w.identity.request_headers("POST", "/v1/leases", body, grid.app.auth.grid)
+    headers["content-type"] = "application/json"
+    first = grid.client.post("/v1/leases", content=body, headers=headers)
+    assert first.status_code == 201
+    again = grid.client.post("/v1/leases", content=body, headers=headers)
+    assert again.status_code == 401 and "already used" in error_of(again)["detail"]
+    assert grid.app.store.replica_counts(first.json()["replicas"][0]["job"]) == {"leased": 1, "ready": 3}
+
+    elsewhere = w.identity.request_headers("POST", "/v1/leases", body, "0" * 32)  # signed for another grid
+    r = grid.client.post("/v1/leases", content=body, headers=elsewhere | {"content-type": "application/json"})
+    assert r.status_code == 401
+    # an unregistered key is refused before its nonce is remembered
+    stranger = Identity.generate().request_headers("POST", "/v1/leases", body, grid.app.auth.grid)
+    r = grid.client.post("/v1/leases", content=body, headers=stranger | {"content-type": "application/json"})
+    assert r.status_code == 401 and "not registered" in error_of(r)["detail"]
+    assert stranger["x-coopgrid-worker"] not in {a for a, _ in grid.app.auth.nonces._seen}
+
+
 def test_an_unregistered_worker_is_401(grid: Grid) -> None:
     grid.submit_echo(4, 2)
     stranger = Worker(grid)
