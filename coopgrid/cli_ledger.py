@@ -64,6 +64,8 @@ def status(coordinator: Coordinator = DEFAULT_URL) -> None:
             str(e["block_number"] or ""), e["tx_hash"] or "",
         )
     console.print(table)
+    for held in info.get("held_jobs", []):
+        console.print(f"[red]job {held['job']} ({held['name']}) is held out of sealing:[/] {held['reason']}", soft_wrap=True)
 
 
 @ledger_app.command("seal")

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Every reward amount (per task, per job) is below this. The ledger contract keeps a job's
+#: budget and spend in 104-bit fields, and any worker's cumulative reward is a sum over
+#: result rows (fewer than 2**63, the ids being 64-bit), each paying at most one task's
+#: reward: below 2**96 * 2**63 = 2**159, so no reward sum can overflow uint256.
+REWARD_CEILING = 2**96
 
 
 class Settings(BaseSettings):
@@ -80,6 +86,18 @@ class Settings(BaseSettings):
     )
     seal_every_results: int = Field(10_000, ge=1, description="Seal an epoch once this many results wait.")
     seal_every_seconds: float = Field(60.0, gt=0, description="Seal an epoch once the oldest waiting result is this old.")
+    max_reward_per_task: int = Field(
+        10**24, ge=0, lt=REWARD_CEILING, description="Largest reward per task a job may offer (token base units)."
+    )
+    max_job_reward: int = Field(
+        10**27, ge=0, lt=REWARD_CEILING, description="Largest reward x tasks a job may offer (its most possible spend)."
+    )
+
+    @model_validator(mode="after")
+    def _reward_bounds(self) -> Settings:
+        if self.max_reward_per_task > self.max_job_reward:
+            raise ValueError("max_reward_per_task must be at most max_job_reward")
+        return self
 
     @property
     def sqlite_path(self) -> Path:

@@ -22,6 +22,7 @@ Driver and RPC errors are wrapped at the edge and kept as ``__cause__``.
      │    └── LeaseError          unknown, expired or foreign lease
      ├── IntegrityError           bytes that do not hash to what they claim
      ├── CoordinatorUnavailable   the worker/CLI cannot reach the coordinator
+     ├── SealingError             an epoch's content cannot be sealed (its jobs are held)
      └── LedgerError              (ledger section below)
 """
 
@@ -126,6 +127,12 @@ class CoordinatorUnavailable(CoopgridError):
     """The coordinator cannot be reached; is `coopgrid coordinator` running?"""
 
     status_code = 503
+
+
+class SealingError(CoopgridError):
+    """An epoch cannot be built or committed because of what it holds; the jobs at fault are held out of sealing."""
+
+    status_code = 409
 
 
 # --- ledger -----------------------------------------------------------------

@@ -80,6 +80,7 @@ def job_view(app: App, job: JobRecord, counts: bool = True) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "summary": job.summary,
         "output": job.output_hash,
+        "seal_error": job.seal_error,
     }
     if counts:
         view["replicas"] = app.store.replica_counts(job.id)
@@ -403,6 +404,8 @@ def create_api(app: App) -> FastAPI:
                 for e in epochs
             ],
             "unsealed_results": app.store.unsealed()[0],
+            # jobs whose results cannot be sealed (see epochs.py): reported, never retried forever
+            "held_jobs": [{"job": j.id, "name": j.name, "reason": j.seal_error} for j in app.store.held_jobs()],
         }
 
     @api.post("/v1/ledger/seal", tags=["ledger"])

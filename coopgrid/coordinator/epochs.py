@@ -13,6 +13,14 @@ chain already has is marked, a stored transaction is broadcast again (the node
 ignores a duplicate), and because the contract only accepts the next epoch
 number nothing is ever committed twice. While the chain is unreachable the
 sealer backs off and retries; leasing and results never wait for it.
+
+Failures tied to an epoch's *content* (a reward sum that cannot be a uint256,
+a commit the contract refuses for what it carries) are isolated instead of
+retried forever: the jobs at fault are held out of sealing (``jobs.seal_error``,
+logged and listed by ``coopgrid ledger status``), their results leave the
+epoch, which is built again without them (or dropped if nothing is left, its
+number going to the next epoch). Nothing of that epoch had reached the chain,
+so the strict sequence of epoch numbers is kept.
 """
 
 from __future__ import annotations
@@ -25,7 +33,15 @@ from typing import Any
 
 from coopgrid.blobs import BlobStore
 from coopgrid.config import Settings
-from coopgrid.errors import ChainUnavailable, Conflict, LedgerError, TransactionRejected
+from coopgrid.errors import (
+    ChainUnavailable,
+    Conflict,
+    InvalidInput,
+    LedgerError,
+    SealingError,
+    TransactionRejected,
+    TransactionReverted,
+)
 from coopgrid.ledger import Ledger, SignedTx
 from coopgrid.ledger import merkle
 from coopgrid.protocol import ZERO_HASH
@@ -33,6 +49,15 @@ from coopgrid.store.base import EpochRecord, SealedResult, Store
 from coopgrid.store.schema import EpochState
 
 log = logging.getLogger(__name__)
+
+
+#: Reverts of commitEpoch that say nothing about the epoch's content: the chain's state or our key.
+_NOT_CONTENT = ("epoch out of sequence", "caller is not the owner")
+
+
+def _content_refusal(reason: str | None) -> bool:
+    """Whether the contract refused a commit for what it carries (not for its number or sender)."""
+    return bool(reason) and not any(r in reason for r in _NOT_CONTENT)
 
 
 def leaf_value(r: SealedResult) -> tuple[bytes, int, bytes, bytes, bytes]:
@@ -76,44 +101,47 @@ class Sealer:
             due = count >= self.settings.seal_every_results or (
                 oldest is not None and time.time() - oldest >= self.settings.seal_every_seconds
             )
-            if count and (due or force):
+            unsent = self.store.list_epochs([EpochState.OPEN, EpochState.SEALED])
+            if count and (due or force) and not unsent:  # one epoch at a time is built and checked
                 number = self.store.open_epoch(time.time())
                 log.info("epoch %s opened with %s results", number, count)
             done = []
             for epoch in self.store.list_epochs([EpochState.OPEN, EpochState.SEALED, EpochState.SENT]):
-                done.append(self._advance(epoch))
+                committed = self._advance(epoch)
+                if committed is not None:
+                    done.append(committed)
             self._anchor_models()
             return done
 
     def reconcile(self) -> list[EpochRecord]:
         """Bring store and chain into agreement (run at start, before serving)."""
         with self._lock:
-            return [
+            done = [
                 self._advance(e) for e in self.store.list_epochs([EpochState.OPEN, EpochState.SEALED, EpochState.SENT])
             ]
+            return [e for e in done if e is not None]
 
     # -- one epoch ------------------------------------------------------------------------
 
-    def _advance(self, e: EpochRecord) -> EpochRecord:
+    def _advance(self, e: EpochRecord) -> EpochRecord | None:
+        """Drive one epoch to committed; None when its content was held out and nothing was left."""
         n = e.number
         if e.state == EpochState.OPEN:
-            results_tree = self.results_tree(n)
-            totals = self.store.reward_totals(n)
-            rewards_tree = merkle.reward_tree(totals) if totals else None
-            self.store.update_epoch(
-                n,
-                state=EpochState.SEALED.value,
-                results_root=results_tree.root,
-                rewards_root=rewards_tree.root if rewards_tree else "0x" + ZERO_HASH,
-                results_dump=self.blobs.put(json.dumps(results_tree.dump()).encode()),
-                rewards_dump=self.blobs.put(json.dumps(rewards_tree.dump()).encode()) if rewards_tree else None,
-            )
+            try:
+                self._build(n)
+            except (SealingError, InvalidInput, ValueError, OverflowError) as exc:
+                return self._isolate(e, exc)
             e = self._get(n)
         if e.state in (EpochState.SEALED, EpochState.SENT) and self.ledger.last_epoch() >= n:
             return self._mark_committed(e)
         if e.state == EpochState.SEALED:
             assert e.results_root and e.rewards_root
-            signed = self.ledger.prepare_commit_epoch(n, e.results_root, e.rewards_root, e.result_count)
+            try:
+                signed = self.ledger.prepare_commit_epoch(n, e.results_root, e.rewards_root, e.result_count)
+            except TransactionReverted as exc:
+                if exc.tx_hash is None and _content_refusal(exc.reason):
+                    return self._isolate(e, exc)
+                raise
             # stored before it is broadcast: a crash after this point re-sends the same transaction
             self.store.update_epoch(n, state=EpochState.SENT.value, tx_hash=signed.tx_hash, raw_tx=signed.raw)
             e = self._get(n)
@@ -127,14 +155,69 @@ class Sealer:
             log.warning("epoch %s: stored transaction %s was rejected; signing a new one", n, e.tx_hash)
             self.store.update_epoch(n, state=EpochState.SEALED.value, tx_hash=None, raw_tx=None)
             return self._advance(self._get(n))
-        receipt = self.ledger.wait_receipt(e.tx_hash)
+        try:
+            receipt = self.ledger.wait_receipt(e.tx_hash)
+        except TransactionReverted as exc:
+            if not _content_refusal(exc.reason) or self.ledger.last_epoch() >= n:
+                raise
+            # mined and refused (the chain moved between the check and the block): it never landed
+            self.store.update_epoch(n, state=EpochState.SEALED.value, tx_hash=None, raw_tx=None)
+            return self._isolate(self._get(n), exc)
         self.store.update_epoch(
             n, state=EpochState.COMMITTED.value, block_number=receipt.block_number, committed_at=time.time()
         )
         log.info("epoch %s committed in block %s (tx %s)", n, receipt.block_number, e.tx_hash)
         return self._get(n)
 
-    def _mark_committed(self, e: EpochRecord) -> EpochRecord:
+    def _build(self, n: int) -> None:
+        """Both trees of an open epoch, dumped as blobs; the epoch becomes sealed."""
+        self._trees.pop(n, None)  # an epoch rebuilt after isolation has other leaves
+        results_tree = self.results_tree(n)
+        totals = self.store.reward_totals(n)
+        too_big = sorted(a for a, t in totals.items() if not 0 <= t < 2**256)
+        if too_big:
+            raise SealingError(f"the cumulative rewards of {', '.join(too_big)} do not fit in a uint256")
+        rewards_tree = merkle.reward_tree(totals) if totals else None
+        self.store.update_epoch(
+                n,
+                state=EpochState.SEALED.value,
+                results_root=results_tree.root,
+                rewards_root=rewards_tree.root if rewards_tree else "0x" + ZERO_HASH,
+                results_dump=self.blobs.put(json.dumps(results_tree.dump()).encode()),
+                rewards_dump=self.blobs.put(json.dumps(rewards_tree.dump()).encode()) if rewards_tree else None,
+            )
+
+    def _isolate(self, e: EpochRecord, exc: Exception) -> EpochRecord | None:
+        """Hold the jobs that make epoch ``e`` unsealable, then seal what is left of it."""
+        n = e.number
+        why = getattr(exc, "message", None) or str(exc)
+        reasons = self._job_problems(n)
+        if not reasons:  # no single job explains it: hold them all rather than block every later epoch
+            reasons = {job_id: f"epoch {n} could not be sealed with it: {why}" for job_id in self.store.epoch_jobs(n)}
+        for job_id, reason in sorted(reasons.items()):
+            log.error("epoch %s: job %s is held out of sealing: %s", n, job_id, reason)
+        self.store.hold_jobs(reasons, n)
+        self._trees.pop(n, None)
+        again = self.store.get_epoch(n)
+        if again is None:
+            log.warning("epoch %s held nothing else; the next epoch takes its number", n)
+            return None
+        return self._advance(again)
+
+    def _job_problems(self, n: int) -> dict[str, str]:
+        """The jobs of epoch ``n`` that cannot be sealed, each with the reason (checked job by job)."""
+        problems = {}
+        bound = self.settings.max_reward_per_task
+        for job_id in self.store.epoch_jobs(n):
+            job = self.store.get_job(job_id)
+            if job is not None and not 0 <= job.reward_per_task <= bound:
+                problems[job_id] = (
+                    f"its reward per task ({job.reward_per_task}) is above the bound of {bound} "
+                    "(max_reward_per_task); it was accepted before rewards were bounded"
+                )
+        return problems
+
+    def _mark_committed(self, e: EpochRecord) -> EpochRecord:  # noqa: D401
         commit = self.ledger.epoch_commit(e.number)
         if commit is None or commit.results_root != e.results_root:
             raise LedgerError(

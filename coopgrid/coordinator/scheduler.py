@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coopgrid import tasks
 from coopgrid.blobs import BlobStore
-from coopgrid.config import Settings
+from coopgrid.config import REWARD_CEILING, Settings
 from coopgrid.datasets import Dataset
 from coopgrid.coordinator.trust import TrustPolicy, gold_probability
 from coopgrid.coordinator.validation import Validator
@@ -38,7 +38,9 @@ class JobSpec(BaseModel):
     model: str | None = Field(None, max_length=120, description="Model hash, name, or name:version.")
     dataset: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the dataset .npz, uploaded as a blob.")
     task_size: int = Field(256, ge=1, le=1_000_000, description="Items per task (work unit).")
-    reward_per_task: int = Field(0, ge=0, lt=2**256, description="Reward token base units per accepted task.")
+    reward_per_task: int = Field(
+        0, ge=0, lt=REWARD_CEILING, description="Reward token base units per accepted task (bounded by the coordinator)."
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     trust: TrustPolicy = Field(default_factory=TrustPolicy, description="Replication, quorum, gold, adaptive.")
 
@@ -66,6 +68,12 @@ class Scheduler:
     # -- submission ---------------------------------------------------------------
 
     def submit(self, spec: JobSpec, token: Token) -> JobRecord:
+        if spec.reward_per_task > self.settings.max_reward_per_task:
+            raise InvalidInput(
+                f"reward_per_task {spec.reward_per_task} is above this coordinator's bound of "
+                f"{self.settings.max_reward_per_task} per task (max_reward_per_task); offer less",
+                limit=str(self.settings.max_reward_per_task),
+            )
         task_type = tasks.get(spec.task_type)
         try:
             params = task_type.validate_params(spec.params)
@@ -94,6 +102,14 @@ class Scheduler:
                 first += n
         except (ValueError, TypeError) as exc:
             raise DatasetError(f"cannot split the dataset into {spec.task_type!r} tasks: {exc}") from exc
+        most = spec.reward_per_task * len(new_tasks)  # what the job can spend at most (R per accepted task)
+        if most > self.settings.max_job_reward:
+            raise InvalidInput(
+                f"{len(new_tasks)} tasks at {spec.reward_per_task} each could spend {most}, above this "
+                f"coordinator's bound of {self.settings.max_job_reward} per job (max_job_reward); "
+                "lower the reward or split the job",
+                limit=str(self.settings.max_job_reward),
+            )
         job = NewJob(
             id=secrets.token_hex(32),
             owner_token_id=token.id,

@@ -95,6 +95,7 @@ class JobRecord:
     finished_at: float | None
     summary: dict[str, Any] | None
     output_hash: str | None
+    seal_error: str | None = None  # set when its results are held out of sealing, and why
 
     @property
     def complete(self) -> bool:
@@ -475,6 +476,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def pending_rewards(self) -> dict[str, int]:
         """Per address: rewards of accepted or valid results (provisional included) not in a committed epoch."""
+
+    @abc.abstractmethod
+    def epoch_jobs(self, number: int) -> list[str]:
+        """The ids of the jobs with results in an epoch."""
+
+    @abc.abstractmethod
+    def hold_jobs(self, reasons: dict[str, str], epoch: int) -> None:
+        """Hold jobs out of sealing (job id -> why), atomically: their results leave the not yet
+        committed ``epoch``, which goes back to open (roots cleared) or, left empty, is removed so
+        that its number goes to the next epoch; nothing of a held job is sealed again."""
+
+    @abc.abstractmethod
+    def held_jobs(self) -> list[JobRecord]:
+        """Jobs held out of sealing, with ``seal_error`` saying why."""
 
     @abc.abstractmethod
     def update_epoch(self, number: int, **fields: Any) -> None:

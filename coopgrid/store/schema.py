@@ -159,6 +159,8 @@ jobs = Table(
     Column("finished_at", Float, nullable=True),
     Column("summary", Text, nullable=True),
     Column("output_hash", String(64), nullable=True),
+    # why the job's results are held out of sealing (an epoch with them could not be built or committed)
+    Column("seal_error", Text, nullable=True),
 )
 
 tasks = Table(

@@ -94,6 +94,7 @@ def _job(row: Any) -> JobRecord:
         finished_at=row.finished_at,
         summary=json.loads(row.summary) if row.summary else None,
         output_hash=row.output_hash,
+        seal_error=row.seal_error,
     )
 
 

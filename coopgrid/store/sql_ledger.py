@@ -14,8 +14,15 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 
 from coopgrid.store import schema as s
-from coopgrid.store.base import EpochRecord, ModelRecord, SealedResult
+from coopgrid.store.base import EpochRecord, JobRecord, ModelRecord, SealedResult
 from coopgrid.store.schema import EpochState, ResultStatus
+
+
+#: An epoch whose content changed goes back to open, to be built again.
+_REBUILD = {
+    "state": EpochState.OPEN.value, "results_root": None, "rewards_root": None, "results_dump": None,
+    "rewards_dump": None, "tx_hash": None, "raw_tx": None,
+}
 
 
 class LedgerQueries:
@@ -28,9 +35,11 @@ class LedgerQueries:
     _SEALABLE = (s.results.c.status == ResultStatus.ACCEPTED.value) & s.results.c.final
     # what is rewarded: every final result that was accepted or agreed with the accepted one
     _PAID = s.results.c.status.in_([ResultStatus.ACCEPTED.value, ResultStatus.VALID.value]) & s.results.c.final
+    # what a new epoch takes: paid results of jobs not held out of sealing
+    _NEW = _PAID & s.results.c.job_id.not_in(select(s.jobs.c.id).where(s.jobs.c.seal_error.is_not(None)))
 
     def unsealed(self) -> tuple[int, float | None]:
-        q = select(func.count(), func.min(s.results.c.received_at)).where(self._PAID, s.results.c.epoch.is_(None))
+        q = select(func.count(), func.min(s.results.c.received_at)).where(self._NEW, s.results.c.epoch.is_(None))
         with self._read() as conn:
             count, oldest = conn.execute(q).one()
         return count, oldest
@@ -39,7 +48,7 @@ class LedgerQueries:
         with self._write() as conn:
             number = (conn.execute(select(func.max(s.epochs.c.number))).scalar() or 0) + 1
             assigned = conn.execute(
-                update(s.results).where(self._PAID, s.results.c.epoch.is_(None)).values(epoch=number)
+                update(s.results).where(self._NEW, s.results.c.epoch.is_(None)).values(epoch=number)
             ).rowcount
             if not assigned:
                 return None
@@ -109,6 +118,55 @@ class LedgerQueries:
                 # rewards are uint256: summed as Python ints, never as SQL numbers
                 totals[address] = totals.get(address, 0) + int(reward) * n
         return {a: t for a, t in totals.items() if t > 0}
+
+    def epoch_jobs(self, number: int) -> list[str]:
+        q = select(s.results.c.job_id).where(s.results.c.epoch == number).distinct().order_by(s.results.c.job_id)
+        with self._read() as conn:
+            return list(conn.execute(q).scalars())
+
+    def hold_jobs(self, reasons: dict[str, str], epoch: int) -> None:
+        with self._write() as conn:
+            state = conn.execute(select(s.epochs.c.state).where(s.epochs.c.number == epoch)).scalar()
+            if state not in (None, EpochState.OPEN.value, EpochState.SEALED.value):
+                raise ValueError(f"epoch {epoch} is {state}: a sent epoch's content can no longer change")
+            for job_id, reason in sorted(reasons.items()):
+                conn.execute(update(s.jobs).where(s.jobs.c.id == job_id).values(seal_error=reason[:2000]))
+            conn.execute(
+                update(s.results)
+                .where(s.results.c.epoch == epoch, s.results.c.job_id.in_(sorted(reasons)))
+                .values(epoch=None)
+            )
+            if state is None:
+                return
+            left = conn.execute(
+                select(func.count()).select_from(s.results).where(s.results.c.epoch == epoch)
+            ).scalar_one()
+            if not left:
+                # nothing of it reached the chain: its number goes to the next epoch, and any later
+                # epoch (unsent too, since this one never was) moves down one to keep the sequence
+                conn.execute(s.epochs.delete().where(s.epochs.c.number == epoch))
+                later = conn.execute(
+                    select(s.epochs.c.number, s.epochs.c.state).where(s.epochs.c.number > epoch).order_by(s.epochs.c.number)
+                ).all()
+                for number, later_state in later:
+                    if later_state not in (EpochState.OPEN.value, EpochState.SEALED.value):
+                        raise ValueError(f"epoch {number} is {later_state} after the unsent epoch {epoch}")
+                    conn.execute(update(s.results).where(s.results.c.epoch == number).values(epoch=number - 1))
+                    conn.execute(
+                        update(s.epochs).where(s.epochs.c.number == number).values(number=number - 1, **_REBUILD)
+                    )
+                return
+            leaves = conn.execute(
+                select(func.count()).select_from(s.results).where(self._SEALABLE, s.results.c.epoch == epoch)
+            ).scalar_one()
+            conn.execute(update(s.epochs).where(s.epochs.c.number == epoch).values(result_count=leaves, **_REBUILD))
+
+    def held_jobs(self) -> list[JobRecord]:
+        from coopgrid.store.sql import _job
+
+        q = select(s.jobs).where(s.jobs.c.seal_error.is_not(None)).order_by(s.jobs.c.created_at)
+        with self._read() as conn:
+            return [_job(r) for r in conn.execute(q)]
 
     def update_epoch(self, number: int, **fields: Any) -> None:
         with self._write() as conn:

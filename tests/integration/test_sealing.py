@@ -289,3 +289,80 @@ def test_a_caught_workers_provisional_result_never_reaches_the_chain(tmp_path):
         assert (status["cumulative"], status["pending"]) == ("0", "0")
     finally:
         app.close()
+
+
+# -- bounded rewards, and sealing that no job can wedge (issue 8, finding 6) -----------------------
+
+
+def test_rewards_that_could_overflow_are_refused_at_submission(tmp_path):
+    from pydantic import ValidationError
+
+    from coopgrid.errors import InvalidInput
+
+    with pytest.raises(ValidationError):  # the wire schema itself refuses what no bound could allow
+        JobSpec(task_type="echo", dataset="0" * 64, reward_per_task=2**256 - 1)
+    app = build(Settings(data_dir=tmp_path, max_reward_per_task=100, max_job_reward=1_000))
+    try:
+        with pytest.raises(InvalidInput, match="max_reward_per_task"):
+            submit(app, 2, reward=101)
+        with pytest.raises(InvalidInput, match="max_job_reward"):
+            submit(app, 11, reward=100)  # 11 tasks x 100 could spend 1,100
+        submit(app, 10, reward=100)  # exactly the bound
+    finally:
+        app.close()
+
+
+def _legacy_job(app: App, n_tasks: int, reward: int) -> str:
+    """A job written straight to the store with a reward no submission accepts any more
+    (a database from before rewards were bounded)."""
+    from coopgrid.store.base import NewJob, NewTask
+
+    token, _ = app.auth.issue("legacy", "operator")
+    job_id = f"{n_tasks:02x}" * 32
+    tasks_ = [NewTask(sha256_hex(bytes([i])), bytes([i]), i, 1) for i in range(n_tasks)]
+    app.store.create_job(
+        NewJob(id=job_id, owner_token_id=token.id, name="legacy", task_type="echo", model_hash=None, params={},
+               dataset_hash="0" * 64, n_items=n_tasks, task_size=1, reward_per_task=reward, policy=NO_REPLICATION),
+        tasks_, time.time(),
+    )
+    return job_id
+
+
+def test_a_job_that_cannot_be_sealed_is_held_and_later_epochs_go_on(tmp_path):
+    app = open_app(tmp_path)
+    try:
+        bad = _legacy_job(app, 3, 2**256 - 1)
+        good = run_job(app, 2, reward=5)  # the same workers compute the legacy job's tasks too
+        assert app.store.get_job(bad).complete
+        (epoch,) = app.sealer.step(force=True)
+        assert (epoch.number, epoch.state, epoch.result_count) == (1, "committed", 2)
+        assert {r.job_id for r in app.store.epoch_results(1)} == {good}
+        (held,) = app.store.held_jobs()
+        assert held.id == bad and "above the bound" in held.seal_error
+        assert app.sealer.result_proof(bad, 0) is None
+
+        again = run_job(app, 3, reward=7)  # the next epochs are not blocked
+        (second,) = app.sealer.step(force=True)
+        assert second.number == 2 and {r.job_id for r in app.store.epoch_results(2)} == {again}
+        assert app.store.unsealed()[0] == 0  # the held job's results wait for nobody
+    finally:
+        app.close()
+
+
+def test_an_epoch_of_held_jobs_only_gives_its_number_to_the_next(tmp_path, monkeypatch):
+    app = open_app(tmp_path)
+    try:
+        first = run_job(app, 2, reward=5)
+        # a failure no single job explains: every job of the epoch is held
+        monkeypatch.setattr(app.sealer, "_job_problems", lambda n: {})
+        real_build = app.sealer._build
+        monkeypatch.setattr(app.sealer, "_build", lambda n: (_ for _ in ()).throw(ValueError("unencodable")))
+        assert app.sealer.step(force=True) == []
+        assert app.store.list_epochs() == [] and app.store.get_job(first).seal_error
+        assert "unencodable" in app.store.get_job(first).seal_error
+        monkeypatch.setattr(app.sealer, "_build", real_build)
+        later = run_job(app, 2, reward=5)
+        (epoch,) = app.sealer.step(force=True)
+        assert epoch.number == 1 and {r.job_id for r in app.store.epoch_results(1)} == {later}
+    finally:
+        app.close()
