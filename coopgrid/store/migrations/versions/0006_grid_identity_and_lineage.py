@@ -1,6 +1,6 @@
 """grid identity and worker lineage
 
-Revision ID: 0009
+Revision ID: 0006
 Revises: 0005
 """
 
@@ -8,7 +8,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0009'
+revision = '0006'
 down_revision = '0005'
 branch_labels = None
 depends_on = None
