@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 from dataclasses import dataclass
 
 from coopgrid.blobs import BlobStore
@@ -45,13 +47,42 @@ class App:
 
 
 def coordinator_identity(settings: Settings) -> Identity:
-    """The coordinator's own key (owner of the ledger contract), kept in the data dir."""
-    if not settings.coordinator_key_password and not settings.key_file.exists():
-        log.warning(
-            "the coordinator key %s is stored unencrypted; set COOPGRID_COORDINATOR_KEY_PASSWORD to encrypt it",
-            settings.key_file,
-        )
-    return Identity.load_or_create(settings.key_file, settings.coordinator_key_password)
+    """The coordinator's own key (owner of the ledger contract), kept encrypted in the data dir.
+
+    Its password is COOPGRID_COORDINATOR_KEY_PASSWORD or, when that is not set,
+    a random one made on first use and kept beside it (mode 0600): the key file
+    alone, copied off a backup, then opens nothing. A key that older versions
+    kept under an empty password is encrypted afresh under that password."""
+    password = settings.coordinator_key_password or _key_password(settings)
+    key_file = settings.key_file
+    if key_file.exists() and not settings.coordinator_key_password:
+        try:
+            legacy = Identity.load_or_create(key_file, "")
+        except ConfigError:
+            legacy = None  # not the empty password: the usual path below opens it, or says why not
+        if legacy is not None:
+            log.warning("encrypting the coordinator key %s, kept under an empty password until now", key_file)
+            key_file.unlink()
+            Identity.save(legacy, key_file, password)
+    return Identity.load_or_create(key_file, password)
+
+
+def _key_password(settings: Settings) -> str:
+    path = settings.key_password_file
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret
+
+
+def _private(settings: Settings) -> None:
+    """The data dir and the SQLite files readable by their owner only."""
+    settings.data_dir.chmod(0o700)
+    for path in settings.data_dir.glob("*.sqlite*"):  # the store's and the embedded chain's, with WAL files
+        path.chmod(0o600)
 
 
 def open_coordinator_ledger(settings: Settings, identity: Identity, deploy: bool = True) -> Ledger:
@@ -105,7 +136,7 @@ def _cached_stakes(ledger: Ledger, ttl: float = 10.0):
 
 
 def build(settings: Settings) -> App:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = SqlStore.open(settings.resolved_database_url())
     blobs = BlobStore(settings.blob_dir)
     registry = ModelRegistry(store, blobs)
@@ -117,6 +148,7 @@ def build(settings: Settings) -> App:
     scheduler = Scheduler(settings, store, blobs, registry, summarizer, Validator(store))
     if ledger is not None:
         scheduler.stake_of = _cached_stakes(ledger)
+    _private(settings)
     return App(
         settings=settings,
         store=store,

@@ -322,9 +322,9 @@ def submit(
         )
         console.print(f"job {job['id']}: {job['items']:,} items in {job['tasks']:,} tasks", highlight=False)
         if funder is not None:
-            from coopgrid.cli_ledger import fund_job
+            from coopgrid.cli_money import fund_job
 
-            fund_job(client, coordinator, job, funder)
+            fund_job(client, coordinator, token, job, funder)
         if not wait:
             return
         job = watch(client, job["id"], console)
@@ -412,6 +412,7 @@ def demo(
 
 def main() -> None:
     import coopgrid.cli_ledger  # noqa: F401  (registers `ledger`, `verify`, `models verify`)
+    import coopgrid.cli_money  # noqa: F401  (registers `fund`, `stake`, `unstake`, `withdraw`, `ledger mint|refund`)
 
     try:
         app()

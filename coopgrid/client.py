@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,17 @@ class ApiClient:
 
     def model_on_chain(self, model_hash: str) -> dict[str, Any]:
         return self.json("GET", f"/v1/ledger/models/{model_hash}")
+
+    def account(self, address: str) -> dict[str, Any]:
+        return self.json("GET", f"/v1/ledger/accounts/{address}")
+
+    def send_calls(self, identity: Any, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[dict[str, Any]]:
+        """Sign ledger ``calls`` ((name, args) of coopgrid.ledger.wallet.CALLS) with ``identity``'s own key
+        and have the coordinator relay them, in order; returns their receipts."""
+        from coopgrid.ledger import wallet
+
+        raw = wallet.sign_calls(identity, wallet.Account.from_json(self.account(identity.address)), calls)
+        return self.json("POST", "/v1/ledger/transactions", json={"raw": raw})["transactions"]
 
     def wait_for(self, job_id: str, until: Any, timeout: float = 120.0, poll: float = 0.1) -> dict[str, Any]:
         """Poll a job until ``until(job)`` holds; TimeoutError naming the job's state otherwise."""

@@ -35,6 +35,39 @@ class Settings(BaseSettings):
     inline_input_bytes: int = Field(
         16 * 1024, ge=0, description="Task inputs up to this size travel inside the lease; larger ones as blobs."
     )
+    max_json_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest JSON request body (every endpoint but uploads and result batches)."
+    )
+    max_results_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest result batch a worker may post.")
+    max_public_body_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest body of a request without credentials (e.g. a proof to verify)."
+    )
+    header_timeout: float = Field(10.0, gt=0, description="Seconds a client has to send a request's headers.")
+    body_timeout: float = Field(30.0, gt=0, description="Seconds a request body may pause between two chunks.")
+    keep_alive_timeout: int = Field(5, ge=1, description="Seconds an idle keep-alive connection stays open.")
+    max_connections: int = Field(
+        1000, ge=1, description="Connections and requests in flight at once; more are answered 503."
+    )
+    forwarded_allow_ips: str | None = Field(
+        None,
+        description="Addresses of the reverse proxies whose X-Forwarded-For to trust (comma-separated, or *); "
+        "without it the proxy's own address is every client's, and limits per network apply to it.",
+    )
+    register_per_network_per_hour: float = Field(
+        60, ge=0, description="Worker registrations per source network (/24 or /48) per hour; 0 means no limit."
+    )
+    register_per_owner_per_hour: float = Field(
+        30, ge=0, description="Worker registrations per declared owner per hour; 0 means no limit."
+    )
+    worker_requests_per_second: float = Field(
+        20, ge=0, description="Lease requests one worker key may make per second (bursts of twice that)."
+    )
+    owner_requests_per_second: float = Field(
+        200, ge=0, description="Lease requests all workers of one owner may make per second."
+    )
+    network_requests_per_second: float = Field(
+        500, ge=0, description="Lease requests all workers of one source network may make per second."
+    )
     reap_interval: float = Field(1.0, gt=0, description="Seconds between scans for expired leases.")
     auth_skew_seconds: float = Field(300.0, gt=0, description="How old a worker's signed request may be.")
     chain_id: int = Field(31337, description="Chain id: of the EIP-712 domain workers sign, and of the ledger's chain.")
@@ -42,7 +75,9 @@ class Settings(BaseSettings):
     rpc_url: str | None = Field(None, description="JSON-RPC endpoint of the chain, for ledger=rpc.")
     contract: str | None = Field(None, description="Ledger contract address (default: the one deployed for this data dir).")
     coordinator_key_password: str = Field(
-        "", description="Password of the coordinator's keystore (data dir); empty leaves the key unencrypted."
+        "",
+        description="Password of the coordinator's keystore (data dir); if empty, a random one is made and kept "
+        "in the data dir (mode 0600) next to the key.",
     )
     separate_networks: bool = Field(
         False,
@@ -82,6 +117,10 @@ class Settings(BaseSettings):
     @property
     def key_file(self) -> Path:
         return self.data_dir / "coordinator-key.json"
+
+    @property
+    def key_password_file(self) -> Path:
+        return self.data_dir / "coordinator-key.password"
 
     @property
     def ledger_file(self) -> Path:

@@ -5,6 +5,13 @@ store) and worker processes on loopback in a fresh data dir, publishes the
 model, submits a labeling job over N digit images, follows it, prints the
 summary, seals the results on the embedded chain, has every worker claim its
 reward, verifies a random result on chain, and stops every process it started.
+
+Money is real on the embedded chain: the operator mints coopgrid's token to the
+submitter and to each worker; every worker stakes its own, the submitter funds
+the job's escrow with its own key (R per task) before any task is leased, and
+what the job did not spend goes back to it. The last table shows that every
+token minted is somewhere: in an account, or held by the contract (stakes,
+unspent escrow, rewards not claimed yet).
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ from coopgrid.protocol import sha256_hex
 from coopgrid.registry.train import train_digits
 from coopgrid.views import summary_table, watch, workers_table
 from coopgrid.worker.client import WorkerClient
+
+REWARD = 100  # token units per accepted task
+STAKE = 1_000  # each worker's stake, and the job's min_stake
 
 
 def run_demo(
@@ -65,6 +75,8 @@ def run_demo(
                 + "; each makes its own Ethereum key"
             )
 
+            stakes = stake_workers(console, client, grid, total)
+            submitter = Identity.load_or_create(data_dir / "submitter" / "key.json", KEY_PASSWORD)
             data = datasets.digits(items)
             digest = client.put_blob(data.to_npz())
             job = client.submit(
@@ -74,12 +86,18 @@ def run_demo(
                     "model": published["hash"],
                     "dataset": digest,
                     "task_size": task_size,
-                    "reward_per_task": 1,
-                    # quorum of 2 agreeing workers, gold tasks, adaptive replication for proven workers
-                    "trust": {"replicas": 2, "quorum": 2, "gold_rate": 0.05, "adaptive": True},
+                    "reward_per_task": REWARD,
+                    "funder": submitter.address,
+                    "min_stake": STAKE,
+                    # quorum of 2 agreeing workers and gold tasks. No adaptive replication here: a result
+                    # accepted alone stays provisional until its worker's later audits, which a job this
+                    # short never gives it, and the escrow closes (refund) only once every result is final
+                    "trust": {"replicas": 2, "quorum": 2, "gold_rate": 0.05, "adaptive": False},
                 }
             )
-            console.print(f"4/7 submitted job {job['id'][:16]}…: {job['items']:,} images in {job['tasks']} tasks")
+            console.print(f"4/7 submitted job {job['id'][:16]}…: {job['items']:,} images in {job['tasks']} tasks, "
+                          f"{REWARD} token units per accepted task")
+            minted = stakes + fund_job(console, client, submitter, job)
             job = watch(client, job["id"], console, check=grid.check_workers)
             console.print(
                 "5/7 done; every result was signed by its worker (EIP-712), checked against a quorum of "
@@ -97,6 +115,8 @@ def run_demo(
             client.output(job["id"], out)
             console.print(f"labels written to {out}")
             ledger_part(console, client, grid, job, published["hash"])
+            refund_part(console, client, submitter, job)
+            console.print(balances_table(client, grid, submitter, minted))
             return job
     finally:
         codes = grid.stop()
@@ -113,7 +133,7 @@ def ledger_part(console: Console, client: ApiClient, grid: LocalGrid, job: dict,
     anchored = client.model_on_chain(model_hash)
     console.print(f"    model {model_hash[:16]}… anchored on chain in block {anchored['block_number']}")
 
-    table = Table(title="rewards (1 token unit per accepted task)")
+    table = Table(title=f"rewards ({REWARD} token units per accepted task, shared by the results that earned it)")
     for col in ("worker", "claimed now", "balance", "tx"):
         table.add_column(col)
     for i in range(len(grid.workers)):
@@ -145,6 +165,81 @@ def ledger_part(console: Console, client: ApiClient, grid: LocalGrid, job: dict,
         f"7/7 task {task}'s result verified on chain with a {len(proof['proof'])}-node Merkle proof: {ok}; "
         f"a forged leaf with the same proof: {forged}"
     )
+
+
+def _worker_keys(grid: LocalGrid, n: int) -> list[Identity]:
+    return [Identity.load_or_create(grid.data_dir / "workers" / str(i) / "key.json", KEY_PASSWORD) for i in range(n)]
+
+
+def stake_workers(console: Console, client: ApiClient, grid: LocalGrid, n: int) -> int:
+    """Mint each worker STAKE tokens and have it stake them with its own key; returns the tokens minted."""
+    for me in _worker_keys(grid, n):
+        client.json("POST", "/v1/ledger/mint", json={"address": me.address, "amount": STAKE})
+        contract = client.account(me.address)["contract"]
+        client.send_calls(me, [("approve", [contract, STAKE]), ("stake", [STAKE])])
+    console.print(f"    the operator minted {STAKE:,} tokens to each worker, and each staked them with its own key "
+                  "(a paid job leases only to staked workers)")
+    return STAKE * n
+
+
+def fund_job(console: Console, client: ApiClient, submitter: Identity, job: dict) -> int:
+    """Mint the submitter R x tasks, fund the job's escrow with its own key; returns the tokens minted."""
+    import time
+
+    need = REWARD * job["tasks"]
+    client.json("POST", "/v1/ledger/mint", json={"address": submitter.address, "amount": need})
+    contract = client.account(submitter.address)["contract"]
+    deadline = int(time.time()) + 7 * 86400
+    sent = client.send_calls(
+        submitter, [("approve", [contract, need]), ("fund", [bytes.fromhex(job["id"]), need, deadline])]
+    )
+    funded = client.json("POST", f"/v1/jobs/{job['id']}/funded")
+    console.print(f"    the submitter {submitter.address[:10]}… funded its escrow with {need:,} tokens "
+                  f"(tx {sent[-1]['tx_hash'][:18]}…): the job is {funded['state']}")
+    return need
+
+
+def refund_part(console: Console, client: ApiClient, submitter: Identity, job: dict) -> None:
+    """Once the coordinator has closed the job on chain, the submitter takes its unspent budget back."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        escrow = client.json("GET", f"/v1/jobs/{job['id']}/escrow")
+        if escrow["closed"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    line = f"    escrow of the job: budget {int(escrow['budget']):,}, spent {int(escrow['spent']):,}"
+    if not escrow["closed"]:
+        console.print(line + "; not closed yet (results still provisional): refundable after its deadline")
+        return
+    if int(escrow["refundable"]):
+        sent = client.send_calls(submitter, [("refund", [bytes.fromhex(job["id"]), submitter.address])])
+        line += f"; refunded {int(escrow['refundable']):,} to the submitter (tx {sent[0]['tx_hash'][:18]}…)"
+    else:
+        line += "; nothing unspent to refund"
+    console.print(line)
+
+
+def balances_table(client: ApiClient, grid: LocalGrid, submitter: Identity, minted: int) -> Table:
+    """Every token minted, where it is now: the accounts, and the contract (stakes, escrow, unclaimed)."""
+    info = client.ledger()
+    table = Table(title=f"tokens on chain ({minted:,} minted)")
+    for col in ("holder", "tokens", "staked"):
+        table.add_column(col)
+    total = 0
+    holders = [("submitter " + submitter.address[:10] + "…", submitter.address)]
+    holders += [(f"worker {i} {me.address[:10]}…", me.address) for i, me in enumerate(_worker_keys(grid, len(grid.workers)))]
+    for label, address in holders:
+        a = client.account(address)
+        total += int(a["tokens"])
+        staked = int(a["stake"]["active"]) + int(a["stake"]["unstaking"])
+        table.add_row(label, f"{int(a['tokens']):,}", f"{staked:,}")
+    held = int(client.account(info["contract"])["tokens"])
+    total += held
+    table.add_row(f"the contract {info['contract'][:10]}… (stakes, unspent escrow, unclaimed)", f"{held:,}", "")
+    table.add_row("[bold]total[/]", f"[bold]{total:,}[/]", "[green]= minted[/]" if total == minted else "[red]!= minted[/]")
+    return table
 
 
 def run_other_demo(console: Console, task: str, n_workers: int, data_dir: Path | None) -> dict:

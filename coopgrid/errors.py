@@ -13,8 +13,11 @@ Driver and RPC errors are wrapped at the edge and kept as ``__cause__``.
      │    └── BlobNotFound
      ├── InvalidInput             a request or file the caller must fix
      │    ├── DatasetError
-     │    └── TooLarge
+     │    ├── TooLarge
+     │    └── RequestTimeout      a body that did not arrive in time
      ├── AuthError                missing/invalid token or signature
+     ├── Forbidden                authenticated, but not allowed
+     ├── RateLimited              too many requests: wait (retry_after seconds)
      ├── Conflict                 the request no longer fits the state
      │    └── LeaseError          unknown, expired or foreign lease
      ├── IntegrityError           bytes that do not hash to what they claim
@@ -90,6 +93,18 @@ class Forbidden(CoopgridError):
     """This token may not do that."""
 
     status_code = 403
+
+
+class RateLimited(CoopgridError):
+    """Too many requests; wait and try again (the Retry-After header says how long)."""
+
+    status_code = 429
+
+
+class RequestTimeout(InvalidInput):
+    """The request's body did not arrive in time."""
+
+    status_code = 408
 
 
 class Conflict(CoopgridError):

@@ -50,6 +50,10 @@ class BlobStore:
             raise
         return digest
 
+    def writer(self) -> BlobWriter:
+        """A blob written in pieces (an upload streamed to disk while it is hashed)."""
+        return BlobWriter(self)
+
     def get(self, digest: str) -> bytes:
         try:
             return self.path(digest).read_bytes()
@@ -63,3 +67,48 @@ class BlobStore:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
         return h.hexdigest() == digest
+
+
+class BlobWriter:
+    """Writes a blob piece by piece into a temporary file, hashing as it goes.
+
+    ``commit()`` moves it under its hash; ``abort()`` (or leaving the ``with``
+    block on an error) removes it, so a broken upload leaves nothing behind."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self.size = 0
+        self._hash = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=store.root, prefix=".upload-")
+        self._tmp = Path(tmp)
+        self._fh = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        self._fh.write(chunk)
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def commit(self) -> str:
+        """Close the file and store it under its sha256; returns the hash."""
+        digest = self._hash.hexdigest()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        target = self.store.path(digest)
+        if target.exists():
+            self._tmp.unlink(missing_ok=True)
+            return digest
+        target.parent.mkdir(exist_ok=True)
+        os.replace(self._tmp, target)
+        return digest
+
+    def abort(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()  # after commit() the temporary file is gone: nothing to do

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -27,7 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coopgrid import __version__
 from coopgrid.app import App
-from coopgrid.errors import Conflict, CoopgridError, Forbidden, InvalidInput, NotFound, TooLarge
+from coopgrid.coordinator.edge import STATE_SIGNED, STATE_TOKEN, Edge, error_body, error_headers
+from coopgrid.coordinator.openapi import document
+from coopgrid.coordinator.ratelimit import TokenBuckets
+from coopgrid.errors import AuthError, Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
 from coopgrid.store.base import JobRecord, ModelRecord, Token
@@ -46,9 +49,14 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
+#: the largest id, index or epoch number the store can hold (a signed 64-bit integer)
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Path(ge=1, le=MAX_ID, description="A positive 64-bit id.")]
+Index = Annotated[int, Path(ge=0, le=MAX_ID, description="A task's index in its job (from 0).")]
+
+
 def _error(exc: CoopgridError) -> JSONResponse:
-    extra = {k: v for k, v in exc.data.items() if isinstance(v, (str, int, float, bool, list)) and k != "error"}
-    return JSONResponse({"error": type(exc).__name__, "detail": exc.message, **extra}, status_code=exc.status_code)
+    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=error_headers(exc))
 
 
 def job_view(app: App, job: JobRecord, counts: bool = True) -> dict[str, Any]:
@@ -142,6 +150,27 @@ def create_api(app: App) -> FastAPI:
         lifespan=lifespan,
     )
 
+    api.add_middleware(Edge, auth=app.auth, settings=settings)
+    registrations_by_network = TokenBuckets(
+        "worker registrations from this network", settings.register_per_network_per_hour / 3600,
+        max(1.0, settings.register_per_network_per_hour),
+    )
+    registrations_by_owner = TokenBuckets(
+        "worker registrations for this owner", settings.register_per_owner_per_hour / 3600,
+        max(1.0, settings.register_per_owner_per_hour),
+    )
+    leases_by_worker = TokenBuckets(
+        "lease requests from this worker", settings.worker_requests_per_second, 2 * settings.worker_requests_per_second
+    )
+    leases_by_owner = TokenBuckets(
+        "lease requests from this owner's workers", settings.owner_requests_per_second,
+        2 * settings.owner_requests_per_second,
+    )
+    leases_by_network = TokenBuckets(
+        "lease requests from this network", settings.network_requests_per_second,
+        2 * settings.network_requests_per_second,
+    )
+
     @api.exception_handler(CoopgridError)
     async def _coopgrid_error(_: Request, exc: CoopgridError) -> JSONResponse:
         return _error(exc)
@@ -154,17 +183,32 @@ def create_api(app: App) -> FastAPI:
 
     @api.exception_handler(RequestValidationError)
     async def _request_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        # never echo the input back: it may be bytes, huge, or not text at all
+        problems = [
+            {"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
+             "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
         return JSONResponse({"error": "InvalidInput", "detail": problems}, status_code=422)
 
-    def token(authorization: Annotated[str | None, Header()] = None) -> Token:
-        return app.auth.token(authorization)
+    def token(request: Request) -> Token:
+        """The caller's API token, checked by the edge from the Authorization header."""
+        found = request.scope.get("state", {}).get(STATE_TOKEN)
+        if found is None:
+            raise AuthError()
+        return found
 
     TokenDep = Annotated[Token, Depends(token)]
 
-    async def worker_of(request: Request, body: bytes) -> Any:
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        return await run_in_threadpool(app.auth.worker, request.method, request.url.path, body, headers)
+    def signed_address(request: Request) -> str:
+        """The worker address whose signature the edge checked, or AuthError."""
+        signed = request.scope.get("state", {}).get(STATE_SIGNED)
+        if signed is None:
+            raise AuthError("worker requests must be signed (the x-coopgrid-* headers); see coopgrid.identity")
+        return signed.address
+
+    async def worker_of(request: Request) -> Any:
+        return await run_in_threadpool(app.auth.worker, signed_address(request))
 
     # -- info -----------------------------------------------------------------------
 
@@ -179,7 +223,10 @@ def create_api(app: App) -> FastAPI:
             "chain_id": settings.chain_id,
             "lease_seconds": settings.lease_seconds,
             "max_lease_batch": settings.max_lease_batch,
+            "grid_id": app.auth.grid,
             "max_upload_bytes": settings.max_upload_bytes,
+            "max_json_bytes": settings.max_json_bytes,
+            "max_results_bytes": settings.max_results_bytes,
         }
 
     # -- tokens -----------------------------------------------------------------
@@ -194,27 +241,19 @@ def create_api(app: App) -> FastAPI:
 
     @api.put("/v1/blobs", status_code=201, tags=["blobs"])
     async def put_blob(request: Request, tok: TokenDep) -> dict[str, Any]:
-        limit = settings.max_upload_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise TooLarge(f"the upload is {int(declared)} bytes; this coordinator accepts at most {limit}", limit=limit)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"the upload is over {limit} bytes, the most this coordinator accepts", limit=limit)
-            chunks.append(chunk)
-        if not size:
-            raise InvalidInput("the upload is empty")
-        digest = await run_in_threadpool(app.blobs.put, b"".join(chunks))
-        return {"sha256": digest, "size": size}
+        # the edge has checked the token and cuts the stream off at max_upload_bytes
+        with app.blobs.writer() as blob:
+            async for chunk in request.stream():
+                blob.write(chunk)
+            if not blob.size:
+                raise InvalidInput("the upload is empty")
+            digest = await run_in_threadpool(blob.commit)
+        return {"sha256": digest, "size": blob.size}
 
     @api.get("/v1/blobs/{digest}", tags=["blobs"])
-    async def get_blob(digest: str, request: Request, authorization: Annotated[str | None, Header()] = None) -> Any:
-        if authorization:
-            await run_in_threadpool(app.auth.token, authorization)
-        else:
-            await worker_of(request, b"")
+    async def get_blob(digest: str, request: Request) -> Any:
+        if request.scope.get("state", {}).get(STATE_TOKEN) is None:
+            await worker_of(request)
         path = app.blobs.path(digest)
         if not path.exists():
             app.blobs.get(digest)  # raises BlobNotFound with the usual message
@@ -237,7 +276,7 @@ def create_api(app: App) -> FastAPI:
 
     @api.get("/v1/worker/models/{ref}", tags=["workers"], include_in_schema=True)
     async def worker_get_model(ref: str, request: Request) -> dict[str, Any]:
-        await worker_of(request, b"")
+        await worker_of(request)
         return model_view(await run_in_threadpool(app.registry.resolve, ref))
 
     # -- jobs -------------------------------------------------------------------
@@ -278,13 +317,14 @@ def create_api(app: App) -> FastAPI:
 
     @api.post("/v1/workers", status_code=201, tags=["workers"])
     async def register_worker(request: Request) -> dict[str, Any]:
-        body = await request.body()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        address = await run_in_threadpool(
-            app.auth.worker_address, request.method, request.url.path, body, headers
-        )
-        reg = WorkerRegistration.model_validate_json(body or b"{}")
+        address = signed_address(request)
+        reg = WorkerRegistration.model_validate_json(await request.body() or b"{}")
         network = network_of(request.client.host) if request.client else None
+        if await run_in_threadpool(app.store.get_worker, address) is None:
+            # new keys are what costs an attacker nothing: they are what is limited
+            registrations_by_network.take(network or "unknown")
+            registrations_by_owner.take(reg.owner)
+        app.auth.nonces.remember(address, request.scope["state"][STATE_SIGNED].nonce)
         record = await run_in_threadpool(
             app.store.register_worker, address, reg.name, reg.owner, time.time(), network
         )
@@ -306,32 +346,34 @@ def create_api(app: App) -> FastAPI:
                 "accepted": accepted,
                 "quarantined": w.quarantined_at is not None,
                 "quarantine_reason": w.quarantine_reason,
+                "prior_quarantines": w.prior_quarantines,
                 "reputation": reputation.get(w.id, []),
             }
             for w, accepted in app.store.list_workers()
         ]
 
-    @api.post("/v1/leases", tags=["workers"], responses={204: {"description": "no work right now"}})
+    @api.post("/v1/leases", status_code=201, tags=["workers"], responses={204: {"description": "no work right now"}})
     async def lease(request: Request) -> Response:
-        body = await request.body()
-        worker = await worker_of(request, body)
-        req = LeaseRequest.model_validate_json(body or b"{}")
+        worker = await worker_of(request)
+        leases_by_worker.take(worker.address)
+        leases_by_owner.take(worker.owner)
+        leases_by_network.take(worker.network or "")
+        req = LeaseRequest.model_validate_json(await request.body() or b"{}")
         granted = await run_in_threadpool(app.scheduler.lease, worker, req)
         if granted is None:
             return Response(status_code=204)
         return _json(granted, 201)
 
     @api.post("/v1/leases/{lease_id}/heartbeat", tags=["workers"])
-    async def heartbeat(lease_id: int, request: Request) -> Response:
-        worker = await worker_of(request, await request.body())
+    async def heartbeat(lease_id: Id, request: Request) -> Response:
+        worker = await worker_of(request)
         expires = await run_in_threadpool(app.scheduler.heartbeat, worker, lease_id)
         return _json({"lease_id": lease_id, "expires_at": expires})
 
     @api.post("/v1/leases/{lease_id}/results", tags=["workers"])
-    async def results(lease_id: int, request: Request) -> Response:
-        body = await request.body()
-        worker = await worker_of(request, body)
-        batch = ResultBatch.model_validate_json(body)
+    async def results(lease_id: Id, request: Request) -> Response:
+        worker = await worker_of(request)
+        batch = ResultBatch.model_validate_json(await request.body())
         outcome = await run_in_threadpool(app.scheduler.submit_results, worker, lease_id, batch)
         for job_id in outcome.completed_jobs:
             asyncio.get_running_loop().run_in_executor(None, _finalize, job_id)
@@ -376,14 +418,14 @@ def create_api(app: App) -> FastAPI:
                                "tx_hash": e.tx_hash, "block_number": e.block_number} for e in done]}
 
     @api.get("/v1/ledger/epochs/{number}/results-tree", tags=["ledger"])
-    def epoch_tree(number: int) -> Response:
+    def epoch_tree(number: Id) -> Response:
         e = app.store.get_epoch(number)
         if e is None or not e.results_dump:
             raise NotFound(f"no sealed epoch {number}; `coopgrid ledger status` lists them", epoch=number)
         return Response(app.blobs.get(e.results_dump), media_type="application/json")
 
     @api.get("/v1/jobs/{job_id}/tasks/{task_index}/proof", tags=["ledger"])
-    def task_proof(job_id: str, task_index: int, tok: TokenDep) -> dict[str, Any]:
+    def task_proof(job_id: str, task_index: Index, tok: TokenDep) -> dict[str, Any]:
         job = app.scheduler.job_for(job_id, tok)
         proof = sealer().result_proof(job.id, task_index)
         if proof is None:
@@ -396,9 +438,9 @@ def create_api(app: App) -> FastAPI:
 
     class VerifyRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        epoch: int = Field(ge=1)
+        epoch: int = Field(ge=1, le=MAX_ID)
         leaf_hash: str = Field(pattern=r"^0x[0-9a-fA-F]{64}$")
-        proof: list[str] = Field(max_length=256)
+        proof: list[Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$")]] = Field(max_length=256)
 
     @api.post("/v1/ledger/verify", tags=["ledger"])
     def verify(req: VerifyRequest) -> dict[str, Any]:
@@ -415,11 +457,11 @@ def create_api(app: App) -> FastAPI:
         """The coordinator sends the claim (and pays its gas); tokens go to ``address`` only.
 
         Asked by the worker itself (signed request) or by an operator."""
-        body = await request.body()
-        if request.headers.get("authorization"):
-            app.auth.require_operator(await run_in_threadpool(app.auth.token, request.headers["authorization"]))
+        tok = request.scope.get("state", {}).get(STATE_TOKEN)
+        if tok is not None:
+            app.auth.require_operator(tok)
         else:
-            worker = await worker_of(request, body)
+            worker = await worker_of(request)
             if worker.address.lower() != address.lower():
                 raise Forbidden("a worker may only claim its own rewards")
         return await run_in_threadpool(sealer().claim, _address(address))
@@ -438,7 +480,10 @@ def create_api(app: App) -> FastAPI:
             "contract": sealer().ledger.address,
         }
 
-    add_escrow_routes(api, app)
+    from coopgrid.coordinator.api_money import add_money_routes  # it uses job_view and _address
+
+    add_money_routes(api, app)
+    api.openapi = lambda: document(api)  # type: ignore[method-assign]
     return api
 
 
@@ -458,99 +503,3 @@ def _address(text: str) -> str:
         raise InvalidInput(f"{text!r} is not an Ethereum address (0x and 40 hex characters)")
     return to_checksum_address(text)
 
-
-# -- escrow (issue 9): routes added as functions of their own --------------------------------------
-
-#: JSON-RPC methods the coordinator relays to its chain: reads, and transactions already signed by
-#: their sender (who pays its own gas). Lets clients use the embedded chain, which one process owns.
-RELAYED = frozenset({
-    "eth_chainId", "net_version", "eth_blockNumber", "eth_getBlockByNumber", "eth_getTransactionCount",
-    "eth_estimateGas", "eth_call", "eth_sendRawTransaction", "eth_getTransactionReceipt", "eth_getCode",
-    "eth_getTransactionByHash", "eth_getLogs", "eth_maxPriorityFeePerGas", "eth_gasPrice", "eth_getBalance",
-    "eth_feeHistory",
-})
-
-
-class RelayRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    jsonrpc: str = Field("2.0", max_length=10)
-    id: int | str | None = None
-    method: str = Field(max_length=64)
-    params: list[Any] = Field(default_factory=list, max_length=8)
-
-
-def _quantities(value: Any) -> Any:
-    """Python ints as JSON-RPC hex quantities, everywhere in a result."""
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        return hex(value)
-    if isinstance(value, list):
-        return [_quantities(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _quantities(v) for k, v in value.items()}
-    return value
-
-
-def add_escrow_routes(api: FastAPI, app: App) -> None:
-    """The money routes: relay to the chain, job funding and escrow, minting on the embedded chain."""
-    from web3 import Web3
-
-    def token(authorization: Annotated[str | None, Header()] = None) -> Token:
-        return app.auth.token(authorization)
-
-    TokenDep = Annotated[Token, Depends(token)]
-
-    def ledger() -> Any:
-        if app.sealer is None:
-            raise Conflict("this coordinator runs without a ledger (--ledger none)")
-        return app.sealer.ledger
-
-    @api.post("/v1/ledger/rpc", tags=["ledger"])
-    def relay(req: RelayRequest) -> dict[str, Any]:
-        """A JSON-RPC relay to this coordinator's chain (reads and signed transactions only)."""
-        if req.method not in RELAYED:
-            return {"jsonrpc": "2.0", "id": req.id, "error": {"code": -32601, "message": f"{req.method} is not relayed"}}
-        w3 = ledger().w3
-        # through the provider's own formatting (the embedded chain takes Python values, not JSON hex)
-        answer = w3.provider.request_func(w3, w3.middleware_onion)(req.method, req.params)
-        result = {**dict(answer), "id": req.id}
-        if "result" in result:
-            result["result"] = _quantities(orjson.loads(Web3.to_json(result["result"])))
-        return orjson.loads(Web3.to_json(result))
-
-    @api.post("/v1/jobs/{job_id}/funded", tags=["jobs"])
-    def job_funded(job_id: str, tok: TokenDep) -> dict[str, Any]:
-        """Check a paid job's escrow on chain and lease its tasks once it is funded (409 says how otherwise)."""
-        job = app.scheduler.job_for(job_id, tok)
-        job = app.sealer.escrow.activate(job) if app.sealer else job
-        return {**job_view(app, job), "escrow": app.sealer.escrow.summary(job) if app.sealer else None}
-
-    @api.get("/v1/jobs/{job_id}/escrow", tags=["jobs"])
-    def job_escrow(job_id: str, tok: TokenDep) -> dict[str, Any]:
-        """A job's budget, spent and refundable amounts, and the reward sharing rule."""
-        from coopgrid.coordinator.rewards import SHARE_RULE
-
-        job = app.scheduler.job_for(job_id, tok)
-        ledger()
-        return {**app.sealer.escrow.summary(job), "state": job.state, "reward_per_task": str(job.reward_per_task),
-                "share_rule": SHARE_RULE, "contract": app.sealer.ledger.address}
-
-    class MintRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        address: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
-        amount: int = Field(gt=0, lt=2**104)
-        gas: int = Field(10**17, ge=0, le=10**19, description="Ether (wei) sent along, to pay for its transactions.")
-
-    @api.post("/v1/ledger/mint", tags=["ledger"])
-    def mint(req: MintRequest, tok: TokenDep) -> dict[str, Any]:
-        """Mint coopgrid tokens (and some ether for gas) to an account: operator, embedded chain only."""
-        app.auth.require_operator(tok)
-        if app.settings.ledger != "embedded":
-            raise Forbidden("tokens are minted only on the embedded chain; on a real chain, buy or transfer them")
-        led = ledger()
-        address = _address(req.address)
-        if req.gas and led.w3.eth.get_balance(address) < req.gas:
-            led.send_gas(address, req.gas)
-        tx = led.mint(address, req.amount)
-        return {"address": address, "minted": str(req.amount), "tx_hash": tx, "balance": str(led.token_balance(address))}

@@ -1,22 +1,28 @@
 """Who is asking: API tokens for people, signatures for workers.
 
 Tokens are random secrets shown once; only their sha256 is stored. Workers
-carry no token: every request they make is signed with their key
-(:func:`coopgrid.identity.verify_request`).
+carry no token: every request they make is signed with their key over
+headers alone (:func:`coopgrid.identity.verify_request_headers`), so both kinds
+of caller are known before a byte of the body is read. A signed request's
+nonce is remembered for the clock window: the same request sent twice is
+refused the second time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import time
+from collections import OrderedDict
 
 from coopgrid.config import Settings
-from coopgrid.errors import AuthError, Forbidden, InvalidInput
-from coopgrid.identity import verify_request
+from coopgrid.errors import AuthError, Forbidden, InvalidInput, RateLimited
+from coopgrid.identity import SignedRequest, verify_request_headers
 from coopgrid.store.base import Store, Token, WorkerRecord
 
 ROLES = ("operator", "submitter")
+REGISTRATION = ("POST", "/v1/workers")
 TOKEN_PREFIX = "cgt_"
 
 
@@ -24,11 +30,58 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class NonceCache:
+    """The nonces of signed requests seen within the clock window, per worker.
+
+    Kept in the process: a grid of several coordinator processes on one
+    database would need them in the database (see the scale-out notes). The
+    number a key may hold is bounded, so a key cannot grow it without limit;
+    the per-key request rate limits keep honest workers far below it."""
+
+    def __init__(self, window: float, per_key: int = 20_000) -> None:
+        self.window = window
+        self.per_key = per_key
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()  # in order of expiry
+        self._per_address: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, address: str, nonce: str, now: float | None = None) -> None:
+        """Record (address, nonce); AuthError if it was seen within the window."""
+        now = time.time() if now is None else now
+        key = (address, nonce)
+        with self._lock:
+            self._expire(now)
+            if key in self._seen:
+                raise AuthError("this signed request was already used (a replay?); sign every request afresh")
+            if self._per_address.get(address, 0) >= self.per_key:
+                raise RateLimited(f"worker {address} sent too many requests in {self.window:.0f}s", retry_after=10)
+            # a request signed at t is accepted until t + window; remembering it for 2 windows covers both skews
+            self._seen[key] = now + 2 * self.window
+            self._per_address[address] = self._per_address.get(address, 0) + 1
+
+    def _expire(self, now: float) -> None:
+        while self._seen:
+            key, expires = next(iter(self._seen.items()))
+            if expires > now:
+                break
+            del self._seen[key]
+            left = self._per_address[key[0]] - 1
+            if left:
+                self._per_address[key[0]] = left
+            else:
+                del self._per_address[key[0]]
+
+
 class Auth:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        self.nonces = NonceCache(settings.auth_skew_seconds)
         self._workers: dict[str, WorkerRecord] = {}
+
+    @property
+    def grid(self) -> str:
+        return self.store.grid_id()
 
     def issue(self, name: str, role: str) -> tuple[Token, str]:
         """A new token and its secret (the only time the secret exists in clear)."""
@@ -47,7 +100,10 @@ class Auth:
     def token(self, authorization: str | None) -> Token:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise AuthError()
-        token = self.store.token_by_hash(hash_secret(authorization[7:].strip()))
+        secret = authorization[7:].strip()
+        if not secret or len(secret) > 200:
+            raise AuthError("the API token is not valid")
+        token = self.store.token_by_hash(hash_secret(secret))
         if token is None:
             raise AuthError("the API token is not valid")
         return token
@@ -57,11 +113,20 @@ class Auth:
         if token.role != "operator":
             raise Forbidden("only an operator token may do this", role=token.role)
 
-    def worker_address(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> str:
-        return verify_request(method, path, body, headers, self.settings.auth_skew_seconds)
+    def signed(self, method: str, path: str, headers: dict[str, str]) -> SignedRequest:
+        """A worker request authenticated from its headers; its nonce is used up here.
 
-    def worker(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> WorkerRecord:
-        address = self.worker_address(method, path, body, headers)
+        Only a registered worker's nonces are remembered here: fresh keys cost
+        nothing to make, and would otherwise fill the cache. A registration's
+        nonce is remembered by the registration route, after its rate limits."""
+        signed = verify_request_headers(self.grid, method, path, headers, self.settings.auth_skew_seconds)
+        if (method, path) != REGISTRATION:
+            self.worker(signed.address)
+            self.nonces.remember(signed.address, signed.nonce)
+        return signed
+
+    def worker(self, address: str) -> WorkerRecord:
+        """The registered worker with this (checksummed) address."""
         record = self._workers.get(address)
         if record is None:
             record = self.store.get_worker(address)

@@ -169,6 +169,8 @@ class Scheduler:
         fair = max(1, -(-ready // max(active, 1)))
         quota, validated = self.store.lease_quota(worker.id, request.task_types)
         n = min(request.max_replicas, self.settings.max_lease_batch, fair, quota)
+        # a fresh key of a quarantined worker's owner or network is tested as a newcomer for longer
+        validated //= 1 + worker.prior_quarantines
         gold_p = gold_probability(TrustPolicy(gold_rate=self._job_gold_rate(now)), validated)
         gold = sum(self.rng.random() < gold_p for _ in range(n)) if gold_p else 0
         lease = self.store.lease(

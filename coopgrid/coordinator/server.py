@@ -11,12 +11,62 @@ from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from coopgrid.app import build
 from coopgrid.config import Settings
 from coopgrid.coordinator.api import create_api
 
 log = logging.getLogger(__name__)
+
+
+class TimedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers.
+
+    uvicorn times idle keep-alive connections only after a first response: a
+    client that connects and sends half a request line, or drips headers a
+    byte at a time, would hold its connection for ever. Here every request
+    must complete its headers within ``header_timeout`` seconds of the
+    connection opening or of the previous response; the body is timed by the
+    edge middleware (:mod:`coopgrid.coordinator.edge`)."""
+
+    header_timeout = 10.0
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_deadline()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_deadline()
+
+    def connection_lost(self, exc):  # type: ignore[no-untyped-def]
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _disarm_header_deadline(self) -> None:
+        handle = getattr(self, "_header_deadline", None)
+        if handle is not None:
+            handle.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def protocol_for(settings: Settings) -> type[TimedHttpProtocol]:
+    return type("CoordinatorHttpProtocol", (TimedHttpProtocol,), {"header_timeout": settings.header_timeout})
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -33,6 +83,8 @@ def serve(
     announce: Callable[[str], None] = print,
 ) -> None:
     """Serve until SIGINT/SIGTERM. Prints the operator token the first time only."""
+    # the database, blobs and keys are nobody else's business on a shared machine
+    os.umask(0o077)
     app = build(settings)
     secret = app.auth.ensure_operator()
     if secret:
@@ -52,9 +104,16 @@ def serve(
     announce(f"coordinator listening on {url} (API docs at {url}/docs), data in {settings.data_dir}")
     config = uvicorn.Config(
         create_api(app),
+        http=protocol_for(settings),
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=settings.keep_alive_timeout,
+        limit_concurrency=settings.max_connections,
+        # X-Forwarded-For is believed only from the proxies the operator names
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
+        h11_max_incomplete_event_size=64 * 1024,
     )
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal
     # to the handler that was there before it; make that one a no-op so a

@@ -154,6 +154,21 @@ class Money(ABC):
     def slash(self, worker: str, amount: int, job_id: Any, funder: str, evidence: Any) -> str:
         """Move ``amount`` of ``worker``'s stake into the escrow of (job, funder) (owner only)."""
 
+    # ---- transactions signed by others
+
+    @abstractmethod
+    def account_state(self, address: str) -> tuple[int, int, dict[str, int]]:
+        """(pending nonce, ether balance in wei, current EIP-1559 fees) of ``address``: what it needs to sign."""
+
+    @abstractmethod
+    def relay(self, raw: Sequence[str]) -> list[dict[str, Any]]:
+        """Send transactions that submitters and workers signed themselves (see :mod:`wallet`), in
+        order, waiting for each receipt: ``[{"tx_hash", "call", "sender", "block", "gas_used"}]``.
+
+        ``InvalidInput`` for anything but a relayable call to this contract or its token;
+        ``Conflict`` if the node refuses one (nonce, ether for gas); ``TransactionReverted``
+        (with the contract's reason) stops at the first reverted one."""
+
     # ---- history
 
     @abstractmethod
@@ -299,6 +314,41 @@ class Web3Money(Money):
             self._c(), "slash", checksum(worker), self._amount(amount), to_bytes32(job_id), checksum(funder),  # type: ignore[attr-defined]
             to_bytes32(evidence),
         )
+
+    # ---- transactions signed by others
+
+    def account_state(self, address: str) -> tuple[int, int, dict[str, int]]:
+        from coopgrid.ledger.base import checksum
+
+        address = checksum(address)
+        eth = self._w3.eth
+        nonce = self._call("eth_getTransactionCount", eth.get_transaction_count, address, "pending")  # type: ignore[attr-defined]
+        balance = self._call("eth_getBalance", eth.get_balance, address)  # type: ignore[attr-defined]
+        return int(nonce), int(balance), self._fees()  # type: ignore[attr-defined]
+
+    def relay(self, raw: Sequence[str]) -> list[dict[str, Any]]:
+        from coopgrid.errors import Conflict, TransactionRejected
+        from coopgrid.ledger.base import SignedTx
+        from coopgrid.ledger.wallet import MAX_BATCH, check_relayed
+
+        if not 0 < len(raw) <= MAX_BATCH:
+            raise InvalidInput(f"send 1 to {MAX_BATCH} signed transactions at a time")
+        chain_id, contract, token = self.chain_id, self.address, self.token_address  # type: ignore[attr-defined]
+        checked = [check_relayed(r, chain_id, contract, token) for r in raw]
+        out = []
+        for t in checked:
+            try:
+                tx = self.broadcast(SignedTx(t.tx_hash, t.raw, t.nonce, t.sender))  # type: ignore[attr-defined]
+            except TransactionRejected as exc:
+                raise Conflict(
+                    f"the chain refused {t.call} from {t.sender} ({exc.message}); check its nonce and that it "
+                    "holds ether for gas, then sign again",
+                    tx_hash=t.tx_hash,
+                ) from exc
+            receipt = self.wait_receipt(tx)  # type: ignore[attr-defined]
+            out.append({"tx_hash": tx, "call": t.call, "sender": t.sender, "block": receipt.block_number,
+                        "gas_used": receipt.gas_used})
+        return out
 
     # ---- history
 

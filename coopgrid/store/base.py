@@ -45,6 +45,8 @@ class WorkerRecord:
     last_seen: float
     quarantined_at: float | None = None
     quarantine_reason: str | None = None
+    network: str | None = None
+    prior_quarantines: int = 0  # quarantined workers of its owner or network when it first registered
 
 
 @dataclass(frozen=True)
@@ -316,6 +318,13 @@ class Store(abc.ABC):
         """The token whose secret hashes to ``secret_hash``."""
 
     @abc.abstractmethod
+    def grid_id(self) -> str:
+        """This grid's id (32 hex characters), made once and kept in the database.
+
+        Every coordinator process of one grid shares it; worker request
+        signatures bind it, so a request signed for one grid fails at another."""
+
+    @abc.abstractmethod
     def count_tokens(self, role: str | None = None) -> int:
         """How many tokens exist (of ``role``)."""
 
@@ -343,7 +352,10 @@ class Store(abc.ABC):
     def register_worker(
         self, address: str, name: str, owner: str, now: float, network: str | None = None
     ) -> WorkerRecord:
-        """Create or update the worker with this address (``network``: the network it registered from)."""
+        """Create or update the worker with this address (``network``: the network it registered from).
+
+        A new worker's ``prior_quarantines`` counts the quarantined workers that share its
+        (non-empty) owner or its network, so the trust layer can treat it as what it is."""
 
     @abc.abstractmethod
     def get_worker(self, address: str) -> WorkerRecord | None:

@@ -108,6 +108,17 @@ workers = Table(
     Column("quarantined_at", Float, nullable=True),
     Column("quarantine_reason", Text, nullable=True),
     Column("network", String(64), nullable=True),  # e.g. 203.0.113.0/24, for placement by network
+    # quarantined workers that shared this one's owner or network when it first registered:
+    # a fresh key is no clean slate for the operator of a quarantined one
+    Column("prior_quarantines", Integer, nullable=False, server_default=text("0")),
+)
+
+#: facts about the grid itself, e.g. its id, which worker signatures bind
+grid_meta = Table(
+    "grid_meta",
+    metadata,
+    Column("key", String(50), primary_key=True),
+    Column("value", Text, nullable=False),
 )
 
 reputation = Table(

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, or_, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from coopgrid.errors import ConfigError, Conflict, JobNotFound, LeaseError
 from coopgrid.store import schema as s
@@ -123,6 +124,8 @@ def _worker(row: Any) -> WorkerRecord:
         last_seen=row.last_seen,
         quarantined_at=row.quarantined_at,
         quarantine_reason=row.quarantine_reason,
+        network=row.network,
+        prior_quarantines=row.prior_quarantines,
     )
 
 
@@ -131,6 +134,7 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
         self.engine = engine
         self.dialect = engine.dialect.name
         self._single: dict[str, bool] = {}  # job id -> quorum of one (see record_results)
+        self._grid_id: str | None = None
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
         )
@@ -172,6 +176,22 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
         with self._read() as conn:
             row = conn.execute(select(s.tokens).where(s.tokens.c.secret_hash == secret_hash)).first()
         return Token(id=row.id, name=row.name, role=row.role) if row else None
+
+    def grid_id(self) -> str:
+        if self._grid_id is None:
+            q = select(s.grid_meta.c.value).where(s.grid_meta.c.key == "grid_id")
+            with self._read() as conn:
+                value = conn.execute(q).scalar()
+            if value is None:
+                try:
+                    with self._write() as conn:
+                        conn.execute(insert(s.grid_meta).values(key="grid_id", value=secrets.token_hex(16)))
+                except IntegrityError:  # another coordinator process of this grid made it first
+                    pass
+                with self._read() as conn:
+                    value = conn.execute(q).scalar_one()
+            self._grid_id = value
+        return self._grid_id
 
     def count_tokens(self, role: str | None = None) -> int:
         q = select(func.count()).select_from(s.tokens)
@@ -241,9 +261,20 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
                     .values(name=name, owner=owner, last_seen=now, network=network)
                 )
             else:
+                lineage = [s.workers.c.network == network] if network else []
+                if owner:
+                    lineage.append(s.workers.c.owner == owner)
+                prior = 0
+                if lineage:
+                    prior = conn.execute(
+                        select(func.count())
+                        .select_from(s.workers)
+                        .where(s.workers.c.quarantined_at.is_not(None), or_(*lineage))
+                    ).scalar_one()
                 conn.execute(
                     insert(s.workers).values(
-                        address=address, name=name, owner=owner, registered_at=now, last_seen=now, network=network
+                        address=address, name=name, owner=owner, registered_at=now, last_seen=now, network=network,
+                        prior_quarantines=prior,
                     )
                 )
             row = conn.execute(select(s.workers).where(s.workers.c.address == address)).one()

@@ -22,7 +22,7 @@ from coopgrid.store.schema import EpochState, JobState, ReplicaKind, ReplicaStat
 #: An epoch whose content changed goes back to open, to be built again.
 _REBUILD = {
     "state": EpochState.OPEN.value, "results_root": None, "rewards_root": None, "results_dump": None,
-    "rewards_dump": None, "tx_hash": None, "raw_tx": None,
+    "rewards_dump": None, "spends_dump": None, "tx_hash": None, "raw_tx": None,
 }
 
 

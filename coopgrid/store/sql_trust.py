@@ -120,7 +120,8 @@ class TrustQueries:
                 select(
                     s.results.c.id, s.results.c.task_id, s.results.c.worker_id, s.results.c.status,
                     s.results.c.output, s.results.c.final, s.replicas.c.kind, s.workers.c.owner,
-                    s.workers.c.quarantined_at, s.reputation.c.run, s.reputation.c.checks_passed,
+                    s.workers.c.quarantined_at, s.workers.c.prior_quarantines, s.reputation.c.run,
+                    s.reputation.c.checks_passed,
                 )
                 .join(s.replicas, s.replicas.c.id == s.results.c.replica_id)
                 .join(s.workers, s.workers.c.id == s.results.c.worker_id)
@@ -157,7 +158,9 @@ class TrustQueries:
         for r in rows:
             cand = CandidateRow(
                 result_id=r.id, worker_id=r.worker_id, owner=r.owner, output=r.output or b"", kind=r.kind,
-                run=r.run or 0, checks_passed=r.checks_passed or 0, final=bool(r.final),
+                # a fresh key of a quarantined worker's owner or network earns trust (1 + p) times slower
+                run=(r.run or 0) // (1 + r.prior_quarantines), checks_passed=r.checks_passed or 0,
+                final=bool(r.final),
                 quarantined=r.quarantined_at is not None,
             )
             check = by_task[r.task_id]

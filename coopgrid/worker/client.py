@@ -21,14 +21,16 @@ from coopgrid.identity import Identity
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = {502, 503, 504}
+RETRY_STATUS = {429, 502, 503, 504}
 _BY_STATUS: dict[int, type[errors.CoopgridError]] = {
     401: errors.AuthError,
     403: errors.Forbidden,
     404: errors.NotFound,
     409: errors.LeaseError,
+    408: errors.RequestTimeout,
     413: errors.TooLarge,
     422: errors.InvalidInput,
+    429: errors.RateLimited,
 }
 
 
@@ -64,15 +66,26 @@ class WorkerClient:
         self.stop = stop or threading.Event()
         self.backoff_cap = backoff_cap
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._grid: str | None = None
+
+    @property
+    def grid(self) -> str:
+        """The id of the grid this coordinator serves (``GET /v1/info``): requests are signed for it."""
+        if self._grid is None:
+            self._grid = str(self.request("GET", "/v1/info", signed=False).json()["grid_id"])
+        return self._grid
 
     def close(self) -> None:
         self.http.close()
 
-    def request(self, method: str, path: str, body: Any = None, retry: bool = True) -> httpx.Response:
+    def request(
+        self, method: str, path: str, body: Any = None, retry: bool = True, signed: bool = True
+    ) -> httpx.Response:
         content = b"" if body is None else orjson.dumps(body)
         attempt = 0
         while True:
-            headers = self.identity.request_headers(method, path, content)
+            # signed afresh on every attempt: a nonce is good for one request only
+            headers = self.identity.request_headers(method, path, content, self.grid) if signed else {}
             if content:
                 headers["content-type"] = "application/json"
             try:
@@ -82,6 +95,8 @@ class WorkerClient:
                         raise error_from_response(response)
                     return response
                 reason = f"HTTP {response.status_code}"
+                if response.status_code == 429:
+                    reason += f" (too many requests: {error_from_response(response).message})"
             except httpx.TransportError as exc:
                 reason = type(exc).__name__
             if not retry:

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from coopgrid.app import coordinator_identity
+from coopgrid.config import Settings
 from coopgrid.identity import Identity
 from coopgrid.local import KEY_PASSWORD
 from tests.integration.conftest_ledger import Anvil, anvil  # noqa: F401  (fixture)
@@ -30,16 +32,17 @@ def cli(grid, *args, key_password=KEY_PASSWORD, check=True):
 
 
 def run_echo_job(grid, items=40, task_size=4, reward=3):
-    """A paid echo job: the operator mints the submitter's tokens, `submit --reward` funds its escrow."""
+    """An echo job; a paid one is funded by `submit --reward` from the submitter's own tokens, which the
+    operator mints (coopgrid's own token, deployed by the coordinator, on the embedded chain and on anvil)."""
     key = grid.data_dir / "submitter" / "key.json"
     submitter = Identity.load_or_create(key, KEY_PASSWORD)
-    if "--ledger" not in " ".join(grid.coordinator.args):  # tokens are minted on the embedded chain only
+    paid = ["--key-file", str(key), "--min-stake", "0"] if reward else []
+    if reward:
         cli(grid, "ledger", "mint", submitter.address, str(reward * items // task_size))
     grid.start_worker(0, "--batch", "5")
     out = cli(grid, "submit", "--task-type", "echo", "--dataset", f"sequence:{items}", "--task-size", str(task_size),
-              "--reward", str(reward), "--key-file", str(key), "--min-stake", "0",
-              "--replicas", "1", "--quorum", "1", "--no-adaptive", "--gold-rate", "0")
-    assert "funded job" in out.stdout, out.stdout
+              "--reward", str(reward), *paid, "--replicas", "1", "--quorum", "1", "--no-adaptive", "--gold-rate", "0")
+    assert ("funded job" in out.stdout) == bool(reward), out.stdout
     job_id = out.stdout.split("job ", 1)[1].split(":", 1)[0]
     assert len(job_id) == 64
     return job_id
@@ -84,10 +87,13 @@ def grid_escrow(grid, job_id):
 
 
 def test_on_anvil_a_proof_checks_against_the_chain_alone(grid, anvil, tmp_path):  # noqa: F811
-    coordinator_key = Identity.load_or_create(grid.data_dir / "coordinator-key.json", "")
+    # the coordinator keeps its key encrypted, under a password of its own beside it
+    coordinator_key = coordinator_identity(Settings(data_dir=grid.data_dir))
+    key_password = (grid.data_dir / "coordinator-key.password").read_text().strip()
+    assert (grid.data_dir / "coordinator-key.password").stat().st_mode & 0o077 == 0
     anvil.fund(coordinator_key.address)
     deployed = cli(grid, "ledger", "deploy", "--rpc-url", anvil.url, "--key-file",
-                   str(grid.data_dir / "coordinator-key.json"), key_password="")
+                   str(grid.data_dir / "coordinator-key.json"), key_password=key_password)
     contract = deployed.stdout.split("deployed at ", 1)[1].split()[0]
 
     wrong = subprocess.run(
@@ -128,15 +134,16 @@ def test_while_the_chain_is_down_jobs_still_complete_and_sealing_waits(grid, tmp
         pytest.fail("anvil is not installed (make test installs it)") if os.environ.get("CI") else pytest.skip("no anvil")
     node = Anvil(binary)
     try:
-        key = Identity.load_or_create(grid.data_dir / "coordinator-key.json", "")
+        key = coordinator_identity(Settings(data_dir=grid.data_dir))
+        key_password = (grid.data_dir / "coordinator-key.password").read_text().strip()
         node.fund(key.address)
         contract = cli(grid, "ledger", "deploy", "--rpc-url", node.url, "--key-file",
-                       str(grid.data_dir / "coordinator-key.json"), key_password="").stdout.split("deployed at ", 1)[1].split()[0]
+                       str(grid.data_dir / "coordinator-key.json"), key_password=key_password).stdout.split("deployed at ", 1)[1].split()[0]
         grid.start_coordinator("--ledger", "rpc", "--rpc-url", node.url, "--contract", contract,
                                "--seal-every-results", "1")
     finally:
         node.stop()  # the chain goes away; the grid must not notice
-    job_id = run_echo_job(grid, items=30, task_size=3, reward=1)
+    job_id = run_echo_job(grid, items=30, task_size=3, reward=0)  # a paid job could not be funded now
     status = json.loads(cli(grid, "status", job_id, "--json").stdout)
     assert status["state"] == "done" and status["tasks_done"] == 10
     ledger = cli(grid, "ledger", "status", check=False)

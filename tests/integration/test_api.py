@@ -133,7 +133,7 @@ class Worker:
 
     def post(self, path: str, body: Any, signer: Identity | None = None) -> Response:
         content = orjson.dumps(body)
-        headers = (signer or self.identity).request_headers("POST", path, content)
+        headers = (signer or self.identity).request_headers("POST", path, content, self.grid.app.auth.grid)
         headers["content-type"] = "application/json"
         return self.grid.client.post(path, content=content, headers=headers)
 
@@ -598,23 +598,46 @@ def test_unsigned_or_badly_signed_worker_requests_are_401(grid: Grid) -> None:
     assert r.status_code == 401
 
     # signed over another body
-    headers = w.identity.request_headers("POST", "/v1/leases", orjson.dumps({"max_replicas": 1}))
+    grid_id = grid.app.auth.grid
+    headers = w.identity.request_headers("POST", "/v1/leases", orjson.dumps({"max_replicas": 1}), grid_id)
     r = grid.client.post("/v1/leases", content=body, headers=headers)
     assert r.status_code == 401
     # signed for another path
-    headers = w.identity.request_headers("POST", "/v1/workers", body)
+    headers = w.identity.request_headers("POST", "/v1/workers", body, grid_id)
     r = grid.client.post("/v1/leases", content=body, headers=headers)
     assert r.status_code == 401
     # signed long ago (a replayed request)
-    headers = w.identity.request_headers("POST", "/v1/leases", body, now=time.time() - 3600)
+    headers = w.identity.request_headers("POST", "/v1/leases", body, grid_id, now=time.time() - 3600)
     r = grid.client.post("/v1/leases", content=body, headers=headers)
     assert r.status_code == 401
     # claiming another worker's address
-    headers = Identity.generate().request_headers("POST", "/v1/leases", body) | {"x-coopgrid-worker": w.address}
+    headers = Identity.generate().request_headers("POST", "/v1/leases", body, grid_id) | {"x-coopgrid-worker": w.address}
     r = grid.client.post("/v1/leases", content=body, headers=headers)
     assert r.status_code == 401
 
     assert w.post("/v1/leases", {"max_replicas": 10}).status_code == 201  # the real thing works
+
+
+def test_a_signed_request_cannot_be_replayed_nor_sent_to_another_grid(grid: Grid) -> None:
+    w = Worker(grid).register()
+    grid.submit_echo(4, 1)
+    body = orjson.dumps({"max_replicas": 1})
+    headers = w.identity.request_headers("POST", "/v1/leases", body, grid.app.auth.grid)
+    headers["content-type"] = "application/json"
+    first = grid.client.post("/v1/leases", content=body, headers=headers)
+    assert first.status_code == 201
+    again = grid.client.post("/v1/leases", content=body, headers=headers)
+    assert again.status_code == 401 and "already used" in error_of(again)["detail"]
+    assert grid.app.store.replica_counts(first.json()["replicas"][0]["job"]) == {"leased": 1, "ready": 3}
+
+    elsewhere = w.identity.request_headers("POST", "/v1/leases", body, "0" * 32)  # signed for another grid
+    r = grid.client.post("/v1/leases", content=body, headers=elsewhere | {"content-type": "application/json"})
+    assert r.status_code == 401
+    # an unregistered key is refused before its nonce is remembered
+    stranger = Identity.generate().request_headers("POST", "/v1/leases", body, grid.app.auth.grid)
+    r = grid.client.post("/v1/leases", content=body, headers=stranger | {"content-type": "application/json"})
+    assert r.status_code == 401 and "not registered" in error_of(r)["detail"]
+    assert stranger["x-coopgrid-worker"] not in {a for a, _ in grid.app.auth.nonces._seen}
 
 
 def test_an_unregistered_worker_is_401(grid: Grid) -> None:

@@ -267,6 +267,23 @@ def test_register_worker_creates_then_updates(store: SqlStore) -> None:
     assert store.list_workers() == [(again, 0)]
 
 
+def test_a_fresh_key_of_a_quarantined_workers_owner_or_network_is_no_clean_slate(store: SqlStore) -> None:
+    from sqlalchemy import update
+
+    from coopgrid.store import schema
+
+    cheater = store.register_worker("0x" + "01" * 20, "c", "mallory", T0, "198.51.100.0/24")
+    with store.engine.begin() as conn:  # what validation does when it quarantines a worker
+        conn.execute(update(schema.workers).where(schema.workers.c.id == cheater.id).values(quarantined_at=T0))
+    same_owner = store.register_worker("0x" + "02" * 20, "c2", "mallory", T0 + 1, "203.0.113.0/24")
+    same_network = store.register_worker("0x" + "03" * 20, "c3", "someone else", T0 + 1, "198.51.100.0/24")
+    stranger = store.register_worker("0x" + "04" * 20, "s", "alice", T0 + 1, "192.0.2.0/24")
+    anonymous = store.register_worker("0x" + "05" * 20, "a", "", T0 + 1, None)
+    assert (same_owner.prior_quarantines, same_network.prior_quarantines) == (1, 1)
+    assert (stranger.prior_quarantines, anonymous.prior_quarantines) == (0, 0)
+    assert store.get_worker(same_owner.address).prior_quarantines == 1  # kept, not only returned
+
+
 # -- jobs -------------------------------------------------------------------------
 
 

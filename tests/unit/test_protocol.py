@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coopgrid.errors import AuthError
-from coopgrid.identity import Identity, recover_batch_signer, verify_request
+from coopgrid.identity import Identity, recover_batch_signer, verify_request, verify_request_headers
 from coopgrid.protocol import EIP712_TYPES, ResultRef, batch_digest, eip712_domain, eip712_message
 
 hashes = st.binary(min_size=32, max_size=32).map(bytes.hex)
@@ -52,18 +52,51 @@ def test_malformed_batch_signature_is_an_auth_error():
         recover_batch_signer(1, Identity.generate().address, 1, [], "0x" + "00" * 65)
 
 
-def test_signed_request_verifies_and_binds_method_path_and_body():
+GRID = "ab" * 16
+
+
+def test_signed_request_verifies_and_binds_grid_method_path_and_body():
     me = Identity.generate()
-    headers = me.request_headers("POST", "/v1/leases", b'{"max_replicas":5}', now=1000)
-    assert verify_request("POST", "/v1/leases", b'{"max_replicas":5}', headers, 300, now=1010) == me.address
+    body = b'{"max_replicas":5}'
+    headers = me.request_headers("POST", "/v1/leases", body, GRID, now=1000)
+    assert verify_request(GRID, "POST", "/v1/leases", body, headers, 300, now=1010) == me.address
+    with pytest.raises(AuthError, match="does not hash"):
+        verify_request(GRID, "POST", "/v1/leases", b'{"max_replicas":500}', headers, 300, now=1010)
     with pytest.raises(AuthError, match="does not match"):
-        verify_request("POST", "/v1/leases", b'{"max_replicas":500}', headers, 300, now=1010)
+        verify_request(GRID, "POST", "/v1/workers", body, headers, 300, now=1010)
     with pytest.raises(AuthError, match="does not match"):
-        verify_request("POST", "/v1/workers", b'{"max_replicas":5}', headers, 300, now=1010)
+        verify_request(GRID, "GET", "/v1/leases", body, headers, 300, now=1010)
+    with pytest.raises(AuthError, match="does not match"):  # signed for another coordinator's grid
+        verify_request("cd" * 16, "POST", "/v1/leases", body, headers, 300, now=1010)
     with pytest.raises(AuthError, match="clock"):
-        verify_request("POST", "/v1/leases", b'{"max_replicas":5}', headers, 300, now=5000)
+        verify_request(GRID, "POST", "/v1/leases", body, headers, 300, now=5000)
     with pytest.raises(AuthError, match="missing"):
-        verify_request("POST", "/v1/leases", b"", {}, 300)
+        verify_request(GRID, "POST", "/v1/leases", b"", {}, 300)
+
+
+def test_every_signed_header_is_covered_by_the_signature():
+    me = Identity.generate()
+    headers = me.request_headers("POST", "/v1/leases", b"{}", GRID, now=1000)
+    for name, forged in [("x-coopgrid-time", "1001"), ("x-coopgrid-nonce", "0" * 32),
+                         ("x-coopgrid-body-sha256", "0" * 64)]:
+        with pytest.raises(AuthError):
+            verify_request_headers(GRID, "POST", "/v1/leases", headers | {name: forged}, 300, now=1000)
+    for name, junk in [("x-coopgrid-time", "soon"), ("x-coopgrid-nonce", "xyz"), ("x-coopgrid-worker", "me"),
+                       ("x-coopgrid-body-sha256", "0x12"), ("x-coopgrid-signature", "0x00")]:
+        with pytest.raises(AuthError):
+            verify_request_headers(GRID, "POST", "/v1/leases", headers | {name: junk}, 300, now=1000)
+
+
+def test_a_nonce_is_good_for_one_request():
+    from coopgrid.coordinator.auth import NonceCache
+
+    cache = NonceCache(window=300)
+    cache.remember("0xA", "n1", now=1000)
+    cache.remember("0xB", "n1", now=1000)  # another key may pick the same nonce
+    with pytest.raises(AuthError, match="already used"):
+        cache.remember("0xA", "n1", now=1200)
+    cache.remember("0xA", "n1", now=1000 + 601)  # long after the window, the clock check refuses it anyway
+    assert len(cache._seen) == 1  # what expired is forgotten
 
 
 def test_keystore_round_trip_and_wrong_password(tmp_path):

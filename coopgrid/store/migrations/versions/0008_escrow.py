@@ -1,7 +1,7 @@
-"""escrow: jobs held out of sealing, job funders and minimum stakes, epoch spends
+"""escrow: job funders and minimum stakes, epoch spends
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 """
 
 from alembic import op
@@ -9,14 +9,13 @@ import sqlalchemy as sa
 
 
 revision = '0008'
-down_revision = '0005'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('seal_error', sa.Text(), nullable=True))
         batch_op.add_column(sa.Column('funder', sa.String(length=42), nullable=True))
         batch_op.add_column(sa.Column('min_stake', sa.String(length=80), server_default=sa.text("'0'"),
                                       nullable=False))
@@ -30,4 +29,3 @@ def downgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_column('min_stake')
         batch_op.drop_column('funder')
-        batch_op.drop_column('seal_error')

@@ -1,0 +1,128 @@
+"""The money routes on a real coordinator with its embedded chain: a submitter funds its paid job
+with transactions it signs itself, and the coordinator relays such transactions and nothing else."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from eth_account import Account as EthAccount
+
+from coopgrid.datasets import sequence
+from coopgrid.identity import Identity
+from coopgrid.ledger import wallet
+from tests.integration.test_api import NO_REPLICATION, Grid, Worker, error_of, make_grid  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+def chain_grid(make_grid: Callable[..., Grid]) -> Grid:  # noqa: F811
+    return make_grid(ledger="embedded")
+
+
+def mint(grid: Grid, address: str, amount: int) -> None:
+    r = grid.client.post("/v1/ledger/mint", json={"address": address, "amount": amount}, headers=grid.headers())
+    assert r.status_code == 200, r.text
+
+
+def signed(grid: Grid, me: Identity, calls: list[tuple[str, list[Any]]]) -> list[str]:
+    r = grid.client.get(f"/v1/ledger/accounts/{me.address}")
+    assert r.status_code == 200, r.text
+    return wallet.sign_calls(me, wallet.Account.from_json(r.json()), calls)
+
+
+def relay(grid: Grid, raw: list[str], token: str | None = None) -> Any:
+    return grid.client.post("/v1/ledger/transactions", json={"raw": raw}, headers=grid.headers(token))
+
+
+def paid_job(grid: Grid, funder: str, token: str, reward: int = 5) -> dict[str, Any]:
+    dataset = grid.upload(sequence(20).to_npz(), token)
+    r = grid.client.post(
+        "/v1/jobs",
+        json={"task_type": "echo", "dataset": dataset, "task_size": 4, "reward_per_task": reward, "funder": funder,
+              "min_stake": 0, "trust": NO_REPLICATION},
+        headers=grid.headers(token),
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_a_paid_job_is_leased_only_once_its_submitter_funded_it(chain_grid: Grid) -> None:
+    grid = chain_grid
+    alice = grid.new_token("alice")
+    me = Identity.generate()
+    job = paid_job(grid, me.address, alice)
+    assert job["state"] == "unfunded" and job["replicas"] == {}
+
+    refused = grid.client.post(f"/v1/jobs/{job['id']}/funded", headers=grid.headers(alice))
+    assert refused.status_code == 409 and "coopgrid fund" in error_of(refused)["detail"]
+
+    mint(grid, me.address, 25)  # with some ether for gas
+    contract = grid.client.get(f"/v1/ledger/accounts/{me.address}").json()["contract"]
+    deadline = int(time.time()) + 86400
+    sent = relay(grid, signed(grid, me, [("approve", [contract, 25]), ("fund", [bytes.fromhex(job["id"]), 25, deadline])]),
+                 alice)
+    assert sent.status_code == 200, sent.text
+    assert [t["call"] for t in sent.json()["transactions"]] == ["approve", "fund"]
+    assert {t["sender"] for t in sent.json()["transactions"]} == {me.address}
+
+    funded = grid.client.post(f"/v1/jobs/{job['id']}/funded", headers=grid.headers(alice))
+    assert funded.status_code == 200, funded.text
+    assert funded.json()["state"] == "running" and funded.json()["replicas"] == {"ready": 5}
+    escrow = grid.client.get(f"/v1/jobs/{job['id']}/escrow", headers=grid.headers(alice)).json()
+    assert (escrow["budget"], escrow["spent"], escrow["refundable"], escrow["closed"]) == ("25", "0", "0", False)
+    assert grid.client.get(f"/v1/ledger/accounts/{me.address}").json()["tokens"] == "0"
+
+
+def test_the_relay_sends_the_ledgers_own_calls_and_nothing_else(chain_grid: Grid) -> None:
+    grid = chain_grid
+    me = Identity.generate()
+    mint(grid, me.address, 10)
+    info = grid.client.get(f"/v1/ledger/accounts/{me.address}").json()
+    acct = wallet.Account.from_json(info)
+
+    ok = signed(grid, me, [("approve", [info["contract"], 10])])
+    anonymous = grid.client.post("/v1/ledger/transactions", json={"raw": ok})
+    assert anonymous.status_code == 401  # no credentials: refused before the body is read
+
+    def raw(**tx: Any) -> str:
+        base = {"to": info["token"], "data": wallet.calldata("approve", info["contract"], 1), "value": 0,
+                "nonce": acct.nonce, "gas": 100_000, "maxFeePerGas": acct.max_fee_per_gas,
+                "maxPriorityFeePerGas": acct.max_priority_fee_per_gas, "chainId": acct.chain_id, "type": 2}
+        return "0x" + bytes(EthAccount.sign_transaction({**base, **tx}, me.private_key).raw_transaction).hex()
+
+    from eth_abi import encode
+
+    transfer = wallet.selector("transfer(address,uint256)") + encode(["address", "uint256"], [me.address, 1])
+    for bad, why in [
+        (raw(data=transfer), "only"),  # the token's transfer: not a relayed call
+        (raw(to="0x" + "11" * 20), "only"),  # approve, but to another contract
+        (raw(to=info["contract"]), "only"),  # approve's selector sent to the ledger
+        (raw(value=1), "no ether"),
+        (raw(gas=wallet.MAX_GAS + 1), "no ether"),
+        (raw(chainId=acct.chain_id + 1), "chain"),
+        ("0x" + "02" * 40, "not a signed transaction"),
+    ]:
+        r = relay(grid, [bad])
+        assert r.status_code == 422 and why in str(error_of(r)["detail"]), (why, r.text)
+    assert relay(grid, ok * (wallet.MAX_BATCH + 1)).status_code == 422
+
+    assert relay(grid, ok).status_code == 200
+    again = relay(grid, ok)  # the same signed transaction again: already mined, sent once
+    assert again.status_code == 200 and again.json()["transactions"][0]["tx_hash"] == relay(grid, ok).json()[
+        "transactions"][0]["tx_hash"]
+
+
+def test_a_worker_stakes_its_own_tokens_through_a_signed_request(chain_grid: Grid) -> None:
+    grid = chain_grid
+    worker = Worker(grid).register()
+    mint(grid, worker.address, 7)
+    contract = grid.client.get(f"/v1/ledger/accounts/{worker.address}").json()["contract"]
+    r = worker.post("/v1/ledger/transactions",
+                    {"raw": signed(grid, worker.identity, [("approve", [contract, 7]), ("stake", [7])])})
+    assert r.status_code == 200, r.text
+    stake = grid.client.get(f"/v1/ledger/accounts/{worker.address}").json()["stake"]
+    assert stake["active"] == "7"
+    reverted = worker.post("/v1/ledger/transactions", {"raw": signed(grid, worker.identity, [("withdraw", [])])})
+    assert reverted.status_code == 409 and "nothing unstaking" in error_of(reverted)["detail"]
