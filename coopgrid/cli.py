@@ -359,6 +359,10 @@ def status(
                     f"running: {job['tasks_done']:,}/{job['tasks']:,} tasks done; replicas {job.get('replicas')}"
                 )
             console.print(summary_table(job))
+            if job.get("funder"):
+                from coopgrid.views import escrow_table
+
+                console.print(escrow_table(client.json("GET", f"/v1/jobs/{job_id}/escrow")))
 
 
 @app.command()

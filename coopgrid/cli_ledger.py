@@ -142,9 +142,12 @@ def balance(
         return
     with _anonymous(coordinator) as client:
         s = client.rewards(address)
+        stake = client.json("GET", f"/v1/ledger/accounts/{address}")["stake"]
     console.print(
         f"{s['address']}: balance {s['balance']}, claimed {s['claimed']}, claimable {s['claimable']} "
-        f"(committed in epoch {s['epoch']}), pending {s['pending']}"
+        f"(committed in epoch {s['epoch']}), pending {s['pending']}; earned {int(s['cumulative']) + int(s['pending'])} "
+        f"= claimed + claimable + pending; stake {stake['active']} active, {stake['unstaking']} unstaking",
+        highlight=False,
     )
 
 

@@ -87,6 +87,23 @@ def summary_table(job: dict[str, Any]) -> Table:
     return table
 
 
+def escrow_table(escrow: dict[str, Any]) -> Table:
+    """A paid job's money: budget, spent, unspent, refundable, and each worker's share paid and pending."""
+    n = lambda v: f"{int(v):,}"  # noqa: E731
+    table = Table(title=f"escrow (reward {n(escrow['reward_per_task'])} per accepted task; funder {escrow['funder']})")
+    for col in ("", "tokens"):
+        table.add_column(col)
+    table.add_row("budget", n(escrow["budget"]))
+    table.add_row("spent (committed on chain)", n(escrow["spent"]))
+    for w in escrow["workers"]:
+        table.add_row(f"  paid to {w['address'][:10]}… (pending {n(w['pending'])})", n(w["paid"]))
+    table.add_row("pending (earned, waiting for an epoch's commit)", n(escrow["pending"]))
+    state = "closed" if escrow["closed"] else "open"
+    table.add_row(f"unspent ({state}); refundable now", f"{n(escrow['unspent'])}; {n(escrow['refundable'])}")
+    table.caption = f"rule: {escrow['share_rule']}"
+    return table
+
+
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(title="jobs")
     for col in ("id", "name", "type", "state", "tasks", "items"):

@@ -75,6 +75,8 @@ def job_view(app: App, job: JobRecord, counts: bool = True) -> dict[str, Any]:
         "tasks_inconclusive": job.tasks_inconclusive,
         "trust": job.policy,
         "reward_per_task": str(job.reward_per_task),
+        "funder": job.funder,
+        "min_stake": str(job.min_stake),
         "params": job.params,
         "created_at": job.created_at,
         "finished_at": job.finished_at,

@@ -35,17 +35,38 @@ class Escrow:
         self._closed: set[str] = set()
 
     def summary(self, job: JobRecord) -> dict[str, Any]:
-        """Budget, spent, refundable of a job's escrow (strings: amounts are uint256)."""
+        """Budget, spent, refundable of a job's escrow, and what each worker earned from it (strings:
+        amounts are uint256). ``paid`` is in committed epochs (the sum is ``spent``, claimable by
+        its workers), ``pending`` waits for an epoch's commit; budget = spent + unspent, and
+        unspent = pending + what is free (refunded once the job is closed)."""
+        workers = self.earnings(job.id)
+        pending = sum(w["pending"] for w in workers.values())
+        view = {
+            "workers": [{"address": a, "paid": str(w["paid"]), "pending": str(w["pending"])}
+                        for a, w in sorted(workers.items())],
+            "pending": str(pending),
+            "needed": str(job.reward_per_task * job.n_tasks),
+        }
         if not job.funder:
-            return {"funder": None, "budget": "0", "spent": "0", "refundable": "0", "deadline": None, "closed": False}
+            return {"funder": None, "budget": "0", "spent": "0", "unspent": "0", "refundable": "0", "deadline": None,
+                    "closed": False, **view}
         e = self.ledger.job_escrow("0x" + job.id, job.funder)
         now = time.time()
         return {
             "funder": job.funder, "budget": str(e.budget), "spent": str(e.spent),
             "refundable": str(e.remaining if e.closed or (e.deadline and now >= e.deadline) else 0),
-            "unspent": str(e.remaining), "deadline": e.deadline or None, "closed": e.closed,
-            "needed": str(job.reward_per_task * job.n_tasks),
+            "unspent": str(e.remaining), "deadline": e.deadline or None, "closed": e.closed, **view,
         }
+
+    def earnings(self, job_id: str) -> dict[str, dict[str, int]]:
+        """Per worker address: {"paid": in committed epochs, "pending": not yet} from one job, under SHARE_RULE."""
+        from coopgrid.coordinator.rewards import epoch_rewards
+
+        committed = {e.number for e in self.store.list_epochs([EpochState.COMMITTED])}
+        rows = self.store.share_rows(job_id)
+        paid, _ = epoch_rewards(r for epoch, r in rows if epoch in committed)
+        pending, _ = epoch_rewards(r for epoch, r in rows if epoch not in committed)
+        return {a: {"paid": paid.get(a, 0), "pending": pending.get(a, 0)} for a in sorted(set(paid) | set(pending))}
 
     def activate(self, job: JobRecord) -> JobRecord:
         """Lease a paid job's tasks once its escrow is funded; Conflict saying how to fund it otherwise."""

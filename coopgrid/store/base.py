@@ -481,7 +481,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def pending_rewards(self) -> dict[str, int]:
-        """Per address: rewards of accepted or valid results (provisional included) not in a committed epoch."""
+        """Per address: what it has earned under rewards.SHARE_RULE but cannot claim yet: the shares of
+        tasks whose accepted result is not in a committed epoch (a provisional one: the whole reward, to
+        its worker, until an audit that makes it final shares it)."""
+
+    @abc.abstractmethod
+    def share_rows(self, job_id: str | None = None, uncommitted: bool = False) -> list[tuple[int | None, Any]]:
+        """(epoch, rewards.ShareRow) of every paid result that shares its task's reward: the paid results,
+        gold tests excluded, in the epoch of their task's final accepted result (both None while unsealed);
+        for a task whose accepted result is still provisional, that result alone (epoch None).
+        ``job_id``: of one job only; ``uncommitted``: only tasks whose accepted result is not in a committed epoch."""
 
     @abc.abstractmethod
     def epoch_jobs(self, number: int) -> list[str]:

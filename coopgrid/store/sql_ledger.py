@@ -96,13 +96,40 @@ class LedgerQueries:
         return self._reward_sums(self._PAID, which)
 
     def pending_rewards(self) -> dict[str, int]:
-        """Rewards earned but not yet claimable: results accepted or valid (provisional ones
-        included) that are not in a committed epoch."""
-        committed = select(s.epochs.c.number).where(s.epochs.c.state == EpochState.COMMITTED.value)
-        return self._reward_sums(
-            s.results.c.status.in_([ResultStatus.ACCEPTED.value, ResultStatus.VALID.value]),
-            s.results.c.epoch.is_(None) | s.results.c.epoch.not_in(committed),
+        from coopgrid.coordinator.rewards import epoch_rewards
+
+        earned, _ = epoch_rewards(row for _, row in self.share_rows(uncommitted=True))
+        return earned
+
+    def share_rows(self, job_id: str | None = None, uncommitted: bool = False) -> list[tuple[int | None, ShareRow]]:
+        r, a = s.results, s.results.alias("accepted")
+        same_epoch = (r.c.epoch == a.c.epoch) | (r.c.epoch.is_(None) & a.c.epoch.is_(None))
+        q = (
+            select(a.c.epoch, r.c.task_id, r.c.job_id, s.jobs.c.reward_per_task, s.workers.c.address, r.c.status)
+            .select_from(r)
+            .join(a, (a.c.task_id == r.c.task_id) & (a.c.status == ResultStatus.ACCEPTED.value))
+            .join(s.jobs, s.jobs.c.id == r.c.job_id)
+            .join(s.workers, s.workers.c.id == r.c.worker_id)
+            .join(s.replicas, s.replicas.c.id == r.c.replica_id)
+            .where(
+                r.c.status.in_([ResultStatus.ACCEPTED.value, ResultStatus.VALID.value]),
+                s.replicas.c.kind != ReplicaKind.GOLD.value,
+                # a final task: its paid results sealed with it; a provisional one: its accepted result
+                # alone for now (an audit that makes it final will share it)
+                (a.c.final & r.c.final & same_epoch) | (~a.c.final & (r.c.id == a.c.id)),
+            )
+            .order_by(r.c.id)
         )
+        if job_id is not None:
+            q = q.where(r.c.job_id == job_id)
+        if uncommitted:
+            committed = select(s.epochs.c.number).where(s.epochs.c.state == EpochState.COMMITTED.value)
+            q = q.where(a.c.epoch.is_(None) | a.c.epoch.not_in(committed))
+        with self._read() as conn:
+            return [
+                (e, ShareRow(t, j, int(reward), address, status == ResultStatus.ACCEPTED.value))
+                for e, t, j, reward, address, status in conn.execute(q)
+            ]
 
     def _reward_sums(self, *where: Any) -> dict[str, int]:
         """Reward per worker address over the results matching ``where``."""

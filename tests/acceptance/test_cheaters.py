@@ -26,7 +26,7 @@ def test_a_random_output_worker_is_quarantined_and_no_wrong_label_is_in_the_outp
         grid.start_worker(3, "--batch", "2", "--dishonest", "random")
         grid.wait_for_workers(client, 4)
         job = client.submit({"task_type": "classify", "model": model["hash"], "dataset": client.put_blob(data.to_npz()),
-                             "task_size": 50, "reward_per_task": 1})
+                             "task_size": 50})
         job = client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=180)
         output = client.call("GET", f"/v1/jobs/{job['id']}/output").content
         workers = {w["name"]: w for w in client.workers()}

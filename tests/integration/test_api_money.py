@@ -126,3 +126,47 @@ def test_a_worker_stakes_its_own_tokens_through_a_signed_request(chain_grid: Gri
     assert stake["active"] == "7"
     reverted = worker.post("/v1/ledger/transactions", {"raw": signed(grid, worker.identity, [("withdraw", [])])})
     assert reverted.status_code == 409 and "nothing unstaking" in error_of(reverted)["detail"]
+
+
+def test_a_tasks_reward_is_shared_once_and_the_job_summary_adds_up(chain_grid: Grid) -> None:
+    grid = chain_grid
+    alice = grid.new_token("alice")
+    funder = Identity.generate()
+    dataset = grid.upload(sequence(8).to_npz(), alice)
+    r = grid.client.post(
+        "/v1/jobs",
+        json={"task_type": "echo", "dataset": dataset, "task_size": 4, "reward_per_task": 7, "funder": funder.address,
+              "min_stake": 0, "trust": {"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0}},
+        headers=grid.headers(alice),
+    )
+    job = r.json()
+    mint(grid, funder.address, 14)
+    contract = grid.client.get(f"/v1/ledger/accounts/{funder.address}").json()["contract"]
+    calls = [("approve", [contract, 14]), ("fund", [bytes.fromhex(job["id"]), 14, int(time.time()) + 86400])]
+    assert relay(grid, signed(grid, funder, calls), alice).status_code == 200
+    assert grid.client.post(f"/v1/jobs/{job['id']}/funded", headers=grid.headers(alice)).status_code == 200
+
+    ann, bob = Worker(grid, owner="ann").register(), Worker(grid, owner="bob").register()
+    for w in (ann, bob, ann, bob):
+        r = w.post("/v1/leases", {"max_replicas": 100})
+        if r.status_code == 201:
+            assert w.submit(r.json()["lease_id"], w.batch(r.json())).status_code == 200
+    grid.wait_until_done(job["id"], alice)
+
+    def escrow() -> dict[str, Any]:
+        return grid.client.get(f"/v1/jobs/{job['id']}/escrow", headers=grid.headers(alice)).json()
+
+    before = escrow()  # 2 tasks x 7, each shared by 2 agreeing results: 7 = 3 + 3 + 1 to the accepted one
+    assert before["pending"] == "14" and before["spent"] == "0"
+    assert sum(int(w["pending"]) for w in before["workers"]) == 14
+    assert {int(w["pending"]) for w in before["workers"]} <= {6, 7, 8}
+    assert sum(int(grid.client.get(f"/v1/rewards/{w.address}").json()["pending"]) for w in (ann, bob)) == 14
+
+    assert grid.client.post("/v1/ledger/seal", headers=grid.headers()).status_code == 200
+    after = escrow()
+    assert (after["budget"], after["spent"], after["pending"]) == ("14", "14", "0")
+    assert sum(int(w["paid"]) for w in after["workers"]) == 14
+    assert after["closed"] and after["refundable"] == "0"
+    for w in (ann, bob):
+        status = grid.client.get(f"/v1/rewards/{w.address}").json()
+        assert int(status["claimable"]) == next(int(x["paid"]) for x in after["workers"] if x["address"] == w.address)
