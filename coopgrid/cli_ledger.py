@@ -55,6 +55,8 @@ def status(coordinator: Coordinator = DEFAULT_URL) -> None:
     with _anonymous(coordinator) as client:
         info = client.ledger()
     console.print(f"{info['kind']} chain {info['chain_id']}, contract {info['contract']}, owner {info['coordinator']}")
+    console.print(f"token {info['token']}; spent from escrows {info['spent']}, claimed by workers {info['claimed']}",
+                  highlight=False)
     table = Table(title=f"epochs ({info['unsealed_results']:,} accepted results waiting)")
     for col in ("epoch", "state", "results", "results root", "block", "transaction"):
         table.add_column(col)
@@ -64,6 +66,12 @@ def status(coordinator: Coordinator = DEFAULT_URL) -> None:
             str(e["block_number"] or ""), e["tx_hash"] or "",
         )
     console.print(table)
+    with _anonymous(coordinator) as client:
+        slashes = client.json("GET", "/v1/ledger/slashes")
+    for sl in slashes:
+        console.print(f"slashed {sl['amount']} of {sl['worker']} into job {sl['job_id'][:16]}…'s escrow: tx "
+                      f"{sl['tx_hash'] or '(sending)'}, evidence {sl['evidence']} (`coopgrid verify --slash TX`)",
+                      highlight=False, soft_wrap=True)
     for held in info.get("held_jobs", []):
         console.print(f"[red]job {held['job']} ({held['name']}) is held out of sealing:[/] {held['reason']}", soft_wrap=True)
 
@@ -202,6 +210,8 @@ def verify(
     job_id: Annotated[str | None, typer.Argument(help="Job id (with TASK).")] = None,
     task: Annotated[int | None, typer.Argument(help="Task index.")] = None,
     proof_file: Annotated[Path | None, typer.Option("--proof", help="Check this exported proof on chain alone.")] = None,
+    slash: Annotated[str | None, typer.Option("--slash", help="Recheck the evidence of the slash in this transaction.")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="The slash's evidence bundle (default: the coordinator's copy).")] = None,
     export: Annotated[Path | None, typer.Option(help="Write the proof here, for `verify --proof`.")] = None,
     coordinator: Coordinator = DEFAULT_URL,
     token: TokenOpt = None,
@@ -211,6 +221,9 @@ def verify(
     """Check that a task's result is committed on chain: JOB TASK via the coordinator, or --proof FILE alone."""
     from coopgrid.ledger import merkle
 
+    if slash is not None:
+        verify_slash(slash, bundle, coordinator, rpc_url, contract)
+        return
     if proof_file is not None:
         if not (rpc_url and contract):
             fail("--proof needs --rpc-url and --contract: it checks against the chain alone")
@@ -257,3 +270,44 @@ def _report(valid: bool, where: str, leaf_hash: str) -> None:
     if not valid:
         fail(f"NOT verified: leaf {leaf_hash} with this proof is not in {where}", code=1)
     console.print(f"[bold green]verified[/]: leaf {leaf_hash} is in {where}")
+
+
+def verify_slash(tx: str, bundle: Path | None, coordinator: str, rpc_url: str | None, contract: str | None) -> None:
+    """Recheck a slash: its event (from the chain with --rpc-url, else as the coordinator reports it), the
+    bundle's hash against the event's evidence, and the bundle's signatures and values."""
+    from coopgrid.errors import InvalidInput
+    from coopgrid.ledger import evidence
+
+    tx = tx.lower()
+    if rpc_url:
+        if not contract:
+            fail("--rpc-url needs --contract")
+        ledger = _rpc_ledger(rpc_url, contract)
+        chain_id = ledger.chain_id
+        found = [e for e in ledger.money_events() if e["event"] == "Slashed" and e["tx"].lower() == tx]
+        event = {"worker": found[0]["worker"], "job_id": found[0]["jobId"], "amount": found[0]["amount"],
+                 "evidence": found[0]["evidence"]} if found else None
+    else:
+        with _anonymous(coordinator) as client:
+            chain_id = client.ledger()["chain_id"]
+            listed = [s for s in client.json("GET", "/v1/ledger/slashes") if (s["tx_hash"] or "").lower() == tx]
+        event = {**listed[0], "evidence": "0x" + listed[0]["evidence"]} if listed else None
+    if event is None:
+        fail(f"no slash in transaction {tx}", code=1)
+    if bundle is not None:
+        data = bundle.read_bytes()
+    else:
+        with _anonymous(coordinator) as client:
+            data = client.call("GET", f"/v1/ledger/evidence/{event['evidence'].removeprefix('0x')}").content
+    if evidence.digest(data) != event["evidence"].lower():
+        fail(f"NOT verified: the bundle hashes to {evidence.digest(data)}, the slash names {event['evidence']}", code=1)
+    try:
+        checked = evidence.check(data, chain_id, worker=event["worker"], job_id=str(event["job_id"]))
+    except InvalidInput as exc:
+        fail(f"NOT verified: {exc.message}", code=1)
+    console.print(
+        f"[bold green]verified[/]: slash {tx} of {event['amount']} from {checked['worker']} is backed by its own "
+        f"signed result for task {checked['task_index']} of job {checked['job_id'][:16]}… (output "
+        f"{checked['liar_output'][:12]}…) against {len(checked['agreeing'])} agreeing signed results "
+        f"(output {checked['agreed_output'][:12]}…)", highlight=False,
+    )

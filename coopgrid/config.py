@@ -93,6 +93,10 @@ class Settings(BaseSettings):
         10**18, ge=0, lt=REWARD_CEILING,
         description="Stake a worker needs for paid jobs that name none (0 for a private grid of known workers).",
     )
+    slash_fraction: float = Field(
+        0.5, ge=0, le=1,
+        description="Share of its stake a worker loses for a provable lie (its signed result against a quorum's).",
+    )
     min_funding_seconds: float = Field(
         3600.0, ge=0, description="A paid job is leased only while its refund deadline is at least this far away."
     )

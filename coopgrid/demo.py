@@ -115,6 +115,8 @@ def run_demo(
             client.output(job["id"], out)
             console.print(f"labels written to {out}")
             ledger_part(console, client, grid, job, published["hash"])
+            if cheat is not None:
+                slash_part(console, client)
             refund_part(console, client, submitter, job)
             console.print(balances_table(client, grid, submitter, minted))
             return job
@@ -197,6 +199,29 @@ def fund_job(console: Console, client: ApiClient, submitter: Identity, job: dict
     console.print(f"    the submitter {submitter.address[:10]}… funded its escrow with {need:,} tokens "
                   f"(tx {sent[-1]['tx_hash'][:18]}…): the job is {funded['state']}")
     return need
+
+
+def slash_part(console: Console, client: ApiClient) -> None:
+    """The dishonest worker's slash, and its evidence checked here from the signatures alone."""
+    import time
+
+    from coopgrid.ledger import evidence
+
+    deadline = time.monotonic() + 30
+    while not (slashes := [s for s in client.json("GET", "/v1/ledger/slashes") if s["tx_hash"]]):
+        if time.monotonic() > deadline:
+            console.print("    the dishonest worker was not slashed (no lie it signed was outvoted by a quorum)")
+            return
+        time.sleep(0.5)
+    for s in slashes:
+        data = client.call("GET", f"/v1/ledger/evidence/{s['evidence']}").content
+        checked = evidence.check(data, client.ledger()["chain_id"], worker=s["worker"], job_id=s["job_id"])
+        console.print(
+            f"    slashed {int(s['amount']):,} of {s['worker'][:10]}…'s stake into the job's escrow "
+            f"(tx {s['tx_hash'][:18]}…); evidence {s['evidence'][:12]}… verified: its own signed result for task "
+            f"{checked['task_index']} against {len(checked['agreeing'])} agreeing signed results "
+            f"(`coopgrid verify --slash {s['tx_hash']}`)"
+        )
 
 
 def refund_part(console: Console, client: ApiClient, submitter: Identity, job: dict) -> None:

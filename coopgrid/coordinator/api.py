@@ -401,6 +401,9 @@ def create_api(app: App) -> FastAPI:
             "contract": seal.ledger.address,
             "token": seal.ledger.token_address,
             "coordinator": seal.ledger.account,
+            # every spend the coordinator committed from escrows, and every claim paid out of them
+            "spent": str(seal.ledger.totals()[0]),
+            "claimed": str(seal.ledger.totals()[1]),
             "epochs": [
                 {"number": e.number, "state": e.state, "results": e.result_count, "tx_hash": e.tx_hash,
                  "block_number": e.block_number, "results_root": e.results_root, "rewards_root": e.rewards_root}

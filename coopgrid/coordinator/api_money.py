@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from coopgrid.app import App
 from coopgrid.coordinator.edge import STATE_SIGNED, STATE_TOKEN
 from coopgrid.coordinator.ratelimit import TokenBuckets
-from coopgrid.errors import AuthError, Conflict, Forbidden
+from coopgrid.errors import AuthError, Conflict, Forbidden, NotFound
 from coopgrid.ledger.wallet import MAX_BATCH, MAX_RAW_BYTES, check_relayed
 
 
@@ -103,6 +103,20 @@ def add_money_routes(api: FastAPI, app: App) -> None:
         led = ledger()
         return {**app.sealer.escrow.summary(job), "state": job.state, "reward_per_task": str(job.reward_per_task),
                 "share_rule": SHARE_RULE, "contract": led.address}
+
+    @api.get("/v1/ledger/slashes", tags=["ledger"])
+    def slashes() -> list[dict[str, Any]]:
+        """Every slash: worker, harmed job, amount, evidence (a bundle anyone can fetch and check) and tx."""
+        ledger()
+        return [{k: v for k, v in s.items() if k != "worker_id"} for s in app.store.list_slashes()]
+
+    @api.get("/v1/ledger/evidence/{digest}", tags=["ledger"])
+    def evidence_bundle(digest: str) -> Response:
+        """A slash's evidence bundle (JSON; its sha256 is the slash's evidence hash on chain)."""
+        digest = digest.removeprefix("0x").lower()
+        if not any(s["evidence"] == digest for s in app.store.list_slashes()):
+            raise NotFound(f"no slash has evidence {digest}; GET /v1/ledger/slashes lists them")
+        return Response(app.blobs.get(digest), media_type="application/json")
 
     @api.post("/v1/ledger/mint", tags=["ledger"])
     def mint(req: MintRequest, request: Request) -> dict[str, Any]:

@@ -70,12 +70,14 @@ def leaf_value(r: SealedResult) -> tuple[bytes, int, bytes, bytes, bytes]:
 class Sealer:
     def __init__(self, settings: Settings, store: Store, blobs: BlobStore, ledger: Ledger) -> None:
         from coopgrid.coordinator.escrow import Escrow
+        from coopgrid.coordinator.slashing import Slasher
 
         self.settings = settings
         self.store = store
         self.blobs = blobs
         self.ledger = ledger
         self.escrow = Escrow(settings, store, ledger)
+        self.slasher = Slasher(settings, store, blobs, ledger)
         self._lock = threading.Lock()
         self._trees: dict[int, merkle.StandardMerkleTree] = {}
 
@@ -117,6 +119,7 @@ class Sealer:
                     done.append(committed)
             self._anchor_models()
             self.escrow.activate_funded()
+            self.slasher.step()  # before closing: a slash credits the harmed job's escrow
             self.escrow.close_paid()
             return done
 

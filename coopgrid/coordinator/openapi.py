@@ -58,6 +58,8 @@ SECURITY: dict[tuple[str, str], list[dict[str, list[str]]]] = {
     ("post", "/v1/jobs/{job_id}/funded"): PEOPLE,
     ("get", "/v1/jobs/{job_id}/escrow"): PEOPLE,
     ("post", "/v1/ledger/mint"): PEOPLE,
+    ("get", "/v1/ledger/slashes"): PUBLIC,
+    ("get", "/v1/ledger/evidence/{digest}"): PUBLIC,
 }
 
 #: bodies the worker routes read themselves (after checking the signature over their hash)

@@ -34,6 +34,17 @@ from coopgrid.protocol import ResultRef
 VERSION = 1
 
 
+def provably_different(task_type: Any, liar: bytes, agreed: bytes) -> bool:
+    """The task type's own rule on two outputs' bytes; an output that does not even decode (while
+    the agreed one does) is provably not the answer."""
+    a = task_type.decode(agreed)
+    try:
+        lied = task_type.decode(liar)
+    except Exception:  # noqa: BLE001 - whatever the decoder raises, these bytes are no output of the type
+        return True
+    return bool(task_type.provably_different(lied, a))
+
+
 def batch_json(worker: str, lease: int, signature: str, refs: list[ResultRef], index: int,
                output: bytes | None = None) -> dict[str, Any]:
     """One signed batch as a bundle holds it."""
@@ -113,8 +124,7 @@ def check(data: bytes, chain_id: int, worker: str | None = None, job_id: str | N
     if agreed[1].output_hash == liar_ref.output_hash:
         raise InvalidInput("the liar's output is the agreed one")
     task_type = tasks.get(str(task["task_type"]))
-    a, l = task_type.decode(output(agreed[0], agreed[1])), task_type.decode(output(liar, liar_ref))
-    if not task_type.provably_different(l, a):
+    if not provably_different(task_type, output(liar, liar_ref), output(agreed[0], agreed[1])):
         raise InvalidInput(f"{task['task_type']} does not call the two outputs provably different (a tolerance)")
     return {"worker": liar_addr, "job_id": key[0], "task_index": key[1], "agreeing": sorted(signers),
             "liar_output": liar_ref.output_hash, "agreed_output": agreed[1].output_hash}

@@ -155,6 +155,32 @@ class LeaseView:
 
 
 @dataclass(frozen=True)
+class Lie:
+    """A worker's result that a quorum of other workers' signed results outvoted: slashing evidence."""
+
+    job_id: str
+    task_index: int
+    input_hash: str
+    model_hash: str
+    task_type: str
+    quorum: int
+    funder: str  # the harmed job's funder (its escrow gets the slashed tokens)
+    batch_id: int  # the liar's signed batch
+    output: bytes
+    agreeing: list[tuple[int, str, bytes]]  # (batch id, output hash, output) of distinct other workers
+
+
+@dataclass(frozen=True)
+class SignedBatch:
+    """A result batch as its worker signed it: every result, in order."""
+
+    worker: str
+    lease_id: int
+    signature: str
+    refs: list[Any]  # protocol.ResultRef
+
+
+@dataclass(frozen=True)
 class IncomingResult:
     replica_id: int
     output_hash: str
@@ -514,6 +540,34 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def activate_job(self, job_id: str, now: float) -> bool:
         """An unfunded job becomes running: its first replicas are made (once; False if it was not unfunded)."""
+
+    # -- slashing (sql_slashes.py) --------------------------------------------------------
+
+    @abc.abstractmethod
+    def provable_lie(self, worker_id: int) -> Lie | None:
+        """One outvoted result of a worker in a paid job whose task is final, with at least a quorum (>= 2)
+        of distinct other workers' signed results agreeing on the accepted answer and fewer with the
+        worker's: what can be shown to anyone. None if there is no such result (a tie is none)."""
+
+    @abc.abstractmethod
+    def signed_batch(self, batch_id: int) -> SignedBatch:
+        """A stored result batch with the values its signature covers."""
+
+    @abc.abstractmethod
+    def unslashed_quarantined(self) -> list[WorkerRecord]:
+        """Quarantined workers with no slash recorded."""
+
+    @abc.abstractmethod
+    def add_slash(self, worker_id: int, job_id: str, evidence: str, amount: int, now: float) -> None:
+        """Record a slash before it is sent (``evidence``: the bundle's blob digest); once per worker."""
+
+    @abc.abstractmethod
+    def set_slash_tx(self, worker_id: int, tx_hash: str) -> None:
+        """The slash of ``worker_id`` was mined in ``tx_hash``."""
+
+    @abc.abstractmethod
+    def list_slashes(self) -> list[dict[str, Any]]:
+        """Every slash recorded, oldest first."""
 
     @abc.abstractmethod
     def held_jobs(self) -> list[JobRecord]:

@@ -223,6 +223,9 @@ result_batches = Table(
     Column("worker_id", Integer, ForeignKey("workers.id"), nullable=False),
     Column("lease_id", Integer, ForeignKey("leases.id"), nullable=False),
     Column("signature", String(132), nullable=False),
+    # JSON [[replica id, output hash], ...] in the signed order: with the replicas, the signed values
+    # (evidence for a slash: the signature is over the whole batch)
+    Column("signed", Text, nullable=True),
     Column("size", Integer, nullable=False),
     Column("received_at", Float, nullable=False),
 )
@@ -266,6 +269,18 @@ class EpochState(str, enum.Enum):
     SENT = "sent"  # transaction signed and stored (maybe broadcast); waiting for it
     COMMITTED = "committed"  # mined on chain
 
+
+slashes = Table(
+    "slashes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("worker_id", Integer, ForeignKey("workers.id"), nullable=False, unique=True),  # once per quarantine
+    Column("job_id", String(64), nullable=False),  # the harmed job, whose escrow gets the tokens
+    Column("evidence", String(64), nullable=False),  # blob: the evidence bundle (its sha256 is on chain)
+    Column("amount", String(80), nullable=False),
+    Column("tx_hash", String(66), nullable=True),  # set once mined
+    Column("created_at", Float, nullable=False),
+)
 
 epochs = Table(
     "epochs",

@@ -41,6 +41,7 @@ from coopgrid.store.base import (
     WorkerRecord,
 )
 from coopgrid.store.sql_ledger import LedgerQueries
+from coopgrid.store.sql_slashes import SlashQueries
 from coopgrid.store.sql_trust import TrustQueries
 from coopgrid.store.schema import JobState, ReplicaKind, ReplicaState, ResultStatus, TaskState
 
@@ -129,7 +130,7 @@ def _worker(row: Any) -> WorkerRecord:
     )
 
 
-class SqlStore(TrustQueries, LedgerQueries, Store):
+class SqlStore(TrustQueries, LedgerQueries, SlashQueries, Store):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
@@ -670,7 +671,8 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
                 )
             batch_id = conn.execute(
                 insert(s.result_batches).values(
-                    worker_id=worker_id, lease_id=lease_id, signature=signature, size=len(items), received_at=now
+                    worker_id=worker_id, lease_id=lease_id, signature=signature, size=len(items), received_at=now,
+                    signed=json.dumps([[it.replica_id, it.output_hash] for it in items], separators=(",", ":")),
                 )
             ).inserted_primary_key[0]
             live = [

@@ -139,6 +139,18 @@ class TaskType(abc.ABC):
         """
         return self.canonical(a) == self.canonical(b)
 
+    def provably_different(self, a: Any, b: Any) -> bool:
+        """Whether two outputs differ beyond any doubt: evidence that one of them is a lie (slashing).
+
+        True only where the difference cannot come from honest hardware: any difference for
+        a type that compares exactly (the default :meth:`agree`); a type that compares with a
+        tolerance says False unless it overrides this for a part it compares exactly. A
+        disagreement within a tolerance never slashes.
+        """
+        if type(self).agree is not TaskType.agree:
+            return False
+        return self.canonical(a) != self.canonical(b)
+
 
 def run_local(
     task: TaskType,

@@ -232,6 +232,10 @@ class ClassifyTask(TaskType):
     def decode(self, data: bytes) -> dict[str, list[Any]]:
         return orjson.loads(data)
 
+    def provably_different(self, a: dict[str, list[Any]], b: dict[str, list[Any]]) -> bool:
+        # labels are compared exactly (argmax of one model on one input); confidences with a tolerance
+        return a.get("labels") != b.get("labels")
+
     def agree(self, a: dict[str, list[Any]], b: dict[str, list[Any]]) -> bool:
         tol = 10**-CONFIDENCE_DECIMALS * 5
         if a["labels"] != b["labels"] or a.get("errors", []) != b.get("errors", []) or ("top_k" in a) != ("top_k" in b):
