@@ -30,6 +30,17 @@ Scenarios (one run, each on its own coordinator):
   and 30% of the workers under the default policy. The colluders declare
   distinct owners (they lie), which is the case placement cannot stop.
 
+* ``sybil-10``: 10% of the workers as Sybil pairs: two keys of one attacker that
+  agree on the same wrong answers (``collude:pairN``), declaring distinct owners.
+
+The attacker's cost: every job is paid (its escrow is taken as funded), and
+after the run each quarantined worker is checked for a lie the coordinator can
+prove to anyone (``Slasher.bundle``: its signed result outvoted by a quorum of
+signed results, no tie, provably different); each such worker loses
+``slash_fraction`` of its stake (the default stake: ``default_min_stake``).
+The figure is the stake attackers lose per wrong result that became final,
+in stakes; honest workers slashed (outvoted by colluders) are counted too.
+
 Every figure is read afterwards with SQL straight from the scenario's SQLite
 file (tasks, results, replicas, workers, reputation). The honest output of an
 echo task is its input, so a result is wrong when ``results.output !=
@@ -67,6 +78,7 @@ from coopgrid import tasks
 from coopgrid.app import build
 from coopgrid.config import Settings
 from coopgrid.coordinator.scheduler import JobSpec
+from coopgrid.coordinator.slashing import Slasher
 from coopgrid.coordinator.trust import TrustPolicy
 from coopgrid.datasets import Dataset
 from coopgrid.errors import CoopgridError, Forbidden, LeaseError
@@ -88,6 +100,7 @@ INDEPENDENT = ("random", "constant", "lazy", "cheat:0.1", "cheat:0.3")
 FIXED_Q2 = {"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0}
 QUARANTINE_WITHIN = 200  # tasks: the issue's target for workers cheating on >= 10% of their tasks
 OVERHEAD_TARGET = 1.2
+BENCH_FUNDER = "0x" + "f0" * 20
 
 
 # -- scenarios ----------------------------------------------------------------------------
@@ -130,6 +143,16 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                 ours,
                 independent,
                 jobs=args.streamed,
+            )
+        )
+    if args.sybil:
+        pairs = round(n * args.sybil / 2)
+        out.append(
+            Scenario(
+                f"sybil-{round(args.sybil * 100)}",
+                f"our policy {tag}, {2 * pairs / n:.0%} as Sybil pairs (two agreeing keys each)",
+                ours,
+                [f"collude:pair{i // 2}" for i in range(2 * pairs)],
             )
         )
     for share in args.collude:
@@ -239,8 +262,11 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, root: str) -> dict[str,
             a = time.perf_counter()
             lo, hi = pending.pop(0)
             data = Dataset(np.arange(lo, hi, dtype=np.int64).reshape(-1, 1)).to_npz()
-            spec = JobSpec(task_type="echo", dataset=app.blobs.put(data), task_size=1, trust=policy)
+            # a paid job (no chain here: its escrow is taken as funded) so that lies in it are slashable
+            spec = JobSpec(task_type="echo", dataset=app.blobs.put(data), task_size=1, trust=policy,
+                           reward_per_task=1, funder=BENCH_FUNDER, min_stake=0)
             job_ids.append(app.scheduler.submit(spec, token).id)
+            app.store.activate_job(job_ids[-1], time.time())
             t_submit += time.perf_counter() - a
 
         submit_next()
@@ -324,6 +350,11 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, root: str) -> dict[str,
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         figures = measure(settings.sqlite_path, workers)
+        slasher = Slasher(settings, app.store, app.blobs, None)  # bundle() reads the store only
+        provable = {w.record.id for w in workers if slasher.bundle(w.record.id) is not None}
+        for w in figures["workers"]:
+            w["slashed"] = w["quarantined"] and w["id"] in provable
+        figures["slash_fraction"] = settings.slash_fraction
         jobs = [app.store.get_job(j) for j in job_ids]
         figures.update(
             name=sc.name,
@@ -685,6 +716,26 @@ def print_tables(results: list[dict[str, Any]], args: argparse.Namespace) -> Non
                 "; ".join(reasons),
             )
     console.print(k)
+    print_cost(results)
+
+
+def print_cost(results: list[dict[str, Any]]) -> None:
+    """The attacker's cost: stake lost (provable lies slashed) per wrong result that became final."""
+    c = Table(title="Attacker's cost: stake slashed per wrong final result (default stake; slash_fraction of it)")
+    for col in ("scenario", "attackers", "quarantined", "slashed (provable lie)", "honest slashed",
+                "wrong final results", "stake lost per wrong final result"):
+        c.add_column(col, justify="right" if col != "scenario" else "left")
+    for r in results:
+        if "slash_fraction" not in r:
+            continue
+        bad = [w for w in r["workers"] if w["kind"] != "honest"]
+        slashed = sum(w.get("slashed", False) for w in bad)
+        honest = sum(w.get("slashed", False) for w in r["workers"] if w["kind"] == "honest")
+        lost = slashed * r["slash_fraction"]
+        per = "∞ (none final)" if not r["wrong_final"] else f"{lost / r['wrong_final']:.3f} stakes"
+        c.add_row(r["name"], str(len(bad)), str(sum(w["quarantined"] for w in bad)), str(slashed), str(honest),
+                  fmt_int(r["wrong_final"]), per)
+    console.print(c)
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -713,6 +764,12 @@ def main() -> int:
         type=lambda s: [float(x) for x in s.split(",") if x],
         default=[0.1, 0.3],
         help="colluding group sizes (shares of the workers), comma-separated; empty for none",
+    )
+    p.add_argument(
+        "--sybil",
+        type=float,
+        default=0.1,
+        help="share of the workers run as Sybil pairs (0 for none)",
     )
     p.add_argument(
         "--collude-spec",

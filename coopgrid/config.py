@@ -97,6 +97,11 @@ class Settings(BaseSettings):
         0.5, ge=0, le=1,
         description="Share of its stake a worker loses for a provable lie (its signed result against a quorum's).",
     )
+    slash_delay_seconds: float = Field(
+        60.0, ge=0,
+        description="A quarantined worker is slashed this long after its quarantine, and only if the workers "
+        "who outvoted it are not quarantined by then (colluders who outvote honest workers are caught in turn).",
+    )
     min_funding_seconds: float = Field(
         3600.0, ge=0, description="A paid job is leased only while its refund deadline is at least this far away."
     )

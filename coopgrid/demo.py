@@ -56,7 +56,8 @@ def run_demo(
     grid = LocalGrid(data_dir)
     try:
         with console.status("2/7 starting the coordinator…"):
-            url = grid.start_coordinator()
+            # a short slash delay: a demo's colluders (none here) would be caught within seconds
+            url = grid.start_coordinator(env={"COOPGRID_SLASH_DELAY_SECONDS": "3"})
         console.print(f"2/7 coordinator on {url} (SQLite store in {data_dir}); API docs at {url}/docs")
         with ApiClient(url, grid.token) as client:
             published = client.publish_model(model.onnx, model.spec(sha256_hex(model.onnx)))

@@ -44,7 +44,9 @@ class LocalGrid:
         assert self.log_dir is not None
         return os.open(self.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def start_coordinator(self, *extra: str, port: int = 0, timeout: float = 60.0) -> str:
+    def start_coordinator(
+        self, *extra: str, port: int = 0, timeout: float = 60.0, env: dict[str, str] | None = None
+    ) -> str:
         info = self.data_dir / "coordinator.json"
         info.unlink(missing_ok=True)
         token_file = self.data_dir / "operator.token"
@@ -52,7 +54,7 @@ class LocalGrid:
         self.coordinator = subprocess.Popen(
             _cli("coordinator", "--data-dir", str(self.data_dir), "--port", str(port),
                  "--operator-token-file", str(token_file), *extra),
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
         )
         os.close(log)
         deadline = time.monotonic() + timeout

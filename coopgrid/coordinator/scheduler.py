@@ -182,7 +182,7 @@ class Scheduler:
                 need = max(excluded.values())
                 raise Forbidden(
                     f"the work waiting here needs a stake of {need} (you have {self._stake(worker.address)}): "
-                    "stake with `coopgrid worker stake AMOUNT`",
+                    "stake with `coopgrid stake AMOUNT --key-file KEYSTORE`",
                     address=worker.address, min_stake=str(need),
                 )
             return None

@@ -1,9 +1,11 @@
 """Slashing quarantined workers, with public evidence.
 
-When the trust layer quarantines a worker, the sealer's loop looks for a lie
-it can prove (:meth:`Store.provable_lie`: the worker's own signed result, in a
+When the trust layer quarantines a worker, the sealer's loop waits
+``slash_delay_seconds`` (colluders who outvoted an honest worker are caught in
+their turn meanwhile), then looks for a lie it can prove (:meth:`Store.provable_lie`: the worker's own signed result, in a
 paid job, outvoted by at least a quorum of other workers' signed results on a
-task now final, and provably different by its task type's own rule). If there
+task now final, none of them quarantined, and provably different by its task
+type's own rule). If there
 is one, it writes the evidence bundle (:mod:`coopgrid.ledger.evidence`) as a
 blob, records the slash, then slashes ``slash_fraction`` of the worker's stake
 on chain with the bundle's sha256. The tokens go into the harmed job's escrow:
@@ -73,9 +75,12 @@ class Slasher:
         for s in self.store.list_slashes():
             if s["tx_hash"] is None:  # recorded, maybe sent, before a crash
                 sent += self._send(s["worker_id"], s["worker"], s["job_id"], s["evidence"], int(s["amount"]))
+        now = time.time()
         for worker in self.store.unslashed_quarantined():
             if worker.id in self._unprovable:
                 continue
+            if worker.quarantined_at is not None and now - worker.quarantined_at < self.settings.slash_delay_seconds:
+                continue  # time for whoever outvoted it to be caught, if they lied together
             made = self.bundle(worker.id)
             if made is None:
                 self._unprovable.add(worker.id)

@@ -546,8 +546,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def provable_lie(self, worker_id: int) -> Lie | None:
         """One outvoted result of a worker in a paid job whose task is final, with at least a quorum (>= 2)
-        of distinct other workers' signed results agreeing on the accepted answer and fewer with the
-        worker's: what can be shown to anyone. None if there is no such result (a tie is none)."""
+        of distinct other workers' signed results agreeing on the accepted answer (none of them
+        quarantined) and fewer with the worker's: what can be shown to anyone. None if there is no
+        such result (a tie is none)."""
 
     @abc.abstractmethod
     def signed_batch(self, batch_id: int) -> SignedBatch:

@@ -42,17 +42,20 @@ class SlashQueries:
             for lie in conn.execute(q):
                 quorum = int(json.loads(lie.policy).get("quorum", 1))
                 others = conn.execute(
-                    select(r.c.batch_id, r.c.output_hash, r.c.output, r.c.worker_id, r.c.status)
+                    select(r.c.batch_id, r.c.output_hash, r.c.output, r.c.worker_id, r.c.status,
+                           s.workers.c.quarantined_at)
                     .join(s.result_batches, s.result_batches.c.id == r.c.batch_id)
+                    .join(s.workers, s.workers.c.id == r.c.worker_id)
                     .where(r.c.task_id == lie.task_id, r.c.worker_id != worker_id, r.c.output.is_not(None),
                            s.result_batches.c.signed.is_not(None))
                     .order_by(r.c.id)
                 ).all()
                 agreeing, seen = [], set()
                 for o in others:
-                    if o.output_hash == lie.accepted_hash and o.worker_id not in seen and o.status in (
-                        ResultStatus.ACCEPTED.value, ResultStatus.VALID.value
-                    ):
+                    # a quarantined co-signer proves nothing: colluders who outvoted an honest worker
+                    # are caught in their turn, and their majority then slashes no one
+                    if o.output_hash == lie.accepted_hash and o.worker_id not in seen and o.quarantined_at is None \
+                            and o.status in (ResultStatus.ACCEPTED.value, ResultStatus.VALID.value):
                         seen.add(o.worker_id)
                         agreeing.append((o.batch_id, o.output_hash, o.output))
                 with_liar = 1 + len({o.worker_id for o in others if o.output_hash == lie.output_hash})

@@ -17,6 +17,11 @@ from tests.integration.conftest_ledger import anvil  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.acceptance
 
+
+@pytest.fixture(autouse=True)
+def slash_at_once(monkeypatch):
+    monkeypatch.setenv("COOPGRID_SLASH_DELAY_SECONDS", "0")  # the coordinator's (see Settings)
+
 STAKE, REWARD, ITEMS, TASK_SIZE = 100, 10, 48, 4
 
 

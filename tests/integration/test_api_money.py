@@ -18,7 +18,7 @@ from tests.integration.test_api import NO_REPLICATION, Grid, Worker, error_of, m
 
 @pytest.fixture
 def chain_grid(make_grid: Callable[..., Grid]) -> Grid:  # noqa: F811
-    return make_grid(ledger="embedded")
+    return make_grid(ledger="embedded", slash_delay_seconds=0)
 
 
 def mint(grid: Grid, address: str, amount: int) -> None:

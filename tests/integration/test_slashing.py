@@ -127,3 +127,48 @@ def test_only_a_provable_difference_is_evidence() -> None:
     echo = tasks.get("echo")
     assert evidence.provably_different(echo, b"made up", b"honest") and not evidence.provably_different(
         echo, b"same", b"same")
+
+
+class Colluder(Worker):
+    """Signs the same wrong answer as the rest of its team, for every task."""
+
+    def compute(self, lease: dict[str, Any], cheat: bool = False) -> tuple[list[dict[str, Any]], list[Any]]:
+        from coopgrid.protocol import ZERO_HASH, ResultRef, b64encode, sha256_hex
+
+        items, refs = [], []
+        for replica in lease["replicas"]:
+            output = b"the team's answer to task %d" % replica["task_index"]
+            items.append({"replica_id": replica["id"], "output_hash": sha256_hex(output), "output": b64encode(output)})
+            refs.append(ResultRef(replica["job"], replica["task_index"], replica["input_hash"],
+                                  lease["jobs"][replica["job"]]["model_hash"] or ZERO_HASH, sha256_hex(output)))
+        return items, refs
+
+
+def test_an_honest_worker_outvoted_by_colluders_is_not_slashed_once_they_are_caught(
+    make_grid: Callable[..., Grid],  # noqa: F811
+) -> None:
+    from sqlalchemy import update
+
+    from coopgrid.store import schema
+
+    grid = make_grid(ledger="embedded", slash_delay_seconds=3600)
+    alice = grid.new_token("alice")
+    job = paid_quorum_job(grid, alice, Identity.generate(), tasks_n=1, reward=10)
+    ann = staked(grid, Worker(grid, owner="ann").register(), 100)
+    cat, dan = Colluder(grid, owner="cat").register(), Colluder(grid, owner="dan").register()
+    run(grid, [ann, cat, dan], [])
+    grid.wait_until_done(job["id"], alice)
+    assert grid.app.store.get_worker(ann.address).quarantined_at is not None  # outvoted by the team
+    grid.client.post("/v1/ledger/seal", headers=grid.headers())
+    grid.app.sealer.step()
+    assert grid.client.get("/v1/ledger/slashes").json() == []  # not before the slash delay
+
+    assert grid.app.store.provable_lie(grid.app.store.get_worker(ann.address).id) is not None
+    with grid.app.store._write() as conn:  # the team is caught in its turn (a gold task, an audit...)
+        conn.execute(update(schema.workers).where(schema.workers.c.address.in_([cat.address, dan.address]))
+                     .values(quarantined_at=time.time(), quarantine_reason="failed a gold task (echo)"))
+    assert grid.app.store.provable_lie(grid.app.store.get_worker(ann.address).id) is None
+    grid.app.settings.slash_delay_seconds = 0
+    grid.app.sealer.step()
+    assert grid.client.get("/v1/ledger/slashes").json() == []
+    assert grid.client.get(f"/v1/ledger/accounts/{ann.address}").json()["stake"]["active"] == "100"
