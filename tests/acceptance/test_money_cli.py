@@ -10,6 +10,7 @@ import pytest
 
 from coopgrid.app import coordinator_identity
 from coopgrid.config import Settings
+from coopgrid.datasets import sequence
 from coopgrid.identity import Identity
 from coopgrid.local import KEY_PASSWORD
 from tests.acceptance.test_ledger_cli import cli
@@ -145,3 +146,35 @@ def test_a_funded_job_with_a_slashed_cheater_and_a_refund_on_anvil(grid, anvil, 
     alone = cli(grid, "verify", "--slash", slash["tx_hash"], "--bundle", str(tmp_path / "bundle.json"),
                 "--rpc-url", anvil.url, "--contract", contract)
     assert "verified" in alone.stdout and workers[2].address in flat(alone.stdout)
+
+
+def test_a_coordinator_killed_between_funding_and_the_first_lease_loses_and_double_pays_nothing(grid):
+    from coopgrid.client import ApiClient
+
+    url = grid.start_coordinator("--seal-every-seconds", "3600")
+    submitter = Identity.load_or_create(grid.data_dir / "submitter" / "key.json", KEY_PASSWORD)
+    tasks_n = ITEMS // TASK_SIZE
+    cli(grid, "ledger", "mint", submitter.address, str(REWARD * tasks_n))
+    with ApiClient(grid.url, grid.token) as client:
+        job = client.submit({"task_type": "echo", "dataset": client.put_blob(
+            sequence(ITEMS).to_npz()), "task_size": TASK_SIZE,
+            "reward_per_task": REWARD, "funder": submitter.address, "min_stake": 0,
+            "trust": {"replicas": 1, "quorum": 1, "adaptive": False, "gold_rate": 0}})
+        assert job["state"] == "unfunded"
+        contract = client.account(submitter.address)["contract"]
+        client.send_calls(submitter, [("approve", [contract, REWARD * tasks_n]),
+                                      ("fund", [bytes.fromhex(job["id"]), REWARD * tasks_n, 2**34])])
+    grid.kill_coordinator()  # funded on chain; the coordinator never heard of it, no task leased
+
+    grid.start_coordinator("--seal-every-seconds", "3600", port=int(url.rsplit(":", 1)[1]))
+    grid.start_worker(0, "--batch", "5")  # the sealer's loop sees the escrow funded and leases the job
+    with ApiClient(grid.url, grid.token) as client:
+        client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=120)
+    cli(grid, "ledger", "seal")
+    worker_key = grid.data_dir / "workers" / "0" / "key.json"
+    claimed = cli(grid, "ledger", "claim", "--key-file", str(worker_key))
+    assert f"claimed {REWARD * tasks_n} for" in flat(claimed.stdout)
+    escrow = httpx.get(f"{grid.url}/v1/jobs/{job['id']}/escrow", headers={"authorization": f"Bearer {grid.token}"}).json()
+    assert (escrow["budget"], escrow["spent"], escrow["unspent"]) == (str(REWARD * tasks_n),) * 2 + ("0",)
+    info = httpx.get(f"{grid.url}/v1/ledger").json()
+    assert (info["spent"], info["claimed"]) == (str(REWARD * tasks_n),) * 2

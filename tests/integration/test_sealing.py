@@ -163,10 +163,12 @@ def test_a_crash_around_sending_an_epoch_commits_it_exactly_once(tmp_path, crash
         assert app.ledger.last_epoch() == 1
         commit = app.ledger.epoch_commit(1)
         assert commit.results_root == epoch.results_root and commit.result_count == 4
+        assert app.ledger.totals() == (4, 0)  # the job's spend committed once, not twice
         # the next epoch still goes through: no nonce or sequence left behind
         run_job(app, 3, reward=1)
         (second,) = app.sealer.step(force=True)
         assert second.number == 2 and app.ledger.last_epoch() == 2
+        assert app.ledger.totals() == (7, 0)
     finally:
         app.close()
 
