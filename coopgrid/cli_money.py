@@ -7,6 +7,7 @@ its own tokens, a worker stakes its own, and neither hands its key to anyone.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,10 @@ def send_calls(
 
     info = account(coordinator, me.address)
     acct = wallet.Account.from_json(info)
+    pinned = os.environ.get("COOPGRID_CONTRACT")
+    if pinned and pinned.lower() != acct.contract.lower():  # the coordinator names the contract you approve
+        fail(f"the coordinator names the ledger contract {acct.contract}, not COOPGRID_CONTRACT={pinned}: "
+             "nothing was signed")
     gas = sum(wallet.CALLS[name][2] for name, _ in calls) * acct.max_fee_per_gas
     if int(info["ether"]) < gas:
         fail(f"{me.address} holds {int(info['ether'])} wei of ether; its transactions may cost up to {gas} in gas. "

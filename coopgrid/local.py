@@ -64,7 +64,11 @@ class LocalGrid:
                     f"the coordinator exited with {self.coordinator.returncode}; see {self.log_dir}/coordinator.log"
                 )
             if info.exists():
-                url = json.loads(info.read_text())["url"]
+                try:  # the coordinator may be writing it right now
+                    url = json.loads(info.read_text())["url"]
+                except (ValueError, KeyError):
+                    time.sleep(0.05)
+                    continue
                 try:
                     if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                         self.url = url
