@@ -1,0 +1,110 @@
+"""A decompression bomb named as a job's dataset, through the coordinator's HTTP API.
+
+The coordinator is the in-process one of ``test_api`` (a real app on a
+SQLite file, driven over HTTP with TestClient), so its memory is this
+process's: its peak resident memory while refusing the bomb is measured. The bomb is a 0.4 MiB
+.npz whose ``x`` member declares 384 MiB of zeros (as in the report) or more
+than the default limit; the coordinator must refuse it from the declared
+sizes, before decompressing anything.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hostile_payloads import write_npz_bomb
+from test_api import NO_REPLICATION, Grid, error_of, make_grid  # noqa: F401 (make_grid is a fixture)
+
+from coopgrid.config import Settings
+from coopgrid.datasets import sequence
+
+MiB = 1 << 20
+
+
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {key} in /proc/self/status")
+
+
+def peak_growth(call: Callable[[], Any]) -> tuple[Any, int]:
+    """``call()``'s result and how far this process's resident memory peaked above where it was.
+
+    The peak, not the end: a decoded bomb is freed again before the answer,
+    so only the high-water mark (VmHWM, reset through /proc/self/clear_refs)
+    shows it; where that cannot be reset, tracemalloc's peak (numpy reports
+    its buffers to it) stands in.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        tracemalloc.start()
+        try:
+            result = call()
+            return result, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    before = _status("VmRSS")
+    result = call()
+    return result, _status("VmHWM") - before
+
+
+def submit(grid: Grid, dataset: str, token: str) -> object:
+    spec = {"task_type": "echo", "dataset": dataset, "task_size": 1000, "trust": NO_REPLICATION}
+    return grid.client.post("/v1/jobs", json=spec, headers=grid.headers(token))
+
+
+@pytest.mark.parametrize(
+    ("settings", "declared"),
+    [
+        # the report's bomb: 384 MiB declared, against a coordinator that takes 64 MiB datasets
+        ({"max_dataset_bytes": 64 * MiB}, 384 * MiB),
+        # the default limit: a bomb just over it
+        ({}, Settings.model_fields["max_dataset_bytes"].default + 256 * MiB),
+    ],
+    ids=["384MiB-over-64MiB", "over-the-default"],
+)
+def test_a_bomb_dataset_is_refused_before_it_is_decompressed(
+    make_grid: Callable[..., Grid], tmp_path: Path, settings: dict, declared: int
+) -> None:
+    grid = make_grid(**settings)
+    alice = grid.new_token("alice")
+    # warm up every path the bomb takes (upload, submission, a job) so what is measured is the bomb
+    r = submit(grid, grid.upload(sequence(100).to_npz(), alice), alice)
+    assert r.status_code == 201, r.text
+    bomb = write_npz_bomb(tmp_path / "bomb.npz", declared).read_bytes()
+    assert len(bomb) < declared // 500  # small on the wire
+    digest = grid.upload(bomb, alice)
+    del bomb
+
+    r, grown = peak_growth(lambda: submit(grid, digest, alice))
+
+    assert r.status_code == 413, r.text
+    body = error_of(r)
+    limit = grid.app.settings.max_dataset_bytes
+    assert body["error"] == "TooLarge"
+    assert body["limit"] == limit and body["declared"] >= declared
+    # the message names the limit, the declared size and what to do
+    assert "max_dataset_bytes" in body["detail"] and str(limit) in body["detail"]
+    assert str(body["declared"]) in body["detail"] and "split" in body["detail"]
+    assert grown < 8 * MiB, f"the coordinator grew by {grown / MiB:.1f} MiB refusing the bomb"
+    assert grid.client.get("/healthz").json() == {"status": "ok"}
+    # and it still takes a legitimate dataset
+    r = submit(grid, grid.upload(sequence(10).to_npz(), alice), alice)
+    assert r.status_code == 201, r.text
+
+
+def test_a_dataset_with_more_items_than_allowed_is_refused(make_grid: Callable[..., Grid]) -> None:
+    grid = make_grid(max_dataset_items=1000)
+    alice = grid.new_token("alice")
+    r = submit(grid, grid.upload(sequence(1001).to_npz(), alice), alice)
+    assert r.status_code == 413, r.text
+    body = error_of(r)
+    assert body["limit"] == 1000 and body["declared"] == 1001
+    assert "max_dataset_items" in body["detail"]
+    assert submit(grid, grid.upload(sequence(1000).to_npz(), alice), alice).status_code == 201
