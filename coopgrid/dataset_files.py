@@ -12,15 +12,16 @@ is kept as a one-page PDF whose worker says why.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from coopgrid.datasets import (
     ANY_IMAGE_SUFFIXES, CSV_SUFFIXES, DEFAULT_LIMITS, PAGE_SEP, PARQUET_SUFFIXES, PDF_SUFFIXES, TEXT_SUFFIXES, Dataset,
     produced_dataset,
 )
-from coopgrid.errors import DatasetError
+from coopgrid.errors import DatasetError, TooLarge
 from coopgrid.limits import Budget, DatasetLimits, lines, pdf_page_pixels, read_parquet
 
 
@@ -136,10 +137,10 @@ def _text_items(files: list[Path], root: Path, budget: Budget) -> tuple[list[byt
                 if not line.strip():
                     continue
                 try:
-                    rec = json.loads(line)
+                    rec = orjson.loads(line)  # not json.loads: see coopgrid.limits.npz_meta
                     text, item_id = rec["text"], str(rec.get("id", f"{f.name}:{n}"))
                     items.append(text.encode("utf-8"))
-                except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                except (ValueError, KeyError, TypeError, AttributeError):
                     items.append(line)  # kept raw: its worker reports it
                     item_id = f"{f.name}:{n}"
                 budget.take(len(items[-1]), f.name)
@@ -250,7 +251,7 @@ def load_items(path: Path | str, pdf_dpi: int = 200, limits: DatasetLimits = DEF
         name = str(f.relative_to(root)) if root.is_dir() else f.name
         try:
             t = read_parquet(f, limits)
-        except DatasetError as exc:  # TooLarge too: name the file
+        except (DatasetError, TooLarge) as exc:  # name the file
             raise type(exc)(f"{name}: {exc.message}", **exc.data) from exc
         budget.take(t.nbytes, name, t.num_rows)
         tables.append(t)

@@ -27,7 +27,6 @@ on, so every honest worker must apply the same bound.
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 import warnings
@@ -230,7 +229,9 @@ def _npy_header(zf: zipfile.ZipFile, name: str, info: zipfile.ZipInfo) -> NpyHea
         )
     small = NPZ_SMALL.get(name)
     if small is not None and (len(shape) != 0 or nbytes > small):
-        raise DatasetError(f"the dataset's {name!r} must be one string of at most {small} bytes, not shape {shape} ({nbytes} bytes)")
+        raise DatasetError(
+            f"the dataset's {name!r} must be one string of at most {small} bytes, not shape {shape} ({nbytes} bytes)"
+        )
     return NpyHeader(tuple(shape), dtype, nbytes)
 
 
@@ -266,9 +267,15 @@ def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> np.ndarray:
 
 def npz_meta(arr: np.ndarray) -> dict[str, Any]:
     """The dataset's ``meta`` array (JSON text) as a dict."""
+    import orjson
+
     try:
-        meta = json.loads(str(arr))
-    except (ValueError, RecursionError) as exc:
+        # not json.loads: its C parser recurses once per nesting level, and the
+        # coordinator runs with a recursion limit of 100,000 (py-evm and py_ecc
+        # raise it on import), so a deep enough document overflows the C stack
+        # and kills the process; orjson stops at depth 1024
+        meta = orjson.loads(str(arr))
+    except ValueError as exc:
         raise DatasetError(f"the dataset's meta is not JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise DatasetError(f"the dataset's meta must be a JSON object, not {type(meta).__name__}")

@@ -108,3 +108,42 @@ def write_npz_bomb(path: Path | str, declared_bytes: int) -> Path:
     path = Path(path)
     write_zip(path, [npz_member("x.npy", npy_header(shape), declared_bytes)])
     return path
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid grayscale PNG of ``width`` x ``height`` black pixels, about a thousandth of its pixel count in size.
+
+    Its zlib stream is built like :func:`write_npz_bomb`'s (the Adler-32 of
+    n zeros is ``(n % 65521) << 16 | 1``), so nothing is compressed here.
+    """
+    n = height * (width + 1)  # each row: filter byte 0, then the pixels
+    stream = b"\x78\x01" + _zero_stream(n) + b"\x03\x00" + struct.pack(">I", ((n % 65521) << 16) | 1)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", stream) + _png_chunk(b"IEND", b"")
+
+
+def pdf_with_pages(*sizes: tuple[float, float]) -> bytes:
+    """A minimal valid PDF whose pages are blank and of the given (width, height) in points.
+
+    A 20000 x 20000 point page is a few hundred bytes and renders at 200 dpi
+    to 55,556 x 55,556 pixels (3 gigapixels).
+    """
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>"]
+    kids = " ".join(f"{3 + i} 0 R" for i in range(len(sizes)))
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(sizes)} >>".encode())
+    for w, h in sizes:
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w:g} {h:g}] /Resources << >> >>".encode())
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)

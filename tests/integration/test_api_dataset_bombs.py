@@ -10,17 +10,21 @@ sizes, before decompressing anything.
 
 from __future__ import annotations
 
+import io
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hostile_payloads import write_npz_bomb
 from test_api import NO_REPLICATION, Grid, error_of, make_grid  # noqa: F401 (make_grid is a fixture)
 
 from coopgrid.config import Settings
-from coopgrid.datasets import sequence
+from coopgrid.datasets import Dataset, sequence
 
 MiB = 1 << 20
 
@@ -97,6 +101,32 @@ def test_a_bomb_dataset_is_refused_before_it_is_decompressed(
     # and it still takes a legitimate dataset
     r = submit(grid, grid.upload(sequence(10).to_npz(), alice), alice)
     assert r.status_code == 201, r.text
+
+
+def test_a_parquet_dictionary_bomb_is_refused_before_it_is_expanded(make_grid: Callable[..., Grid]) -> None:
+    grid = make_grid()
+    alice = grid.new_token("alice")
+
+    def table_spec(column: pa.Array) -> dict[str, Any]:
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"v": column, "n": np.arange(len(column))}), buf, compression="zstd", store_schema=False)
+        table = Dataset(np.frombuffer(buf.getvalue(), np.uint8).copy(), kind="table", meta={"rows": len(column)})
+        digest = grid.upload(table.to_npz(), alice)
+        return {"task_type": "stats", "dataset": digest, "task_size": 1000, "trust": NO_REPLICATION}
+
+    # warm up: a legitimate table job of the same shape (Arrow's pools and codecs start)
+    r = grid.client.post("/v1/jobs", json=table_spec(pa.array(["a", "b"] * 50).dictionary_encode()), headers=grid.headers(alice))
+    assert r.status_code == 201, r.text
+    # one 1 MiB string on each of 100,000 rows: 100 GB decoded, 0.2 MB stored
+    rows = 100_000
+    spec = table_spec(pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)), pa.array(["7" * MiB])))
+
+    r, grown = peak_growth(lambda: grid.client.post("/v1/jobs", json=spec, headers=grid.headers(alice)))
+
+    assert r.status_code == 413, r.text
+    assert error_of(r)["declared"] >= rows * MiB and "max_dataset_bytes" in error_of(r)["detail"]
+    assert grown < 16 * MiB, f"the coordinator grew by {grown / MiB:.1f} MiB refusing the bomb"
+    assert grid.client.get("/healthz").json() == {"status": "ok"}
 
 
 def test_a_dataset_with_more_items_than_allowed_is_refused(make_grid: Callable[..., Grid]) -> None:
