@@ -11,7 +11,6 @@ sizes, before decompressing anything.
 from __future__ import annotations
 
 import io
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,41 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hostile_payloads import write_npz_bomb
+from memory_peak import peak_growth
 from test_api import NO_REPLICATION, Grid, error_of, make_grid  # noqa: F401 (make_grid is a fixture)
 
 from coopgrid.config import Settings
 from coopgrid.datasets import Dataset, sequence
 
 MiB = 1 << 20
-
-
-def _status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {key} in /proc/self/status")
-
-
-def peak_growth(call: Callable[[], Any]) -> tuple[Any, int]:
-    """``call()``'s result and how far this process's resident memory peaked above where it was.
-
-    The peak, not the end: a decoded bomb is freed again before the answer,
-    so only the high-water mark (VmHWM, reset through /proc/self/clear_refs)
-    shows it; where that cannot be reset, tracemalloc's peak (numpy reports
-    its buffers to it) stands in.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        tracemalloc.start()
-        try:
-            result = call()
-            return result, tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-    before = _status("VmRSS")
-    result = call()
-    return result, _status("VmHWM") - before
 
 
 def submit(grid: Grid, dataset: str, token: str) -> object:
@@ -69,7 +40,7 @@ def submit(grid: Grid, dataset: str, token: str) -> object:
         # the report's bomb: 384 MiB declared, against a coordinator that takes 64 MiB datasets
         ({"max_dataset_bytes": 64 * MiB}, 384 * MiB),
         # the default limit: a bomb just over it
-        ({}, Settings.model_fields["max_dataset_bytes"].default + 256 * MiB),
+        ({}, Settings.model_fields["max_dataset_bytes"].default + 64 * MiB),
     ],
     ids=["384MiB-over-64MiB", "over-the-default"],
 )
@@ -104,7 +75,7 @@ def test_a_bomb_dataset_is_refused_before_it_is_decompressed(
 
 
 def test_a_parquet_dictionary_bomb_is_refused_before_it_is_expanded(make_grid: Callable[..., Grid]) -> None:
-    grid = make_grid()
+    grid = make_grid(max_dataset_bytes=64 * MiB)
     alice = grid.new_token("alice")
 
     def table_spec(column: pa.Array) -> dict[str, Any]:
@@ -117,14 +88,15 @@ def test_a_parquet_dictionary_bomb_is_refused_before_it_is_expanded(make_grid: C
     # warm up: a legitimate table job of the same shape (Arrow's pools and codecs start)
     r = grid.client.post("/v1/jobs", json=table_spec(pa.array(["a", "b"] * 50).dictionary_encode()), headers=grid.headers(alice))
     assert r.status_code == 201, r.text
-    # one 1 MiB string on each of 100,000 rows: 100 GB decoded, 0.2 MB stored
-    rows = 100_000
-    spec = table_spec(pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)), pa.array(["7" * MiB])))
+    # one 64 KiB string on each of 8,192 rows: 512 MiB decoded, a few KiB stored (sized so that,
+    # were the check to break, the test would fail without exhausting the machine)
+    rows, value = 8192, 64 * 1024
+    spec = table_spec(pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)), pa.array(["7" * value])))
 
     r, grown = peak_growth(lambda: grid.client.post("/v1/jobs", json=spec, headers=grid.headers(alice)))
 
     assert r.status_code == 413, r.text
-    assert error_of(r)["declared"] >= rows * MiB and "max_dataset_bytes" in error_of(r)["detail"]
+    assert error_of(r)["declared"] >= rows * value and "max_dataset_bytes" in error_of(r)["detail"]
     assert grown < 16 * MiB, f"the coordinator grew by {grown / MiB:.1f} MiB refusing the bomb"
     assert grid.client.get("/healthz").json() == {"status": "ok"}
 
