@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from coopgrid.datasets import (
-    ANY_IMAGE_SUFFIXES, CSV_SUFFIXES, DEFAULT_LIMITS, PAGE_SEP, PARQUET_SUFFIXES, PDF_SUFFIXES, TEXT_SUFFIXES, Dataset,
+    ANY_IMAGE_SUFFIXES, CSV_SUFFIXES, PAGE_SEP, PARQUET_SUFFIXES, PDF_SUFFIXES, TEXT_SUFFIXES, Dataset,
     produced_dataset,
 )
 from coopgrid.errors import DatasetError, TooLarge
@@ -212,13 +212,15 @@ def _csv_items(files: list[Path], root: Path, budget: Budget) -> tuple[list[byte
     return items, ids, {"header": header, "delimiter": delimiter}
 
 
-def load_items(path: Path | str, pdf_dpi: int = 200, limits: DatasetLimits = DEFAULT_LIMITS) -> Dataset:
+def load_items(path: Path | str, pdf_dpi: int = 200, limits: DatasetLimits | None = None) -> Dataset:
     """A file or directory of images/PDFs, text, CSV or Parquet as items (see the module docstring).
 
-    Refused (TooLarge) as soon as what is read passes ``limits``.
+    Refused (TooLarge) as soon as what is read passes ``limits`` (default:
+    :meth:`DatasetLimits.from_env`).
     """
     import pyarrow as pa
 
+    limits = limits or DatasetLimits.from_env()
     budget = Budget(limits)
     root = Path(path)
     if root.is_dir():

@@ -352,7 +352,7 @@ def images_dir(path: Path, size: tuple[int, int], value_max: float) -> Dataset:
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DatasetError(f"{path} holds no PNG or JPEG images")
-    DEFAULT_LIMITS.check_items(len(files), "images")
+    DatasetLimits.from_env().check_items(len(files), "images")
     rows = []
     for f in files:
         try:
@@ -404,7 +404,7 @@ def load(spec: str, image_size: tuple[int, int] = (8, 8), value_max: float = 16.
     ):
         return images_dir(path, image_size, value_max)
     if path.suffix == ".npz" and path.is_file():
-        return Dataset.from_npz(path)
+        return Dataset.from_npz(path, DatasetLimits.from_env())
     if path.exists():
         from coopgrid.dataset_files import load_items
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import warnings
 import zipfile
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from coopgrid.errors import DatasetError, TooLarge
+from coopgrid.errors import ConfigError, DatasetError, TooLarge
 
 #: defaults of Settings.max_dataset_bytes / max_dataset_items
 DEFAULT_MAX_BYTES = 1 << 30
@@ -64,6 +65,21 @@ class DatasetLimits:
 
     max_bytes: int = DEFAULT_MAX_BYTES
     max_items: int = DEFAULT_MAX_ITEMS
+
+    @classmethod
+    def from_env(cls) -> DatasetLimits:
+        """The limits COOPGRID_MAX_DATASET_BYTES / _ITEMS set, else the defaults.
+
+        For reading files on a submitter's machine, which has no coordinator
+        settings (the coordinator's Settings read the same variables).
+        """
+        try:
+            return cls(
+                int(os.environ.get("COOPGRID_MAX_DATASET_BYTES", DEFAULT_MAX_BYTES)),
+                int(os.environ.get("COOPGRID_MAX_DATASET_ITEMS", DEFAULT_MAX_ITEMS)),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"COOPGRID_MAX_DATASET_BYTES / _ITEMS must be whole numbers: {exc}") from None
 
     def check_bytes(self, declared: int, what: str) -> None:
         if declared > self.max_bytes:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from coopgrid import tasks
 from coopgrid.dataset_files import load_items, render_pdf
 from coopgrid.datasets import Dataset
-from coopgrid.errors import TooLarge
+from coopgrid.errors import ConfigError, TooLarge
 from coopgrid.limits import MAX_ITEM_PIXELS, DatasetLimits
 from coopgrid.tasks.base import run_local
 from coopgrid.tasks.common import decode_image
@@ -142,3 +142,14 @@ def test_a_directory_of_files_stops_at_the_byte_limit_before_reading_past_it(tmp
     assert len(load_items(tmp_path, limits=DatasetLimits(max_bytes=3000))) == 3
     with pytest.raises(TooLarge, match="2.txt"):
         load_items(tmp_path, limits=DatasetLimits(max_bytes=2999))
+
+
+def test_reading_files_takes_its_limits_from_the_environment(tmp_path, monkeypatch):
+    (tmp_path / "lines.txt").write_text("a\nb\nc\n")
+    assert len(load_items(tmp_path / "lines.txt")) == 3
+    monkeypatch.setenv("COOPGRID_MAX_DATASET_ITEMS", "2")
+    with pytest.raises(TooLarge, match="limit of 2"):
+        load_items(tmp_path / "lines.txt")
+    monkeypatch.setenv("COOPGRID_MAX_DATASET_ITEMS", "many")
+    with pytest.raises(ConfigError, match="whole numbers"):
+        load_items(tmp_path / "lines.txt")
