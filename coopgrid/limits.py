@@ -22,6 +22,11 @@ bytes *declare* first and refuses before decompressing anything:
 Item bounds are constants, not settings: a worker's reason for refusing an
 item is part of its task's output, which the replicas of the task must agree
 on, so every honest worker must apply the same bound.
+
+Not covered: a Parquet page header declares its own uncompressed size (up to
+2 GiB), which Arrow inflates whatever the footer says; pdfium parses a PDF's
+content streams as it renders. Bounding those takes a process limit
+(RLIMIT_AS, a cgroup), not a check here.
 """
 
 from __future__ import annotations
