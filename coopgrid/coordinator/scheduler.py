@@ -19,6 +19,7 @@ from coopgrid import tasks
 from coopgrid.blobs import BlobStore
 from coopgrid.config import REWARD_CEILING, Settings
 from coopgrid.datasets import Dataset
+from coopgrid.limits import DatasetLimits
 from coopgrid.coordinator.trust import TrustPolicy, gold_probability
 from coopgrid.coordinator.validation import Validator
 from coopgrid.errors import AuthError, DatasetError, Forbidden, IntegrityError, InvalidInput, JobNotFound, LeaseError
@@ -88,7 +89,8 @@ class Scheduler:
             model_hash = model.hash
         elif spec.model:
             raise InvalidInput(f"{spec.task_type!r} jobs take no model")
-        dataset = Dataset.from_npz(self.blobs.get(spec.dataset))
+        limits = DatasetLimits(self.settings.max_dataset_bytes, self.settings.max_dataset_items)
+        dataset = Dataset.from_npz(self.blobs.get(spec.dataset), limits)
         new_tasks = []
         first = 0
         try:

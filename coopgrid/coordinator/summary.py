@@ -38,7 +38,8 @@ class Summarizer:
                 return job
             task_type = tasks.get(job.task_type)
             params = task_type.validate_params(job.params)
-            dataset = Dataset.from_npz(self.blobs.get(job.dataset_hash))
+            # accepted at submission, under the limits of then (which may since have been lowered)
+            dataset = Dataset.from_npz(self.blobs.get(job.dataset_hash), limits=None)
             outputs = [
                 TaskOutput(o.task_index, o.first_item, o.n_items, o.worker_address, task_type.decode(o.output))
                 for o in self.store.accepted_outputs(job_id)
