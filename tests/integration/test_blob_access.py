@@ -1,7 +1,8 @@
 """Who may read a blob: knowing its hash is no credential (coopgrid/coordinator/access.py).
 
 The store's relations first (grants, job owners, live leases), once per backend
-through the ``store`` fixture; then the HTTP API in process, on a coordinator
+through the ``store`` fixture, and migration 0006's grants for jobs finished
+before it; then the HTTP API in process, on a coordinator
 whose database is each backend in turn, with real signed worker requests.
 Every job here runs with ``inline_input_bytes=0``, so each task input is a blob
 a worker has to fetch with GET /v1/blobs, as large inputs are in production.
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from fastapi.testclient import TestClient
 from httpx import Response
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from coopgrid import tasks
 from coopgrid.app import build
@@ -28,6 +30,8 @@ from coopgrid.protocol import ZERO_HASH, ResultRef, b64encode, sha256_hex
 from coopgrid.store import SqlStore
 from coopgrid.store import schema as s
 from coopgrid.store.base import IncomingResult, ModelRecord, NewJob, NewTask
+from coopgrid.store.migrate import alembic_config, upgrade
+from coopgrid.store.sql import open_engine
 
 try:  # the tests tree as packages (python -m pytest from the repo root)
     from tests.integration.test_api import NO_REPLICATION, Grid, Worker, coordinator_settings
@@ -134,6 +138,31 @@ def test_a_worker_reads_a_blob_only_while_it_holds_a_live_lease_needing_it(store
     again = store.lease(v.id, 5, ["echo"], LEASE, lease.expires_at + 2)
     assert again is not None and inputs[1] in {r.input_hash for r in again.replicas}
     assert store.worker_reads_blob(inputs[1], v.id, lease.expires_at + 3)
+
+
+def test_the_migration_grants_finished_jobs_owners_their_outputs_and_downgrades(store_url: str) -> None:
+    engine = open_engine(store_url)
+    try:
+        upgrade(engine, "0005")
+        output, artefact = a_hash(), a_hash()
+        job = {"owner_token_id": 1, "name": "j", "task_type": "preprocess", "params": "{}", "n_items": 1,
+               "n_tasks": 1, "task_size": 1, "reward_per_task": "0", "created_at": T0}
+        with engine.begin() as conn:
+            conn.execute(insert(s.tokens).values(id=1, name="alice", role="submitter", secret_hash="x" * 64, created_at=T0))
+            conn.execute(insert(s.jobs).values(id="a" * 64, dataset_hash=a_hash(), state="running", **job))
+            conn.execute(insert(s.jobs).values(
+                id="b" * 64, dataset_hash=a_hash(), state="done", output_hash=output,
+                summary=f'{{"blobs": {{"dataset": "{artefact}"}}, "items": 1}}', **job,
+            ))
+        upgrade(engine)
+        store = SqlStore(engine)
+        assert store.token_reads_blob(output, 1) and store.token_reads_blob(artefact, 1)
+        with engine.connect() as conn:
+            assert sorted(conn.execute(select(s.blob_readers.c.blob)).scalars()) == sorted([output, artefact])
+        command.downgrade(alembic_config(engine), "0005")
+        command.upgrade(alembic_config(engine), "head")
+    finally:
+        engine.dispose()
 
 
 # -- the HTTP API --------------------------------------------------------------------------
