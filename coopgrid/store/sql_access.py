@@ -1,9 +1,9 @@
 """Who may read a blob, in the SQL store (a mixin of :class:`SqlStore`).
 
-Each lookup is one statement on indexes: ``blob_readers``' primary key,
+Every lookup is a statement or two on indexes: ``blob_readers``' primary key,
 ``ix_jobs_dataset``, ``ix_tasks_input_blob`` (blob inputs only) and
-``ix_leases_worker_open`` (a worker's open leases, a handful of rows). The
-decision itself is :func:`coopgrid.coordinator.access.can_read`.
+``ix_leases_worker_open`` (a worker's open leases, a handful of rows); none
+scans a table. The decision itself is :func:`coopgrid.coordinator.access.can_read`.
 """
 
 from __future__ import annotations
@@ -11,24 +11,35 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import exists, select, text
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from coopgrid.store import schema as s
 from coopgrid.store.schema import ReplicaState
 
+# Published models' bytes (a manifest lives in the models row, not in a blob).
+_PUBLIC = text("SELECT 1 FROM models WHERE hash = :blob")
+# A token's own: a grant, or a job it owns using the blob as its dataset or as a task's input.
+_TOKEN_READS = text(
+    "SELECT EXISTS (SELECT 1 FROM blob_readers WHERE blob = :blob AND token_id = :token)"
+    " OR EXISTS (SELECT 1 FROM jobs WHERE dataset_hash = :blob AND owner_token_id = :token)"
+    " OR EXISTS (SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id"
+    " WHERE t.input_hash = :blob AND t.input_data IS NULL AND j.owner_token_id = :token)"
+)
 # A worker's live replicas: leased, not answered yet, in an open lease not past its deadline.
-# Inputs are looked up from the task (its replicas are few); the dataset from the worker's
-# open leases (a job's leased replicas may be thousands, one worker's are one batch).
-# CROSS JOIN makes SQLite keep that order; PostgreSQL plans it as any inner join.
-_WORKER_READS = text(
-    "SELECT EXISTS (SELECT 1 FROM tasks t JOIN replicas r ON r.task_id = t.id JOIN leases l ON l.id = r.lease_id"
+# An input is looked up from its task (a task has a few replicas): the read workers make.
+_WORKER_READS_INPUT = text(
+    "SELECT 1 FROM tasks t JOIN replicas r ON r.task_id = t.id JOIN leases l ON l.id = r.lease_id"
     " WHERE t.input_hash = :blob AND t.input_data IS NULL AND r.worker_id = :worker AND r.state = :leased"
-    " AND l.state = 'open' AND l.expires_at >= :now)"
-    " OR EXISTS (SELECT 1 FROM leases l CROSS JOIN replicas r CROSS JOIN jobs j"
+    " AND l.state = 'open' AND l.expires_at >= :now LIMIT 1"
+)
+# A dataset from the worker's open leases: a job's leased replicas may be thousands, one
+# worker's are its batch. CROSS JOIN keeps that order in SQLite; PostgreSQL plans it as a join.
+_WORKER_READS_DATASET = text(
+    "SELECT 1 FROM leases l CROSS JOIN replicas r CROSS JOIN jobs j"
     " WHERE l.worker_id = :worker AND l.state = 'open' AND l.expires_at >= :now"
-    " AND r.lease_id = l.id AND r.state = :leased AND j.id = r.job_id AND j.dataset_hash = :blob)"
+    " AND r.lease_id = l.id AND r.state = :leased AND j.id = r.job_id AND j.dataset_hash = :blob LIMIT 1"
 )
 
 
@@ -51,20 +62,16 @@ class AccessQueries:
 
     def public_blob(self, blob: str) -> bool:
         with self._read() as conn:
-            return conn.execute(select(s.models.c.hash).where(s.models.c.hash == blob)).first() is not None
+            return conn.execute(_PUBLIC, {"blob": blob}).first() is not None
 
     def token_reads_blob(self, blob: str, token_id: int) -> bool:
-        granted = exists().where(s.blob_readers.c.blob == blob, s.blob_readers.c.token_id == token_id)
-        dataset = exists().where(s.jobs.c.dataset_hash == blob, s.jobs.c.owner_token_id == token_id)
-        task_input = (
-            exists()
-            .select_from(s.tasks.join(s.jobs, s.jobs.c.id == s.tasks.c.job_id))
-            .where(s.tasks.c.input_hash == blob, s.tasks.c.input_data.is_(None), s.jobs.c.owner_token_id == token_id)
-        )
         with self._read() as conn:
-            return bool(conn.execute(select(granted | dataset | task_input)).scalar())
+            return bool(conn.execute(_TOKEN_READS, {"blob": blob, "token": token_id}).scalar())
 
     def worker_reads_blob(self, blob: str, worker_id: int, now: float) -> bool:
         params = {"blob": blob, "worker": worker_id, "now": now, "leased": int(ReplicaState.LEASED)}
         with self._read() as conn:
-            return bool(conn.execute(_WORKER_READS, params).scalar())
+            for query in (_WORKER_READS_INPUT, _WORKER_READS_DATASET):
+                if conn.execute(query, params).first() is not None:
+                    return True
+        return False
