@@ -1,7 +1,7 @@
 """Who may read a blob: knowing its hash is no credential (coopgrid/coordinator/access.py).
 
 The store's relations first (grants, job owners, live leases), once per backend
-through the ``store`` fixture, and migration 0006's grants for jobs finished
+through the ``store`` fixture, and migration 0008's grants for jobs finished
 before it; then the HTTP API in process, on a coordinator
 whose database is each backend in turn, with real signed worker requests.
 Every job here runs with ``inline_input_bytes=0``, so each task input is a blob
@@ -143,7 +143,7 @@ def test_a_worker_reads_a_blob_only_while_it_holds_a_live_lease_needing_it(store
 def test_the_migration_grants_finished_jobs_owners_their_outputs_and_downgrades(store_url: str) -> None:
     engine = open_engine(store_url)
     try:
-        upgrade(engine, "0005")
+        upgrade(engine, "0007")
         output, artefact = a_hash(), a_hash()
         job = {"owner_token_id": 1, "name": "j", "task_type": "preprocess", "params": "{}", "n_items": 1,
                "n_tasks": 1, "task_size": 1, "reward_per_task": "0", "created_at": T0}
@@ -159,7 +159,7 @@ def test_the_migration_grants_finished_jobs_owners_their_outputs_and_downgrades(
         assert store.token_reads_blob(output, 1) and store.token_reads_blob(artefact, 1)
         with engine.connect() as conn:
             assert sorted(conn.execute(select(s.blob_readers.c.blob)).scalars()) == sorted([output, artefact])
-        command.downgrade(alembic_config(engine), "0005")
+        command.downgrade(alembic_config(engine), "0007")
         command.upgrade(alembic_config(engine), "head")
     finally:
         engine.dispose()
@@ -181,7 +181,7 @@ def grid(store_url: str, tmp_path: Path) -> Iterator[Grid]:
 
 
 def worker_get(w: Worker, path: str) -> Response:
-    return w.grid.client.get(path, headers=w.identity.request_headers("GET", path, b""))
+    return w.grid.client.get(path, headers=w.identity.request_headers("GET", path, b"", w.grid.app.auth.grid))
 
 
 def fetch(grid: Grid, digest: str, who: str | Worker) -> Response:
