@@ -52,7 +52,9 @@ class Summarizer:
                 output_hash = self.blobs.put(out.read_bytes())
             now = time.time()
             summary = self.figures(job, now) | figures
-            self.store.finish_job(job_id, summary, output_hash, now)
+            # the owner reads its output and artefacts (e.g. the next job's dataset); no one else
+            artefacts = list((figures.get("blobs") or {}).values())
+            self.store.finish_job(job_id, summary, output_hash, now, artefacts)
             log.info("job %s done: %s", job_id, summary)
             return self.store.get_job(job_id)
 
