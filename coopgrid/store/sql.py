@@ -41,6 +41,7 @@ from coopgrid.store.base import (
     WorkerRecord,
 )
 from coopgrid.store.sql_ledger import LedgerQueries
+from coopgrid.store.sql_metrics import MetricsQueries
 from coopgrid.store.sql_trust import TrustQueries
 from coopgrid.store.schema import JobState, ReplicaKind, ReplicaState, ResultStatus, TaskState
 
@@ -127,7 +128,7 @@ def _worker(row: Any) -> WorkerRecord:
     )
 
 
-class SqlStore(TrustQueries, LedgerQueries, Store):
+class SqlStore(TrustQueries, LedgerQueries, MetricsQueries, Store):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
