@@ -111,7 +111,11 @@ def coordinator(
         )
     except ValidationError as exc:
         fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-    serve(settings, operator_token_file, announce=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    if log_format == "json":  # every line a JSON object, the coordinator's own announcements too
+        announce = lambda m: logging.getLogger("coopgrid.coordinator").info(m, extra={"event": "coordinator"})  # noqa: E731
+    else:
+        announce = lambda m: console.print(m, highlight=False, soft_wrap=True)  # noqa: E731
+    serve(settings, operator_token_file, announce=announce)
 
 
 # -- worker -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ the object beside the message, so collectors need not parse text.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import sys
 from typing import Any
@@ -27,7 +28,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": round(record.created, 3),
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
