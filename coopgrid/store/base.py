@@ -300,6 +300,7 @@ class GridFigures:
     open_leases: int
     replicas: dict[tuple[str, str], int]  # (kind, state) -> replicas of running jobs
     queue_depth: dict[str, int]  # running job -> replicas waiting for a worker
+    queued: int  # replicas waiting for a worker, in all
     workers: dict[str, int]  # active | idle | quarantined -> workers
     jobs: dict[str, int]  # state -> jobs
     epochs: dict[str, int]  # state -> epochs
@@ -553,8 +554,11 @@ class Store(abc.ABC):
     # -- figures ------------------------------------------------------------------
 
     @abc.abstractmethod
-    def grid_figures(self, seen_since: float) -> GridFigures:
-        """Leases, replicas, queues, workers (active: seen since ``seen_since``), jobs and epochs; cheap."""
+    def grid_figures(self, seen_since: float, replicas: bool = True) -> GridFigures:
+        """Leases, queues, workers (active: seen since ``seen_since``), jobs and epochs.
+
+        ``replicas``: also count the replicas of running jobs by kind, state and job (O(those replicas));
+        without, ``replicas`` and ``queue_depth`` are empty and only the total ``queued`` is counted."""
 
     @abc.abstractmethod
     def failure_reasons(self, job_id: str, limit: int = 20) -> list[tuple[str, int]]:

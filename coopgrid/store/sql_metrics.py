@@ -21,27 +21,34 @@ class MetricsQueries:
 
     _read: Any
 
-    def grid_figures(self, seen_since: float) -> GridFigures:
+    def grid_figures(self, seen_since: float, replicas: bool = True) -> GridFigures:
         running = select(s.jobs.c.id).where(s.jobs.c.state == JobState.RUNNING.value)
+        by_kind: dict[tuple[str, str], int] = {}
+        ready: dict[str, int] = {}
         with self._read() as conn:
             open_leases = conn.execute(
                 select(func.count()).select_from(s.leases).where(s.leases.c.state == "open")
             ).scalar_one()
-            # the replicas of running jobs only: finished jobs' replicas never change again
-            replicas: dict[tuple[str, str], int] = {}
-            ready: dict[str, int] = {}
-            rows = conn.execute(
-                select(s.replicas.c.job_id, s.replicas.c.kind, s.replicas.c.state, func.count())
-                .where(s.replicas.c.job_id.in_(running))
-                .group_by(s.replicas.c.job_id, s.replicas.c.kind, s.replicas.c.state)
-            )
-            for job_id, kind, state, n in rows:
-                name = ReplicaState(state).name.lower()
-                replicas[(kind, name)] = replicas.get((kind, name), 0) + n
-                if state == ReplicaState.READY:
-                    ready[job_id] = ready.get(job_id, 0) + n
-            for (job_id,) in conn.execute(running):
-                ready.setdefault(job_id, 0)
+            if replicas:
+                # the replicas of running jobs only: finished jobs' replicas never change again. O(replicas
+                # of running jobs): about 0.1 s for 50,000 on SQLite, fine for a scrape every 15 s or more
+                rows = conn.execute(
+                    select(s.replicas.c.job_id, s.replicas.c.kind, s.replicas.c.state, func.count())
+                    .where(s.replicas.c.job_id.in_(running))
+                    .group_by(s.replicas.c.job_id, s.replicas.c.kind, s.replicas.c.state)
+                )
+                for job_id, kind, state, n in rows:
+                    name = ReplicaState(state).name.lower()
+                    by_kind[(kind, name)] = by_kind.get((kind, name), 0) + n
+                    if state == ReplicaState.READY:
+                        ready[job_id] = ready.get(job_id, 0) + n
+                for (job_id,) in conn.execute(running):
+                    ready.setdefault(job_id, 0)
+                queued = sum(ready.values())
+            else:  # the total alone, from the partial index of ready replicas
+                queued = conn.execute(
+                    select(func.count()).select_from(s.replicas).where(s.replicas.c.state == int(ReplicaState.READY))
+                ).scalar_one()
             workers = {"active": 0, "idle": 0, "quarantined": 0}
             for quarantined, active, n in conn.execute(
                 select(
@@ -55,8 +62,8 @@ class MetricsQueries:
             ).scalar()
             epochs = dict(conn.execute(select(s.epochs.c.state, func.count()).group_by(s.epochs.c.state)).all())
         return GridFigures(
-            open_leases=open_leases, replicas=replicas, queue_depth=ready, workers=workers, jobs=jobs,
-            epochs=epochs, last_commit=last_commit,
+            open_leases=open_leases, replicas=by_kind, queue_depth=ready, queued=queued, workers=workers,
+            jobs=jobs, epochs=epochs, last_commit=last_commit,
         )
 
     def failure_reasons(self, job_id: str, limit: int = 20) -> list[tuple[str, int]]:

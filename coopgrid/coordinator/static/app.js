@@ -4,6 +4,8 @@
 "use strict";
 
 const POLL_MS = 1500;
+// views whose API calls read more of the store are asked less often
+const POLL_SLOW = { workers: 5000, epochs: 3000, models: 10000 };
 const TOKEN_KEY = "coopgrid-token";
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
@@ -451,7 +453,7 @@ async function refresh() {
     status.textContent = `could not update: ${e.message}`;
     if (e.status === 404) $("#view").replaceChildren(h("div", { class: "card" }, h("p", {}, e.message)));
   }
-  state.timer = setTimeout(refresh, POLL_MS);
+  state.timer = setTimeout(refresh, POLL_SLOW[r.view] || POLL_MS);
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
