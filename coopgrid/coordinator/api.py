@@ -35,6 +35,7 @@ from coopgrid.errors import AuthError, Conflict, CoopgridError, Forbidden, Inval
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
 from coopgrid.store.base import JobRecord, ModelRecord, Token
+from coopgrid.coordinator.access import can_read, unreadable
 from coopgrid.coordinator.scheduler import JobSpec
 
 log = logging.getLogger(__name__)
@@ -251,15 +252,20 @@ def create_api(app: App) -> FastAPI:
             if not blob.size:
                 raise InvalidInput("the upload is empty")
             digest = await run_in_threadpool(blob.commit)
+        await run_in_threadpool(app.store.grant_blob, digest, tok.id)  # whoever has the bytes may read them
         return {"sha256": digest, "size": blob.size}
 
     @api.get("/v1/blobs/{digest}", tags=["blobs"])
     async def get_blob(digest: str, request: Request) -> Any:
-        if request.scope.get("state", {}).get(STATE_TOKEN) is None:
-            await worker_of(request)
-        path = app.blobs.path(digest)
-        if not path.exists():
-            app.blobs.get(digest)  # raises BlobNotFound with the usual message
+        """A blob's bytes, for a caller that may read them (see coopgrid/coordinator/access.py).
+
+        A blob the caller may not read is answered exactly like a missing one (404)."""
+        who = request.scope.get("state", {}).get(STATE_TOKEN)
+        if who is None:
+            who = await worker_of(request)
+        path = app.blobs.path(digest)  # a malformed hash is 422 before anything is looked up
+        if not await run_in_threadpool(can_read, app.store, who, digest, time.time()) or not path.exists():
+            raise unreadable(digest)
         return FileResponse(path, media_type="application/octet-stream")
 
     # -- models -------------------------------------------------------------------

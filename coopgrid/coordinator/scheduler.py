@@ -20,6 +20,8 @@ from coopgrid import tasks
 from coopgrid.blobs import BlobStore
 from coopgrid.config import REWARD_CEILING, Settings
 from coopgrid.datasets import Dataset
+from coopgrid.limits import DatasetLimits
+from coopgrid.coordinator.access import can_read, unreadable_dataset
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.trust import TrustPolicy, gold_probability
 from coopgrid.coordinator.validation import Validator
@@ -94,7 +96,11 @@ class Scheduler:
             model_hash = model.hash
         elif spec.model:
             raise InvalidInput(f"{spec.task_type!r} jobs take no model")
-        dataset = Dataset.from_npz(self.blobs.get(spec.dataset))
+        # a hash learnt from someone else's job is refused exactly like one never uploaded
+        if not can_read(self.store, token, spec.dataset, time.time()) or not self.blobs.exists(spec.dataset):
+            raise unreadable_dataset(spec.dataset)
+        limits = DatasetLimits(self.settings.max_dataset_bytes, self.settings.max_dataset_items)
+        dataset = Dataset.from_npz(self.blobs.get(spec.dataset), limits)
         new_tasks = []
         first = 0
         try:

@@ -397,8 +397,14 @@ class Store(abc.ABC):
         """The job's replicas by state name (ready, leased, done, expired...)."""
 
     @abc.abstractmethod
-    def finish_job(self, job_id: str, summary: dict[str, Any], output_hash: str, now: float) -> None:
-        """Mark a complete job done with its summary and output blob."""
+    def finish_job(
+        self, job_id: str, summary: dict[str, Any], output_hash: str, now: float, artefacts: Sequence[str] = ()
+    ) -> None:
+        """Mark a complete job done with its summary and output blob.
+
+        In the same transaction the job's owner is granted reading the output and the
+        ``artefacts`` (other blobs its reducer wrote, e.g. a dataset for the next job); a job
+        that is no longer running is left as it is, and nothing is granted."""
 
     @abc.abstractmethod
     def complete_unfinished_jobs(self) -> list[str]:
@@ -411,6 +417,28 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def job_workers(self, job_id: str) -> dict[str, int]:
         """Results per worker address that were accepted or agreed with the accepted one."""
+
+    # -- blob access ----------------------------------------------------------------
+    # The relations coordinator/access.py decides a blob read from; each is a query or two on
+    # indexes (blob_readers' key, jobs.dataset_hash, tasks.input_hash, a worker's open leases).
+
+    @abc.abstractmethod
+    def grant_blob(self, blob: str, token_id: int) -> None:
+        """Let ``token_id`` read ``blob`` (it uploaded those bytes); granting twice is a no-op."""
+
+    @abc.abstractmethod
+    def public_blob(self, blob: str) -> bool:
+        """Whether any authenticated caller may read ``blob``: it is a published model's bytes."""
+
+    @abc.abstractmethod
+    def token_reads_blob(self, blob: str, token_id: int) -> bool:
+        """Whether the token was granted ``blob`` (its upload, its job's output or artefact), or owns
+        a job whose dataset it is or one of whose tasks has it as its input blob."""
+
+    @abc.abstractmethod
+    def worker_reads_blob(self, blob: str, worker_id: int, now: float) -> bool:
+        """Whether the worker holds a live lease (open, its deadline not before ``now``) on a replica
+        not answered yet of a task whose input blob is ``blob`` or of a job whose dataset is ``blob``."""
 
     # -- leasing ------------------------------------------------------------------
 
