@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         10**27, ge=0, lt=REWARD_CEILING, description="Largest reward x tasks a job may offer (its most possible spend)."
     )
 
+    metrics_public: bool = Field(
+        False,
+        description="Serve /metrics without a token (e.g. to a Prometheus on a private network); by default "
+        "it needs an operator token, as it shows the grid's activity.",
+    )
+
     @model_validator(mode="after")
     def _reward_bounds(self) -> Settings:
         if self.max_reward_per_task > self.max_job_reward:

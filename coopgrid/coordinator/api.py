@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coopgrid import __version__
 from coopgrid.app import App
+from coopgrid.coordinator.dashboard import install as install_dashboard
 from coopgrid.coordinator.edge import STATE_SIGNED, STATE_TOKEN, Edge, error_body, error_headers
 from coopgrid.coordinator.openapi import document
 from coopgrid.coordinator.ratelimit import TokenBuckets
@@ -149,6 +150,8 @@ def create_api(app: App) -> FastAPI:
         version=__version__,
         description="Work units for untrusted grid workers; results signed with EIP-712.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by the dashboard module
+        redoc_url=None,
     )
 
     api.add_middleware(Edge, auth=app.auth, settings=settings)
@@ -303,7 +306,11 @@ def create_api(app: App) -> FastAPI:
     @api.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
     def cancel_job(job_id: str, tok: TokenDep) -> dict[str, Any]:
         app.scheduler.job_for(job_id, tok)
-        return job_view(app, app.store.cancel_job(job_id, time.time()))
+        job = app.store.cancel_job(job_id, time.time())
+        log.info("job %s cancelled by %s: %d/%d tasks done", job.id, tok.name, job.tasks_done, job.n_tasks,
+                 extra={"event": "job_finished", "job": job.id, "state": job.state, "tasks": job.n_tasks,
+                        "tasks_done": job.tasks_done})
+        return job_view(app, job)
 
     @api.get("/v1/jobs/{job_id}/output", tags=["jobs"])
     def job_output(job_id: str, tok: TokenDep) -> Response:
@@ -326,7 +333,8 @@ def create_api(app: App) -> FastAPI:
         address = signed_address(request)
         reg = WorkerRegistration.model_validate_json(await request.body() or b"{}")
         network = network_of(request.client.host) if request.client else None
-        if await run_in_threadpool(app.store.get_worker, address) is None:
+        new = await run_in_threadpool(app.store.get_worker, address) is None
+        if new:
             # new keys are what costs an attacker nothing: they are what is limited
             registrations_by_network.take(network or "unknown")
             registrations_by_owner.take(reg.owner)
@@ -335,6 +343,10 @@ def create_api(app: App) -> FastAPI:
             app.store.register_worker, address, reg.name, reg.owner, time.time(), network
         )
         app.auth.forget_worker(address)
+        log.info("worker %s (%s, owner %s) %s", address, reg.name or "unnamed", reg.owner or "-",
+                 "registered" if new else "registered again",
+                 extra={"event": "worker_registered", "worker": address, "worker_name": reg.name, "owner": reg.owner,
+                        "new": new})
         return {"id": record.id, "address": record.address, "name": record.name, "owner": record.owner}
 
     @api.get("/v1/workers", tags=["workers"])
@@ -485,6 +497,7 @@ def create_api(app: App) -> FastAPI:
             "contract": sealer().ledger.address,
         }
 
+    install_dashboard(api, app)
     api.openapi = lambda: document(api)  # type: ignore[method-assign]
     return api
 

@@ -124,6 +124,7 @@ def serve(
         create_api(app),
         http=protocol_for(settings),
         log_level="warning",
+        log_config=None,  # uvicorn's lines go through coopgrid's handler and format (see coopgrid.logs)
         access_log=False,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=settings.keep_alive_timeout,

@@ -55,7 +55,14 @@ class Summarizer:
             # the owner reads its output and artefacts (e.g. the next job's dataset); no one else
             artefacts = list((figures.get("blobs") or {}).values())
             self.store.finish_job(job_id, summary, output_hash, now, artefacts)
-            log.info("job %s done: %s", job_id, summary)
+            log.info(
+                "job %s finished: %d/%d tasks done, %d failed, %d inconclusive, in %.1fs",
+                job_id, job.tasks_done, job.n_tasks, job.tasks_failed, job.tasks_inconclusive,
+                summary["elapsed_seconds"],
+                extra={"event": "job_finished", "job": job_id, "state": "done", "tasks": job.n_tasks,
+                       "tasks_done": job.tasks_done, "tasks_failed": job.tasks_failed,
+                       "tasks_inconclusive": job.tasks_inconclusive, "elapsed_seconds": summary["elapsed_seconds"]},
+            )
             return self.store.get_job(job_id)
 
     def figures(self, job: JobRecord, now: float) -> dict[str, Any]:

@@ -293,6 +293,20 @@ class ValidationWrite:
         self.job_deltas[job_id] = (d + done, i + inconclusive)
 
 
+@dataclass
+class GridFigures:
+    """The grid at one moment, for /metrics and the dashboard (see :meth:`Store.grid_figures`)."""
+
+    open_leases: int
+    replicas: dict[tuple[str, str], int]  # (kind, state) -> replicas of running jobs
+    queue_depth: dict[str, int]  # running job -> replicas waiting for a worker
+    queued: int  # replicas waiting for a worker, in all
+    workers: dict[str, int]  # active | idle | quarantined -> workers
+    jobs: dict[str, int]  # state -> jobs
+    epochs: dict[str, int]  # state -> epochs
+    last_commit: float | None  # when the last epoch was committed on chain
+
+
 class Store(abc.ABC):
     """Durable state of one coordinator (or of several sharing a database)."""
 
@@ -564,3 +578,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def trust_counts(self, job_id: str) -> dict[str, Any]:
         """Results by status and executed replicas by kind."""
+
+    # -- figures ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def grid_figures(self, seen_since: float, replicas: bool = True) -> GridFigures:
+        """Leases, queues, workers (active: seen since ``seen_since``), jobs and epochs.
+
+        ``replicas``: also count the replicas of running jobs by kind, state and job (O(those replicas));
+        without, ``replicas`` and ``queue_depth`` are empty and only the total ``queued`` is counted."""
+
+    @abc.abstractmethod
+    def failure_reasons(self, job_id: str, limit: int = 20) -> list[tuple[str, int]]:
+        """(error a worker reported, how many replicas) for a job, most frequent first."""

@@ -42,6 +42,7 @@ from coopgrid.store.base import (
 )
 from coopgrid.store.sql_access import AccessQueries
 from coopgrid.store.sql_ledger import LedgerQueries
+from coopgrid.store.sql_metrics import MetricsQueries
 from coopgrid.store.sql_trust import TrustQueries
 from coopgrid.store.schema import JobState, ReplicaKind, ReplicaState, ResultStatus, TaskState
 
@@ -128,7 +129,7 @@ def _worker(row: Any) -> WorkerRecord:
     )
 
 
-class SqlStore(AccessQueries, TrustQueries, LedgerQueries, Store):
+class SqlStore(AccessQueries, TrustQueries, LedgerQueries, MetricsQueries, Store):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
