@@ -16,6 +16,7 @@ from coopgrid.blobs import BlobStore
 from coopgrid.config import Settings
 from coopgrid.coordinator.auth import Auth
 from coopgrid.coordinator.epochs import Sealer
+from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.scheduler import Scheduler
 from coopgrid.coordinator.summary import Summarizer
 from coopgrid.coordinator.validation import Validator
@@ -39,6 +40,7 @@ class App:
     summarizer: Summarizer
     ledger: Ledger | None
     sealer: Sealer | None
+    metrics: Metrics
 
     def close(self) -> None:
         if self.ledger is not None:
@@ -145,11 +147,14 @@ def build(settings: Settings) -> App:
     if settings.ledger != "none":
         ledger = open_coordinator_ledger(settings, coordinator_identity(settings), deploy=False)
         sealer = Sealer(settings, store, blobs, ledger)
-    scheduler = Scheduler(settings, store, blobs, registry, summarizer, Validator(store))
+    _private(settings)
+    metrics = Metrics()
+    scheduler = Scheduler(
+        settings, store, blobs, registry, summarizer, Validator(store, metrics=metrics), metrics=metrics
+    )
     if ledger is not None:
         scheduler.stake_of = _cached_stakes(ledger)
-    _private(settings)
-    return App(
+    app = App(
         settings=settings,
         store=store,
         blobs=blobs,
@@ -159,4 +164,7 @@ def build(settings: Settings) -> App:
         summarizer=summarizer,
         ledger=ledger,
         sealer=sealer,
+        metrics=metrics,
     )
+    metrics.watch(app)
+    return app
