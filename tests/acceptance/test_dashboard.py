@@ -101,8 +101,7 @@ def test_watch_a_job_a_cheater_and_an_epoch_in_the_browser(grid, digits_onnx, br
         assert page.evaluate("sessionStorage.getItem('coopgrid-token')") == grid.token
 
         job = client.submit({"name": "label 3,000 digits", "task_type": "classify", "model": model["hash"],
-                             "dataset": client.put_blob(datasets.digits(3000).to_npz()), "task_size": 50,
-                             "reward_per_task": 1})
+                             "dataset": client.put_blob(datasets.digits(3000).to_npz()), "task_size": 50})
         page.goto(f"{grid.url}/#/jobs/{job['id']}")
         page.evaluate("window.__sameDocument = true")  # gone if the page were reloaded
         page.wait_for_selector(f".card[data-job='{job['id']}']")
