@@ -17,7 +17,7 @@ from rich.table import Table
 
 from coopgrid.cli import DEFAULT_URL, Coordinator, TokenOpt, _client, app, console, fail, models_app
 
-ledger_app = typer.Typer(no_args_is_help=True, help="The Ethereum ledger: epochs, rewards, the contract.")
+ledger_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The Ethereum ledger: epochs, rewards, the contract.")
 app.add_typer(ledger_app, name="ledger")
 
 RpcUrl = Annotated[str | None, typer.Option(envvar="COOPGRID_RPC_URL", help="JSON-RPC endpoint: talk to the chain directly.")]

@@ -175,7 +175,7 @@ def _submit_and_watch(console: Any, client: Any, grid: Any, spec: dict[str, Any]
     from coopgrid.views import summary_table, watch
 
     job = client.submit({**spec, "dataset": client.put_blob(data.to_npz())})
-    console.print(f"submitted job {job['id'][:16]}…: {job['items']:,} items in {job['tasks']} tasks")
+    console.print(f"submitted job {job['id']}: {job['items']:,} items in {job['tasks']} tasks")
     job = watch(client, job["id"], console, check=getattr(grid, "check_workers", None))
     console.print(summary_table(job))
     return job

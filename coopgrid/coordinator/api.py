@@ -241,6 +241,21 @@ def create_api(app: App) -> FastAPI:
         new, secret = app.auth.issue(req.name, req.role)
         return {"id": new.id, "name": new.name, "role": new.role, "token": secret}
 
+    @api.get("/v1/tokens", tags=["tokens"])
+    def list_tokens(tok: TokenDep) -> list[dict[str, Any]]:
+        """Every token's id, name, role and state (never a secret: only their hashes are stored)."""
+        app.auth.require_operator(tok)
+        return [dataclasses.asdict(t) for t in app.store.list_tokens()]
+
+    @api.post("/v1/tokens/{ref}/revoke", tags=["tokens"])
+    def revoke_token(ref: Annotated[str, Path(min_length=1, max_length=100)], tok: TokenDep) -> dict[str, Any]:
+        """Revoke a token by name or id: its secret stops working at once; its jobs stay."""
+        app.auth.require_operator(tok)
+        gone = app.auth.revoke(ref, tok)
+        log.info("token %s (%s) revoked by %s", gone.name, gone.role, tok.name,
+                 extra={"event": "token_revoked", "token": gone.name})
+        return {**dataclasses.asdict(gone), "revoked": True}
+
     # -- blobs --------------------------------------------------------------------
 
     @api.put("/v1/blobs", status_code=201, tags=["blobs"])

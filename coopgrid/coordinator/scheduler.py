@@ -101,6 +101,8 @@ class Scheduler:
             raise unreadable_dataset(spec.dataset)
         limits = DatasetLimits(self.settings.max_dataset_bytes, self.settings.max_dataset_items)
         dataset = Dataset.from_npz(self.blobs.get(spec.dataset), limits)
+        if model_hash is not None:
+            task_type.check_input(dataset, model.manifest)
         new_tasks = []
         first = 0
         try:

@@ -52,14 +52,21 @@ class Summarizer:
                 output_hash = self.blobs.put(out.read_bytes())
             now = time.time()
             summary = self.figures(job, now) | figures
+            if job.tasks_failed or job.tasks_inconclusive:
+                # the reasons workers gave, where the submitter looks (status, summary, dashboard)
+                summary["failure_reasons"] = [
+                    {"reason": reason, "replicas": n} for reason, n in self.store.failure_reasons(job_id, limit=10)
+                ]
+            failed = job.tasks_done == 0 and job.n_tasks > 0
             # the owner reads its output and artefacts (e.g. the next job's dataset); no one else
             artefacts = list((figures.get("blobs") or {}).values())
-            self.store.finish_job(job_id, summary, output_hash, now, artefacts)
-            log.info(
-                "job %s finished: %d/%d tasks done, %d failed, %d inconclusive, in %.1fs",
-                job_id, job.tasks_done, job.n_tasks, job.tasks_failed, job.tasks_inconclusive,
-                summary["elapsed_seconds"],
-                extra={"event": "job_finished", "job": job_id, "state": "done", "tasks": job.n_tasks,
+            self.store.finish_job(job_id, summary, output_hash, now, artefacts, failed=failed)
+            log.log(
+                logging.WARNING if failed else logging.INFO,
+                "job %s %s: %d/%d tasks done, %d failed, %d inconclusive, in %.1fs",
+                job_id, "FAILED" if failed else "finished", job.tasks_done, job.n_tasks, job.tasks_failed,
+                job.tasks_inconclusive, summary["elapsed_seconds"],
+                extra={"event": "job_finished", "job": job_id, "state": "failed" if failed else "done", "tasks": job.n_tasks,
                        "tasks_done": job.tasks_done, "tasks_failed": job.tasks_failed,
                        "tasks_inconclusive": job.tasks_inconclusive, "elapsed_seconds": summary["elapsed_seconds"]},
             )

@@ -50,6 +50,7 @@ class TaskState(str, enum.Enum):
 class JobState(str, enum.Enum):
     RUNNING = "running"
     DONE = "done"
+    FAILED = "failed"  # finished, and not one task accepted: every task failed or was inconclusive
     CANCELLED = "cancelled"
 
 
