@@ -27,8 +27,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(train_app, name="train")
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)  # ids, hashes and paths are printed whole, to be pasted
+err = Console(stderr=True, soft_wrap=True)  # messages hold paths and ids to paste: never cut into lines
 
 Coordinator = Annotated[str, typer.Option("--coordinator", "-c", envvar="COOPGRID_COORDINATOR", help="Coordinator URL.")]
 TokenOpt = Annotated[str | None, typer.Option("--token", envvar="COOPGRID_TOKEN", help="API token.", show_default=False)]
