@@ -200,7 +200,7 @@ def test_stats_over_csv_shards_match_numpy(client, grid):
     truth = write_csv_shards(grid.data_dir / "shards", 20_000, shards=5, bad_rows=6)
     data = datasets.load_items(grid.data_dir / "shards")
     job, table = run_job(client, grid, {"task_type": "stats", "task_size": 3000, "params": {"columns": ["x", "y"], "bins": 12}}, data)
-    assert job["summary"]["bad_items"] == 6 and job["summary"]["rows"] == 20_000 - 6
+    assert job["summary"]["bad_items"] == 6 and job["summary"]["rows"] == len(truth["id"])  # short rows out
     by = {r["column"]: r for r in table.to_pylist() if r["kind"] == "column"}
     for c in ("x", "y"):
         v, r = truth[c], by[c]
