@@ -459,6 +459,8 @@ def create_api(app: App) -> FastAPI:
     @api.get("/v1/jobs/{job_id}/tasks/{task_index}/proof", tags=["ledger"])
     def task_proof(job_id: str, task_index: Index, tok: TokenDep) -> dict[str, Any]:
         job = app.scheduler.job_for(job_id, tok)
+        if task_index >= job.n_tasks:
+            raise NotFound(f"no task {task_index} in job {job.id}: its tasks are 0 to {job.n_tasks - 1}", job_id=job.id)
         proof = sealer().result_proof(job.id, task_index)
         if proof is None:
             raise Conflict(

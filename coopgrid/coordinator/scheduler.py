@@ -86,7 +86,13 @@ class Scheduler:
         try:
             params = task_type.validate_params(spec.params)
         except ValidationError as exc:
-            raise InvalidInput(f"params for {spec.task_type!r} are not valid: {_first_error(exc)}") from exc
+            fields = task_type.Params.model_fields
+            valid = ", ".join(f"{name} ({(f.description or '').split(';')[0].rstrip('.')})" if f.description else name
+                              for name, f in fields.items())
+            raise InvalidInput(
+                f"params for {spec.task_type!r} are not valid: {_first_error(exc)}; "
+                f"{spec.task_type!r} takes: {valid or 'no params'}"
+            ) from exc
         model_hash = None
         if task_type.needs_model:
             if not spec.model:
