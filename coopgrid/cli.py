@@ -574,6 +574,27 @@ def main() -> None:
     except CoopgridError as exc:
         err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         sys.exit(1)
+    except ModuleNotFoundError as exc:  # a light (worker-only) install asked for a coordinator's part
+        extra = EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        err.print(
+            f"[bold red]error:[/] this command needs {exc.name}, which a worker-only install leaves out: "
+            f"{escape(f'pip install coopgrid[{extra}]')}",
+            highlight=False,
+        )
+        sys.exit(1)
+
+
+#: the top-level modules of the extras (pyproject.toml), for a clear message when one is missing
+EXTRA_OF = {
+    **dict.fromkeys(("fastapi", "uvicorn", "sqlalchemy", "alembic", "pydantic_settings", "prometheus_client",
+                     "fastapi_offline", "sklearn", "skl2onnx", "onnx"), "coordinator"),
+    **dict.fromkeys(("web3", "eth_tester", "eth", "vyper", "snekmate"), "ledger"),
+    **dict.fromkeys(("tesserocr", "tessdata", "pypdfium2"), "ocr"),
+    "tokenizers": "embed",
+    "torch": "torch-export",
+}
 
 
 if __name__ == "__main__":
