@@ -68,7 +68,7 @@ def tokens_recover(
     try:
         auth = Auth(store, settings)
         label = name or f"operator-recovered-{time.strftime('%Y%m%d-%H%M%S')}"
-        _, secret = auth.issue(label, "operator")
+        _, secret = auth.issue(label, "operator", unique=True)
     finally:
         store.close()
     console.print(f"new operator token {escape(label)} (shown only once, keep it): {secret}", soft_wrap=True, highlight=False)

@@ -238,7 +238,7 @@ def create_api(app: App) -> FastAPI:
     @api.post("/v1/tokens", status_code=201, tags=["tokens"])
     def create_token(req: TokenRequest, tok: TokenDep) -> dict[str, Any]:
         app.auth.require_operator(tok)
-        new, secret = app.auth.issue(req.name, req.role)
+        new, secret = app.auth.issue(req.name, req.role, unique=True)
         return {"id": new.id, "name": new.name, "role": new.role, "token": secret}
 
     @api.get("/v1/tokens", tags=["tokens"])

@@ -83,11 +83,14 @@ class Auth:
     def grid(self) -> str:
         return self.store.grid_id()
 
-    def issue(self, name: str, role: str) -> tuple[Token, str]:
-        """A new token and its secret (the only time the secret exists in clear)."""
+    def issue(self, name: str, role: str, unique: bool = False) -> tuple[Token, str]:
+        """A new token and its secret (the only time the secret exists in clear).
+
+        ``unique``: refuse a name a live token has (what people get: two "alice" tokens could not
+        be told apart in `coopgrid tokens list`, nor one revoked by name)."""
         if role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-        if any(t.name == name and not t.revoked for t in self.store.list_tokens()):
+        if unique and any(t.name == name and not t.revoked for t in self.store.list_tokens()):
             raise Conflict(
                 f"a token named {name!r} exists already; pick another name, or revoke it first "
                 "(`coopgrid tokens list`, `coopgrid tokens revoke`)", name=name,
