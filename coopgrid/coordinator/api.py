@@ -325,6 +325,10 @@ def create_api(app: App) -> FastAPI:
         log.info("job %s cancelled by %s: %d/%d tasks done", job.id, tok.name, job.tasks_done, job.n_tasks,
                  extra={"event": "job_finished", "job": job.id, "state": job.state, "tasks": job.n_tasks,
                         "tasks_done": job.tasks_done})
+        try:  # what was accepted stays downloadable (`coopgrid output`)
+            job = app.summarizer.finalize_cancelled(job.id) or job
+        except Exception:
+            log.exception("reducing cancelled job %s failed; its results stay in the store", job.id)
         return job_view(app, job)
 
     @api.get("/v1/jobs/{job_id}/output", tags=["jobs"])

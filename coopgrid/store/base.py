@@ -416,6 +416,13 @@ class Store(abc.ABC):
         """The job's replicas by state name (ready, leased, done, expired...)."""
 
     @abc.abstractmethod
+    def set_cancelled_output(
+        self, job_id: str, summary: dict[str, Any], output_hash: str, artefacts: Sequence[str] = ()
+    ) -> None:
+        """Give a cancelled job (without output yet) the output reduced from what it had accepted;
+        its owner is granted reading it and the ``artefacts``, as for a finished job."""
+
+    @abc.abstractmethod
     def finish_job(
         self, job_id: str, summary: dict[str, Any], output_hash: str, now: float, artefacts: Sequence[str] = (),
         failed: bool = False,

@@ -418,6 +418,19 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, MetricsQueries, Token
             if owner is not None:
                 self._grant_blobs(conn, [output_hash, *artefacts], owner)
 
+    def set_cancelled_output(
+        self, job_id: str, summary: dict[str, Any], output_hash: str, artefacts: Sequence[str] = ()
+    ) -> None:
+        with self._write() as conn:
+            owner = conn.execute(
+                update(s.jobs)
+                .where(s.jobs.c.id == job_id, s.jobs.c.state == JobState.CANCELLED.value, s.jobs.c.output_hash.is_(None))
+                .values(summary=json.dumps(summary, sort_keys=True), output_hash=output_hash)
+                .returning(s.jobs.c.owner_token_id)
+            ).scalar()
+            if owner is not None:
+                self._grant_blobs(conn, [output_hash, *artefacts], owner)
+
     def complete_unfinished_jobs(self) -> list[str]:
         q = select(s.jobs.c.id).where(
             s.jobs.c.state == JobState.RUNNING.value,

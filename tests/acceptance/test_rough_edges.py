@@ -251,3 +251,25 @@ def test_a_quarantined_worker_hears_it_once(grid, tmp_path):
     proc.wait(timeout=60)
     log = grid.log("worker-0")
     assert proc.returncode == 3 and log.count("is quarantined") == 1, log
+
+
+# -- 13: a cancelled job's accepted results -------------------------------------------------------------------
+
+
+def test_a_cancelled_job_s_accepted_results_can_be_downloaded(grid, tmp_path):
+    import pyarrow.parquet as pq
+
+    grid.start_coordinator("--ledger", "none")
+    with ApiClient(grid.url, grid.token) as client:
+        job = client.submit({"task_type": "echo", "dataset": client.put_blob(datasets.sequence(40).to_npz()),
+                             "task_size": 1, "trust": {"replicas": 1, "quorum": 1, "adaptive": False, "gold_rate": 0}})
+        worker = grid.start_worker(0, "--batch", "1", "--max-replicas", "5")
+        worker.wait(timeout=60)
+        client.wait_for(job["id"], lambda j: j["tasks_done"] >= 5)
+    run = cli("cancel", job["id"][:8], env=user_env(grid))
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "partial.parquet"
+    run = cli("output", job["id"][:8], str(out), env=user_env(grid))
+    assert run.returncode == 0, run.stderr
+    table = pq.read_table(out).to_pydict()
+    assert len(table["item_id"]) == 5
