@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, Path, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -28,13 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from coopgrid import __version__
 from coopgrid.app import App
 from coopgrid.coordinator.dashboard import install as install_dashboard
+from coopgrid.coordinator.deps import MAX_ID, Id, Index, TokenDep, signed_address
 from coopgrid.coordinator.edge import STATE_SIGNED, STATE_TOKEN, Edge, error_body, error_headers
 from coopgrid.coordinator.openapi import document
 from coopgrid.coordinator.ratelimit import TokenBuckets
-from coopgrid.errors import AuthError, Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
+from coopgrid.errors import Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
-from coopgrid.store.base import JobRecord, ModelRecord, Token
+from coopgrid.store.base import JobRecord, ModelRecord
 from coopgrid.coordinator.access import can_read, unreadable
 from coopgrid.coordinator.scheduler import JobSpec
 
@@ -49,12 +50,6 @@ class TokenRequest(BaseModel):
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-#: the largest id, index or epoch number the store can hold (a signed 64-bit integer)
-MAX_ID = 2**63 - 1
-Id = Annotated[int, Path(ge=1, le=MAX_ID, description="A positive 64-bit id.")]
-Index = Annotated[int, Path(ge=0, le=MAX_ID, description="A task's index in its job (from 0).")]
 
 
 def _error(exc: CoopgridError) -> JSONResponse:
@@ -194,22 +189,6 @@ def create_api(app: App) -> FastAPI:
             for e in exc.errors()
         ]
         return JSONResponse({"error": "InvalidInput", "detail": problems}, status_code=422)
-
-    def token(request: Request) -> Token:
-        """The caller's API token, checked by the edge from the Authorization header."""
-        found = request.scope.get("state", {}).get(STATE_TOKEN)
-        if found is None:
-            raise AuthError()
-        return found
-
-    TokenDep = Annotated[Token, Depends(token)]
-
-    def signed_address(request: Request) -> str:
-        """The worker address whose signature the edge checked, or AuthError."""
-        signed = request.scope.get("state", {}).get(STATE_SIGNED)
-        if signed is None:
-            raise AuthError("worker requests must be signed (the x-coopgrid-* headers); see coopgrid.identity")
-        return signed.address
 
     async def worker_of(request: Request) -> Any:
         return await run_in_threadpool(app.auth.worker, signed_address(request))

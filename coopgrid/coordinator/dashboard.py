@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Path as PathParam, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coopgrid.app import App
-from coopgrid.coordinator.edge import STATE_TOKEN
+from coopgrid.coordinator.deps import Id, TokenDep, caller
 from coopgrid.coordinator.metrics import RequestTiming
-from coopgrid.errors import AuthError, Conflict, NotFound
-from coopgrid.store.base import Token
+from coopgrid.errors import Conflict, NotFound
 
 STATIC = Path(__file__).parent / "static"
 #: the page loads nothing from anywhere else, and no other site may frame it
@@ -33,18 +32,6 @@ PAGE_HEADERS = {
     "referrer-policy": "no-referrer",
     "cache-control": "no-cache",
 }
-MAX_ID = 2**63 - 1
-
-
-def caller(request: Request) -> Token:
-    """The caller's API token, checked by the edge from the Authorization header."""
-    found = request.scope.get("state", {}).get(STATE_TOKEN)
-    if found is None:
-        raise AuthError()
-    return found
-
-
-TokenDep = Annotated[Token, Depends(caller)]
 
 
 def install(api: FastAPI, app: App) -> None:
@@ -121,7 +108,7 @@ def router(app: App) -> APIRouter:
         }
 
     @r.get("/v1/ledger/epochs/{number}", tags=["ledger"])
-    def epoch(number: Annotated[int, PathParam(ge=1, le=MAX_ID)]) -> dict[str, Any]:
+    def epoch(number: Id) -> dict[str, Any]:
         """One epoch: its roots, its jobs, and its transaction as the chain has it."""
         if app.sealer is None:
             raise Conflict("this coordinator runs without a ledger (--ledger none)")
