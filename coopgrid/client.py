@@ -9,14 +9,40 @@ from typing import Any
 
 import httpx
 
-from coopgrid.errors import CoordinatorUnavailable
+from coopgrid.errors import CoordinatorUnavailable, InvalidInput, JobNotFound, ModelNotFound
 from coopgrid.worker.client import error_from_response
+
+
+HEX = frozenset("0123456789abcdef")
+#: a job id is 64 hex characters; shorter hex is a prefix to resolve (as git resolves commits)
+JOB_ID_LENGTH = 64
+MIN_PREFIX = 4
+
+
+def check_url(base_url: str) -> str:
+    """The coordinator URL, or an error saying what a URL looks like (httpx says "UnsupportedProtocol")."""
+    url = base_url.strip().rstrip("/")
+    if not url.lower().startswith(("http://", "https://")):
+        raise InvalidInput(
+            f"the coordinator URL {base_url!r} has no scheme: write http://{url or 'HOST:8750'} "
+            "(or https:// behind a TLS proxy)"
+        )
+    return url
+
+
+def unique_prefix(prefix: str, ids: list[str], what: str) -> str | None:
+    """The one id starting with ``prefix``; None if none does; an error naming the candidates if several do."""
+    found = sorted({i for i in ids if i.startswith(prefix)})
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (", …" if len(found) > 5 else "")
+        raise InvalidInput(f"{what} prefix {prefix!r} is ambiguous: it starts {len(found)} ids ({shown}); give more characters")
+    return found[0] if found else None
 
 
 class ApiClient:
     def __init__(self, base_url: str, token: str | None, timeout: float = 120.0) -> None:
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_url(base_url)
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
@@ -55,7 +81,29 @@ class ApiClient:
         return self.json("GET", "/v1/models")
 
     def model(self, ref: str) -> dict[str, Any]:
-        return self.json("GET", f"/v1/models/{ref}")
+        """A model by hash, unique hash prefix, name or name:version."""
+        try:
+            return self.json("GET", f"/v1/models/{ref}")
+        except ModelNotFound:
+            ref_l = ref.lower()
+            if len(ref_l) < MIN_PREFIX or not set(ref_l) <= HEX:
+                raise
+            full = unique_prefix(ref_l, [m["hash"] for m in self.models()], "model hash")
+            if full is None:
+                raise
+            return self.json("GET", f"/v1/models/{full}")
+
+    def resolve_job(self, ref: str) -> str:
+        """The full id of the job ``ref`` names: a full id, or a unique prefix of one of the caller's jobs."""
+        ref_l = ref.strip().lower()
+        if len(ref_l) == JOB_ID_LENGTH or not ref_l or not set(ref_l) <= HEX:
+            return ref
+        if len(ref_l) < MIN_PREFIX:
+            raise InvalidInput(f"job id prefix {ref!r} is too short: give at least {MIN_PREFIX} characters")
+        full = unique_prefix(ref_l, [j["id"] for j in self.jobs()], "job id")
+        if full is None:
+            raise JobNotFound(f"no job starts with {ref!r}; `coopgrid status` lists yours", job_id=ref)
+        return full
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self.json("POST", "/v1/jobs", json=spec)
@@ -75,6 +123,9 @@ class ApiClient:
 
     def workers(self) -> list[dict[str, Any]]:
         return self.json("GET", "/v1/workers")
+
+    def failures(self, job_id: str) -> dict[str, Any]:
+        return self.json("GET", f"/v1/jobs/{job_id}/failures")
 
     def create_token(self, name: str, role: str) -> dict[str, Any]:
         return self.json("POST", "/v1/tokens", json={"name": name, "role": role})

@@ -409,6 +409,8 @@ def load(spec: str, image_size: tuple[int, int] = (8, 8), value_max: float = 16.
         from coopgrid.dataset_files import load_items
 
         return load_items(path)
+    if "/" in spec or "\\" in spec or Path(spec).suffix:
+        raise DatasetError(f"no such file or directory: {spec!r} (the dataset names a path that does not exist)")
     raise DatasetError(
         f"unknown dataset {spec!r}: give digits, digits:N, sequence:N, an .npz file, or a file or directory of "
         "images, PDFs, text, CSV or Parquet"

@@ -268,7 +268,9 @@ def balances_table(client: ApiClient, grid: LocalGrid, submitter: Identity, mint
     return table
 
 
-def run_other_demo(console: Console, task: str, n_workers: int, data_dir: Path | None) -> dict:
+def run_other_demo(
+    console: Console, task: str, n_workers: int, data_dir: Path | None, items: int | None = None
+) -> dict:
     """``coopgrid demo --task ocr|embed|preprocess|stats``: the same grid, another kind of work."""
     from coopgrid.task_demos import run_task_demo
 
@@ -280,6 +282,6 @@ def run_other_demo(console: Console, task: str, n_workers: int, data_dir: Path |
             grid.start_worker(i, "--batch", "2")
         with ApiClient(grid.url, grid.token) as client:
             grid.wait_for_workers(client, max(n_workers, 2))
-            return run_task_demo(console, task, client, grid, data_dir=data_dir)
+            return run_task_demo(console, task, client, grid, items=items, data_dir=data_dir)
     finally:
         console.print(f"stopped every process (exit codes {grid.stop()})")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -19,6 +20,7 @@ def watch(
     console: Console,
     poll: float = 0.25,
     check: Callable[[], None] | None = None,
+    idle_note_after: float = 5.0,
 ) -> dict[str, Any]:
     """Show a progress bar until the job is done or cancelled; returns the final job.
 
@@ -34,14 +36,23 @@ def watch(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(job["name"], total=job["tasks"], items="0")
+        bar = progress.add_task(escape(job["name"] or job["id"][:12]), total=job["tasks"], items="0")
         start, start_done = time.monotonic(), job["tasks_done"]
+        noted = False
         while True:
-            resolved = job["tasks_done"] + job["tasks_failed"]
+            resolved = job["tasks_done"] + job["tasks_failed"] + job.get("tasks_inconclusive", 0)
             rate = (job["tasks_done"] - start_done) * job["task_size"] / max(time.monotonic() - start, 1e-6)
             progress.update(bar, completed=resolved, items=f"{rate:,.0f}")
             if job["state"] != "running":
                 break
+            if not noted and time.monotonic() - start > idle_note_after and not _taken(job):
+                noted = True  # once: a volunteer may connect any minute
+                progress.console.print(
+                    f"[yellow]no worker has taken work from this job yet[/]: is one running? Start one with "
+                    f"`coopgrid worker --coordinator {escape(client.base_url)}` (it needs no token); "
+                    f"`coopgrid workers` lists those registered",
+                    highlight=False,
+                )
             if check:
                 check()
             time.sleep(poll)
@@ -49,9 +60,34 @@ def watch(
     return job
 
 
-def summary_table(job: dict[str, Any]) -> Table:
+def _taken(job: dict[str, Any]) -> bool:
+    """Whether any replica of the job has left the queue (leased, answered, expired)."""
+    replicas = job.get("replicas")
+    if replicas is None:
+        return True  # a view without counts: nothing to say
+    return job["tasks_done"] > 0 or any(n for state, n in replicas.items() if state not in ("ready", "queued"))
+
+
+def _ago(t: float | None, now: float | None = None) -> str:
+    if not t:
+        return "never"
+    d = max((now or time.time()) - t, 0)
+    return f"{d:.0f}s ago" if d < 120 else f"{d / 60:.0f} min ago" if d < 7200 else f"{d / 3600:.1f} h ago"
+
+
+def _counts(d: dict[str, Any] | None) -> str:
+    """``{"a": 1, "b": 2}`` as "1 a, 2 b" (never a raw Python dict in a table)."""
+    return ", ".join(f"{n:,} {escape(str(k))}" for k, n in sorted((d or {}).items())) or "-"
+
+
+def job_failed(job: dict[str, Any]) -> bool:
+    """A finished job none of whose tasks was accepted (or some failed): its submitter must hear of it."""
+    return job["state"] != "running" and (job["tasks_failed"] > 0 or job.get("tasks_inconclusive", 0) > 0)
+
+
+def summary_table(job: dict[str, Any], failures: dict[str, Any] | None = None) -> Table:
     s = job.get("summary") or {}
-    table = Table(title=f"job {job['id'][:12]}… {job['state']}", show_header=False)
+    table = Table(title=f"job {job['id']} {job['state']}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     rows = [
@@ -67,11 +103,8 @@ def summary_table(job: dict[str, Any]) -> Table:
         results = s.get("results", {})
         rows += [
             ("replicas executed", f"{s['replicas_executed']:,} ({s['replicas_expired']:,} expired and reissued)"),
-            ("replicas per task", f"{s.get('replicas_per_task') or 0:.2f} (compute overhead; by kind {s.get('replicas_by_kind', {})})"),
-            (
-                "results",
-                ", ".join(f"{n:,} {status}" for status, n in sorted(results.items())) or "-",
-            ),
+            ("replicas per task", f"{s.get('replicas_per_task') or 0:.2f} (compute overhead; by kind: {_counts(s.get('replicas_by_kind'))})"),
+            ("results", _counts(results)),
             ("workers", str(s["workers"])),
             ("elapsed", f"{s['elapsed_seconds']:.2f} s"),
             ("throughput", f"{s['items_per_second']:,.0f} items/s"),
@@ -79,9 +112,16 @@ def summary_table(job: dict[str, Any]) -> Table:
         if "accuracy" in s:
             rows.append(("accuracy", f"{s['accuracy']:.2%} of {s['labelled_items']:,} labelled items"))
         for worker, n in sorted(s.get("tasks_per_worker", {}).items()):
-            rows.append((f"  credited to {worker[:10]}…", f"{n:,} results"))
+            rows.append((f"  credited to {worker}", f"{n:,} results"))
+    reasons = (failures or {}).get("reasons") or s.get("failure_reasons") or []
+    for r in reasons[:5]:
+        rows.append(("[red]failed because[/]", f"{escape(r['reason'])} ({r['replicas']:,} replicas)"))
+    if job.get("seal_error"):
+        rows.append(("[red]not sealed[/]", escape(str(job["seal_error"]))))
     if job.get("output"):
-        rows.append(("output", f"sha256 {job['output']} (coopgrid output {job['id'][:12]}…)"))
+        rows.append(("output", f"sha256 {job['output']} (coopgrid output {job['id']} FILE)"))
+    for name, digest in sorted((s.get("blobs") or {}).items()):
+        rows.append((f"artefact {escape(name)}", f"sha256 {digest} (coopgrid output {job['id']} FILE --artefact {escape(name)})"))
     for k, v in rows:
         table.add_row(k, v)
     return table
@@ -106,12 +146,14 @@ def escrow_table(escrow: dict[str, Any]) -> Table:
 
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(title="jobs")
-    for col in ("id", "name", "type", "state", "tasks", "items"):
+    table.add_column("id", no_wrap=True, min_width=64)  # whole: ids are pasted into other commands
+    for col in ("name", "type", "state", "tasks done/failed/all", "items"):
         table.add_column(col)
     for j in jobs:
+        state = f"[red]{j['state']}[/]" if job_failed(j) else j["state"]
         table.add_row(
-            j["id"][:16], j["name"], j["task_type"], j["state"],
-            f"{j['tasks_done']}/{j['tasks']}", f"{j['items']:,}",
+            j["id"], escape(j["name"]), escape(j["task_type"]), state,
+            f"{j['tasks_done']:,}/{j['tasks_failed'] + j.get('tasks_inconclusive', 0):,}/{j['tasks']:,}", f"{j['items']:,}",
         )
     return table
 
@@ -121,24 +163,30 @@ def models_table(models: list[dict[str, Any]]) -> Table:
     for col in ("name", "version", "task type", "sha256", "size", "metrics"):
         table.add_column(col)
     for m in models:
-        metrics = ", ".join(f"{k}={v:g}" for k, v in (m.get("metrics") or {}).items())
-        table.add_row(m["name"], str(m["version"]), m["task_type"], m["hash"][:16] + "…", f"{m['size']:,}", metrics)
+        metrics = ", ".join(
+            f"{k}={v:g}" if isinstance(v, int | float) else f"{k}={v}" for k, v in (m.get("metrics") or {}).items()
+        )
+        table.add_row(escape(m["name"]), str(m["version"]), escape(m["task_type"]), m["hash"], f"{m['size']:,}", escape(metrics))
     return table
 
 
 def workers_table(workers: list[dict[str, Any]]) -> Table:
     table = Table(title="workers (reputation per task type)")
-    for col in ("worker", "credited", "run", "valid", "invalid", "gold ok/failed", "errors/timeouts", "state"):
+    table.add_column("worker", no_wrap=True)
+    for col in ("owner", "last seen", "task type", "credited", "run", "valid", "invalid", "gold ok/failed",
+                "errors/timeouts", "state"):
         table.add_column(col)
+    now = time.time()
     for w in workers:
-        label = f"{w['name'] or '-'} {w['address'][:8]}…" + (f" ({w['owner']})" if w["owner"] else "")
-        state = f"[red]quarantined: {w['quarantine_reason']}[/]" if w.get("quarantined") else "[green]ok[/]"
+        label = f"{escape(w['name'] or '-')} {w['address']}"
+        state = f"[red]quarantined: {escape(str(w['quarantine_reason']))}[/]" if w.get("quarantined") else "[green]ok[/]"
+        common = (escape(w["owner"] or "-"), _ago(w.get("last_seen"), now))
         for r in w.get("reputation") or [None]:
             if r is None:
-                table.add_row(label, f"{w['accepted']:,}", "", "", "", "", "", state)
+                table.add_row(label, *common, "-", f"{w['accepted']:,}", "", "", "", "", "", state)
                 continue
             table.add_row(
-                f"{label} {r['task_type']}", f"{w['accepted']:,}", str(r["run"]), str(r["valid"]), str(r["invalid"]),
-                f"{r['gold_passed']}/{r['gold_failed']}", f"{r['errors']}/{r['timeouts']}", state,
+                label, *common, escape(r["task_type"]), f"{w['accepted']:,}", str(r["run"]), str(r["valid"]),
+                str(r["invalid"]), f"{r['gold_passed']}/{r['gold_failed']}", f"{r['errors']}/{r['timeouts']}", state,
             )
     return table

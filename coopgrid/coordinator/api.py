@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -219,8 +219,23 @@ def create_api(app: App) -> FastAPI:
     @api.post("/v1/tokens", status_code=201, tags=["tokens"])
     def create_token(req: TokenRequest, tok: TokenDep) -> dict[str, Any]:
         app.auth.require_operator(tok)
-        new, secret = app.auth.issue(req.name, req.role)
+        new, secret = app.auth.issue(req.name, req.role, unique=True)
         return {"id": new.id, "name": new.name, "role": new.role, "token": secret}
+
+    @api.get("/v1/tokens", tags=["tokens"])
+    def list_tokens(tok: TokenDep) -> list[dict[str, Any]]:
+        """Every token's id, name, role and state (never a secret: only their hashes are stored)."""
+        app.auth.require_operator(tok)
+        return [dataclasses.asdict(t) for t in app.store.list_tokens()]
+
+    @api.post("/v1/tokens/{ref}/revoke", tags=["tokens"])
+    def revoke_token(ref: Annotated[str, Path(min_length=1, max_length=100)], tok: TokenDep) -> dict[str, Any]:
+        """Revoke a token by name or id: its secret stops working at once; its jobs stay."""
+        app.auth.require_operator(tok)
+        gone = app.auth.revoke(ref, tok)
+        log.info("token %s (%s) revoked by %s", gone.name, gone.role, tok.name,
+                 extra={"event": "token_revoked", "token": gone.name})
+        return {**dataclasses.asdict(gone), "revoked": True}
 
     # -- blobs --------------------------------------------------------------------
 
@@ -291,6 +306,10 @@ def create_api(app: App) -> FastAPI:
         log.info("job %s cancelled by %s: %d/%d tasks done", job.id, tok.name, job.tasks_done, job.n_tasks,
                  extra={"event": "job_finished", "job": job.id, "state": job.state, "tasks": job.n_tasks,
                         "tasks_done": job.tasks_done})
+        try:  # what was accepted stays downloadable (`coopgrid output`)
+            job = app.summarizer.finalize_cancelled(job.id) or job
+        except Exception:
+            log.exception("reducing cancelled job %s failed; its results stay in the store", job.id)
         return job_view(app, job)
 
     @api.get("/v1/jobs/{job_id}/output", tags=["jobs"])
@@ -429,6 +448,8 @@ def create_api(app: App) -> FastAPI:
     @api.get("/v1/jobs/{job_id}/tasks/{task_index}/proof", tags=["ledger"])
     def task_proof(job_id: str, task_index: Index, tok: TokenDep) -> dict[str, Any]:
         job = app.scheduler.job_for(job_id, tok)
+        if task_index >= job.n_tasks:
+            raise NotFound(f"no task {task_index} in job {job.id}: its tasks are 0 to {job.n_tasks - 1}", job_id=job.id)
         proof = sealer().result_proof(job.id, task_index)
         if proof is None:
             raise Conflict(

@@ -17,9 +17,9 @@ import time
 from collections import OrderedDict
 
 from coopgrid.config import Settings
-from coopgrid.errors import AuthError, Forbidden, InvalidInput, RateLimited
+from coopgrid.errors import AuthError, Conflict, Forbidden, InvalidInput, NotFound, RateLimited
 from coopgrid.identity import SignedRequest, verify_request_headers
-from coopgrid.store.base import Store, Token, WorkerRecord
+from coopgrid.store.base import Store, Token, TokenInfo, WorkerRecord
 
 ROLES = ("operator", "submitter")
 REGISTRATION = ("POST", "/v1/workers")
@@ -83,13 +83,37 @@ class Auth:
     def grid(self) -> str:
         return self.store.grid_id()
 
-    def issue(self, name: str, role: str) -> tuple[Token, str]:
-        """A new token and its secret (the only time the secret exists in clear)."""
+    def issue(self, name: str, role: str, unique: bool = False) -> tuple[Token, str]:
+        """A new token and its secret (the only time the secret exists in clear).
+
+        ``unique``: refuse a name a live token has (what people get: two "alice" tokens could not
+        be told apart in `coopgrid tokens list`, nor one revoked by name)."""
         if role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        if unique and any(t.name == name and not t.revoked for t in self.store.list_tokens()):
+            raise Conflict(
+                f"a token named {name!r} exists already; pick another name, or revoke it first "
+                "(`coopgrid tokens list`, `coopgrid tokens revoke`)", name=name,
+            )
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = self.store.add_token(name, role, hash_secret(secret), time.time())
         return token, secret
+
+    def revoke(self, ref: str, caller: Token | None = None) -> TokenInfo:
+        """Revoke the live token with this name or id; never the last operator token (nobody could recover
+        but on the coordinator's machine)."""
+        live = [t for t in self.store.list_tokens() if not t.revoked]
+        found = [t for t in live if t.name == ref or str(t.id) == ref]
+        if not found:
+            raise NotFound(f"no live token named {ref!r}; `coopgrid tokens list` shows them", token=ref)
+        target = found[0]
+        if target.role == "operator" and sum(t.role == "operator" for t in live) == 1:
+            raise Conflict(
+                "refusing to revoke the last operator token: create another operator token first "
+                "(`coopgrid tokens create NAME --role operator`)", token=ref,
+            )
+        self.store.revoke_token(target.id)
+        return target
 
     def ensure_operator(self) -> str | None:
         """Create the first operator token if there is none; returns its secret then."""

@@ -29,6 +29,8 @@ SECURITY: dict[tuple[str, str], list[dict[str, list[str]]]] = {
     ("get", "/healthz"): PUBLIC,
     ("get", "/v1/info"): PUBLIC,
     ("post", "/v1/tokens"): PEOPLE,
+    ("get", "/v1/tokens"): PEOPLE,
+    ("post", "/v1/tokens/{ref}/revoke"): PEOPLE,
     ("put", "/v1/blobs"): PEOPLE,
     ("get", "/v1/blobs/{digest}"): EITHER,
     ("post", "/v1/models"): PEOPLE,

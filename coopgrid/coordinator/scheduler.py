@@ -98,7 +98,13 @@ class Scheduler:
         try:
             params = task_type.validate_params(spec.params)
         except ValidationError as exc:
-            raise InvalidInput(f"params for {spec.task_type!r} are not valid: {_first_error(exc)}") from exc
+            fields = task_type.Params.model_fields
+            valid = ", ".join(f"{name} ({(f.description or '').split(';')[0].rstrip('.')})" if f.description else name
+                              for name, f in fields.items())
+            raise InvalidInput(
+                f"params for {spec.task_type!r} are not valid: {_first_error(exc)}; "
+                f"{spec.task_type!r} takes: {valid or 'no params'}"
+            ) from exc
         model_hash = None
         if task_type.needs_model:
             if not spec.model:
@@ -113,6 +119,8 @@ class Scheduler:
             raise unreadable_dataset(spec.dataset)
         limits = DatasetLimits(self.settings.max_dataset_bytes, self.settings.max_dataset_items)
         dataset = Dataset.from_npz(self.blobs.get(spec.dataset), limits)
+        if model_hash is not None:
+            task_type.check_input(dataset, model.manifest)
         new_tasks = []
         first = 0
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from coopgrid.app import build
 from coopgrid.config import Settings
+from coopgrid.errors import ConfigError
 from coopgrid.coordinator.api import create_api
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,16 @@ def protocol_for(settings: Settings) -> type[TimedHttpProtocol]:
 def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = (
+            "another process listens there (another coordinator?); stop it or pick another --port (0 picks a free one)"
+            if exc.errno == errno.EADDRINUSE
+            else "check --host (an address of this machine, e.g. 127.0.0.1 or 0.0.0.0) and --port"
+        )
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {hint}", host=host, port=port) from exc
     sock.set_inheritable(True)
     return sock
 
@@ -103,7 +114,18 @@ def serve(
     """Serve until SIGINT/SIGTERM. Prints the operator token the first time only."""
     # the database, blobs and keys are nobody else's business on a shared machine
     os.umask(0o077)
-    app = build(settings)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:  # a file of that name, a file on the way, no permission
+        what = "is a file, not a directory" if settings.data_dir.is_file() else f"cannot be created ({exc.strerror or exc})"
+        raise ConfigError(f"--data-dir {settings.data_dir} {what}; name a directory (it is created if missing)") from exc
+    # bind first: a port in use must be reported before an operator token is printed and lost
+    sock = bind(settings.host, settings.port)
+    try:
+        app = build(settings)
+    except BaseException:
+        sock.close()
+        raise
     secret = app.auth.ensure_operator()
     if secret:
         if operator_token_file:
@@ -114,7 +136,6 @@ def serve(
             announce(f"operator token written to {operator_token_file} (it is shown only once)")
         else:
             announce(f"operator token (shown only once, keep it): {secret}")
-    sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     # a file others can read the address from, useful with --port 0

@@ -36,34 +36,61 @@ class Summarizer:
             job = self.store.get_job(job_id)
             if job is None or job.state != "running" or not job.complete:
                 return job
-            task_type = tasks.get(job.task_type)
-            params = task_type.validate_params(job.params)
-            # accepted at submission, under the limits of then (which may since have been lowered)
-            dataset = Dataset.from_npz(self.blobs.get(job.dataset_hash), limits=None)
-            outputs = [
-                TaskOutput(o.task_index, o.first_item, o.n_items, o.worker_address, task_type.decode(o.output))
-                for o in self.store.accepted_outputs(job_id)
-            ]
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / "output.parquet"
-                figures = task_type.reduce(outputs, dataset, params, out)
-                # extra files a reducer wrote (e.g. preprocess's dataset.npz, the next job's input)
-                figures = store_blob_files(figures, out.parent, self.blobs.put)
-                output_hash = self.blobs.put(out.read_bytes())
+            figures, output_hash = self._reduce(job)
             now = time.time()
             summary = self.figures(job, now) | figures
+            if job.tasks_failed or job.tasks_inconclusive:
+                # the reasons workers gave, where the submitter looks (status, summary, dashboard)
+                summary["failure_reasons"] = [
+                    {"reason": reason, "replicas": n} for reason, n in self.store.failure_reasons(job_id, limit=10)
+                ]
+            failed = job.tasks_done == 0 and job.n_tasks > 0
             # the owner reads its output and artefacts (e.g. the next job's dataset); no one else
             artefacts = list((figures.get("blobs") or {}).values())
-            self.store.finish_job(job_id, summary, output_hash, now, artefacts)
-            log.info(
-                "job %s finished: %d/%d tasks done, %d failed, %d inconclusive, in %.1fs",
-                job_id, job.tasks_done, job.n_tasks, job.tasks_failed, job.tasks_inconclusive,
-                summary["elapsed_seconds"],
-                extra={"event": "job_finished", "job": job_id, "state": "done", "tasks": job.n_tasks,
+            self.store.finish_job(job_id, summary, output_hash, now, artefacts, failed=failed)
+            log.log(
+                logging.WARNING if failed else logging.INFO,
+                "job %s %s: %d/%d tasks done, %d failed, %d inconclusive, in %.1fs",
+                job_id, "FAILED" if failed else "finished", job.tasks_done, job.n_tasks, job.tasks_failed,
+                job.tasks_inconclusive, summary["elapsed_seconds"],
+                extra={"event": "job_finished", "job": job_id, "state": "failed" if failed else "done", "tasks": job.n_tasks,
                        "tasks_done": job.tasks_done, "tasks_failed": job.tasks_failed,
                        "tasks_inconclusive": job.tasks_inconclusive, "elapsed_seconds": summary["elapsed_seconds"]},
             )
             return self.store.get_job(job_id)
+
+    def finalize_cancelled(self, job_id: str) -> JobRecord | None:
+        """Reduce what a cancelled job had accepted, so its owner can download it; idempotent.
+
+        Results that arrive after this (replicas already in workers' hands) are recorded but not
+        added to this output."""
+        with self._lock:
+            job = self.store.get_job(job_id)
+            if job is None or job.state != "cancelled" or job.output_hash is not None or not job.tasks_done:
+                return job
+            figures, output_hash = self._reduce(job)
+            summary = self.figures(job, job.finished_at or time.time()) | figures | {"cancelled": True}
+            artefacts = list((figures.get("blobs") or {}).values())
+            self.store.set_cancelled_output(job_id, summary, output_hash, artefacts)
+            return self.store.get_job(job_id)
+
+    def _reduce(self, job: JobRecord) -> tuple[dict[str, Any], str]:
+        """The job's accepted outputs reduced: (the task type's figures, the output blob's hash)."""
+        task_type = tasks.get(job.task_type)
+        params = task_type.validate_params(job.params)
+        # accepted at submission, under the limits of then (which may since have been lowered)
+        dataset = Dataset.from_npz(self.blobs.get(job.dataset_hash), limits=None)
+        outputs = [
+            TaskOutput(o.task_index, o.first_item, o.n_items, o.worker_address, task_type.decode(o.output))
+            for o in self.store.accepted_outputs(job.id)
+        ]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "output.parquet"
+            figures = task_type.reduce(outputs, dataset, params, out)
+            # extra files a reducer wrote (e.g. preprocess's dataset.npz, the next job's input)
+            figures = store_blob_files(figures, out.parent, self.blobs.put)
+            output_hash = self.blobs.put(out.read_bytes())
+        return figures, output_hash
 
     def figures(self, job: JobRecord, now: float) -> dict[str, Any]:
         counts = self.store.replica_counts(job.id)

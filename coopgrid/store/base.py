@@ -23,6 +23,17 @@ class Token:
 
 
 @dataclass(frozen=True)
+class TokenInfo:
+    """A token as its listing shows it (never its secret, which is not stored)."""
+
+    id: int
+    name: str
+    role: str
+    created_at: float
+    revoked: bool
+
+
+@dataclass(frozen=True)
 class ModelRecord:
     hash: str
     name: str
@@ -366,7 +377,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def count_tokens(self, role: str | None = None) -> int:
-        """How many tokens exist (of ``role``)."""
+        """How many live (not revoked) tokens exist (of ``role``)."""
+
+    @abc.abstractmethod
+    def list_tokens(self) -> list[TokenInfo]:
+        """Every token, revoked ones too, oldest first."""
+
+    @abc.abstractmethod
+    def revoke_token(self, token_id: int) -> bool:
+        """Make a token's secret useless for ever; False if it was already revoked or does not exist."""
 
     # -- models -----------------------------------------------------------------
 
@@ -428,10 +447,18 @@ class Store(abc.ABC):
         """The job's replicas by state name (ready, leased, done, expired...)."""
 
     @abc.abstractmethod
-    def finish_job(
-        self, job_id: str, summary: dict[str, Any], output_hash: str, now: float, artefacts: Sequence[str] = ()
+    def set_cancelled_output(
+        self, job_id: str, summary: dict[str, Any], output_hash: str, artefacts: Sequence[str] = ()
     ) -> None:
-        """Mark a complete job done with its summary and output blob.
+        """Give a cancelled job (without output yet) the output reduced from what it had accepted;
+        its owner is granted reading it and the ``artefacts``, as for a finished job."""
+
+    @abc.abstractmethod
+    def finish_job(
+        self, job_id: str, summary: dict[str, Any], output_hash: str, now: float, artefacts: Sequence[str] = (),
+        failed: bool = False,
+    ) -> None:
+        """Mark a complete job done (``failed``: finished with no task accepted) with its summary and output blob.
 
         In the same transaction the job's owner is granted reading the output and the
         ``artefacts`` (other blobs its reducer wrote, e.g. a dataset for the next job); a job

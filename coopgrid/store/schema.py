@@ -51,6 +51,7 @@ class JobState(str, enum.Enum):
     UNFUNDED = "unfunded"  # a paid job whose escrow is not funded yet: no replica exists
     RUNNING = "running"
     DONE = "done"
+    FAILED = "failed"  # finished, and not one task accepted: every task failed or was inconclusive
     CANCELLED = "cancelled"
 
 

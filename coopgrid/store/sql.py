@@ -44,6 +44,7 @@ from coopgrid.store.sql_access import AccessQueries
 from coopgrid.store.sql_ledger import LedgerQueries
 from coopgrid.store.sql_slashes import SlashQueries
 from coopgrid.store.sql_metrics import MetricsQueries
+from coopgrid.store.sql_tokens import REVOKED, TokenQueries
 from coopgrid.store.sql_trust import TrustQueries
 from coopgrid.store.schema import JobState, ReplicaKind, ReplicaState, ResultStatus, TaskState
 
@@ -132,7 +133,7 @@ def _worker(row: Any) -> WorkerRecord:
     )
 
 
-class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, MetricsQueries, Store):
+class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, MetricsQueries, TokenQueries, Store):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
@@ -197,7 +198,7 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
         return self._grid_id
 
     def count_tokens(self, role: str | None = None) -> int:
-        q = select(func.count()).select_from(s.tokens)
+        q = select(func.count()).select_from(s.tokens).where(s.tokens.c.secret_hash.not_like(REVOKED + "%"))
         if role:
             q = q.where(s.tokens.c.role == role)
         with self._read() as conn:
@@ -405,18 +406,32 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
             return {ReplicaState(state).name.lower(): n for state, n in conn.execute(q)}
 
     def finish_job(
-        self, job_id: str, summary: dict[str, Any], output_hash: str, now: float, artefacts: Sequence[str] = ()
+        self, job_id: str, summary: dict[str, Any], output_hash: str, now: float, artefacts: Sequence[str] = (),
+        failed: bool = False,
     ) -> None:
         with self._write() as conn:
             owner = conn.execute(
                 update(s.jobs)
                 .where(s.jobs.c.id == job_id, s.jobs.c.state == JobState.RUNNING.value)
                 .values(
-                    state=JobState.DONE.value,
+                    state=(JobState.FAILED if failed else JobState.DONE).value,
                     finished_at=now,
                     summary=json.dumps(summary, sort_keys=True),
                     output_hash=output_hash,
                 )
+                .returning(s.jobs.c.owner_token_id)
+            ).scalar()
+            if owner is not None:
+                self._grant_blobs(conn, [output_hash, *artefacts], owner)
+
+    def set_cancelled_output(
+        self, job_id: str, summary: dict[str, Any], output_hash: str, artefacts: Sequence[str] = ()
+    ) -> None:
+        with self._write() as conn:
+            owner = conn.execute(
+                update(s.jobs)
+                .where(s.jobs.c.id == job_id, s.jobs.c.state == JobState.CANCELLED.value, s.jobs.c.output_hash.is_(None))
+                .values(summary=json.dumps(summary, sort_keys=True), output_hash=output_hash)
                 .returning(s.jobs.c.owner_token_id)
             ).scalar()
             if owner is not None:

@@ -103,6 +103,11 @@ class TaskType(abc.ABC):
 
     # -- coordinator side ----------------------------------------------------
 
+    def check_input(self, dataset: Dataset, manifest: dict[str, Any]) -> None:
+        """Refuse, at submission, a dataset the model cannot take (raise InvalidInput saying why).
+
+        Without this, every task would fail on the workers and the reason stay in their logs."""
+
     @abc.abstractmethod
     def split(self, dataset: Dataset, task_size: int, params: BaseModel) -> Iterator[tuple[bytes, int]]:
         """Yield each task's input bytes and its number of items, in item order."""

@@ -166,6 +166,21 @@ class ClassifyTask(TaskType):
             for out, n in split_rows(Dataset(dataset.x[a:b]), b - a, np.float32)
         )
 
+    def check_input(self, dataset: Dataset, manifest: dict[str, Any]) -> None:
+        """Rows of numbers must hold as many values as the model's input.shape (image files are resized)."""
+        shape = (manifest.get("input") or {}).get("shape")
+        if dataset.kind != "array" or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            return
+        want = int(np.prod(shape))
+        got = int(np.prod(dataset.x.shape[1:])) if dataset.x.ndim > 1 else 1
+        if got != want:
+            raise InvalidInput(
+                f"each item of this dataset has shape {list(dataset.x.shape[1:])} ({got} values), but the model "
+                f"takes input.shape {list(shape)} ({want} values); give a dataset made for this model, or image files "
+                "(resized to the model's image_size)",
+                expected=list(shape), actual=list(dataset.x.shape[1:]),
+            )
+
     def load_model(self, model_bytes: bytes, manifest: dict[str, Any]) -> Classifier:
         import onnxruntime as ort
 

@@ -21,9 +21,12 @@ exactly or with a stated error:
   value) of the exact "lower" quantile: the element of rank
   floor(q * (n - 1)) in sorted order (``numpy.quantile(..., method="lower")``).
 
-A CSV row with the wrong number of fields or a value that is not a number
-in a chosen column is left out of every aggregate and reported, with the
-reason, in the job's output (rows with ``kind = "bad_item"``).
+A CSV row with the wrong number of fields is left out of every aggregate; a
+value that is not a number is left out of its own column only (the row's
+other columns still count it). Both are reported, with the reason, in the
+job's output (rows with ``kind = "bad_item"``). Without ``columns``, a CSV
+column is summarized when most of its values are numbers; the others are
+named in the summary (``text_columns``), never dropped silently.
 """
 
 from __future__ import annotations
@@ -231,7 +234,9 @@ def csv_rows(records: Sequence[bytes], header: list[str], delimiter: str) -> lis
 
 
 def csv_columns(records: Sequence[bytes], header: list[str], delimiter: str, columns: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int], dict[int, str]]:
-    """Parse CSV records: per column the values (float64) and missing counts, and the bad rows' reasons."""
+    """Parse CSV records: per column the values (float64) and missing counts, and the bad rows' reasons.
+
+    A malformed row counts nowhere; a bad value is left out of its own column only."""
     values: dict[str, list[float]] = {c: [] for c in columns}
     missing = dict.fromkeys(columns, 0)
     errors: dict[int, str] = {}
@@ -239,21 +244,19 @@ def csv_columns(records: Sequence[bytes], header: list[str], delimiter: str, col
         if isinstance(row, ValueError):
             errors[i] = str(row)
             continue
-        parsed = {}
-        try:
-            for c in columns:
-                try:
-                    parsed[c] = _number(row[c])
-                except ValueError as exc:
-                    raise ValueError(f"column {c!r}: {exc}") from None
-        except ValueError as exc:
-            errors[i] = str(exc)
-            continue
-        for c, v in parsed.items():
+        bad = []
+        for c in columns:
+            try:
+                v = _number(row[c])
+            except ValueError as exc:
+                bad.append(f"column {c!r}: {exc}")
+                continue
             if v is None:
                 missing[c] += 1
             else:
                 values[c].append(v)
+        if bad:
+            errors[i] = "; ".join(bad)
     return {c: np.asarray(v, dtype=np.float64) for c, v in values.items()}, missing, errors
 
 
@@ -334,7 +337,7 @@ class StatsTask(TaskType):
                         numbers[c] += 1
                 except ValueError:
                     words[c] += 1
-        return [c for c in header if numbers[c] > 0 and numbers[c] >= 9 * words[c]]
+        return [c for c in header if numbers[c] > 0 and numbers[c] > words[c]]
 
     @staticmethod
     def _edges(params: StatsParams, values: dict[str, np.ndarray]) -> dict[str, list[float] | None]:
@@ -355,7 +358,7 @@ class StatsTask(TaskType):
         errors: dict[int, str] = {}
         if meta["format"] == "csv":
             values, missing, errors = csv_columns(items, meta["header"], meta["delimiter"], columns)
-            rows = len(items) - len(errors)
+            rows = len(items) - sum(r.startswith("bad CSV") for r in errors.values())  # malformed rows only
         else:
             table = read_parquet(pa.BufferReader(items[0]), DatasetLimits())
             values, missing = {}, {}
@@ -455,4 +458,7 @@ class StatsTask(TaskType):
             ]
         )
         pq.write_table(pa.Table.from_pylist(records, schema=schema), out)
-        return {"rows": rows, "bad_items": len(bad_ids), "quantile_relative_error": alpha, "columns": summary}
+        every = dataset.meta.get("header", []) if dataset.kind == "bytes" else dataset.table().column_names
+        return {"rows": rows, "bad_items": len(bad_ids), "quantile_relative_error": alpha, "columns": summary,
+                # not summarized (mostly not numbers, or not asked for): said, not dropped silently
+                "text_columns": [c for c in every if c not in merged]}

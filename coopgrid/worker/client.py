@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -44,8 +45,19 @@ def error_from_response(response: httpx.Response) -> errors.CoopgridError:
     cls = getattr(errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, errors.CoopgridError)):
         cls = _BY_STATUS.get(response.status_code, errors.CoopgridError)
-    message = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
+    message = detail if isinstance(detail, str) else _problems(detail)
     return cls(f"{message} (HTTP {response.status_code})", status=response.status_code)
+
+
+def _problems(detail: Any) -> str:
+    """Validation problems ``[{"loc": [...], "msg": ...}]`` as "field: message; ..." (not raw JSON)."""
+    if isinstance(detail, list) and detail and all(isinstance(p, dict) and "msg" in p for p in detail):
+        parts = []
+        for p in detail:
+            loc = [str(x) for x in p.get("loc") or () if x not in ("body", "query", "path")]
+            parts.append(f"{'.'.join(loc)}: {p['msg']}" if loc else str(p["msg"]))
+        return "; ".join(parts)
+    return orjson.dumps(detail).decode()
 
 
 class Stopped(Exception):
@@ -60,8 +72,11 @@ class WorkerClient:
         stop: threading.Event | None = None,
         timeout: float = 30.0,
         backoff_cap: float = 10.0,
+        give_up_after: float | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        #: raise CoordinatorUnavailable once the coordinator has not answered for this long (None: retry for ever)
+        self.give_up_after = give_up_after
         self.identity = identity
         self.stop = stop or threading.Event()
         self.backoff_cap = backoff_cap
@@ -92,6 +107,7 @@ class WorkerClient:
     ) -> httpx.Response:
         content = b"" if body is None else orjson.dumps(body)
         attempt = 0
+        failing_since: float | None = None
         while True:
             # signed afresh on every attempt: a nonce is good for one request only
             headers = self.identity.request_headers(method, path, content, self.grid) if signed else {}
@@ -110,6 +126,11 @@ class WorkerClient:
                 reason = type(exc).__name__
             if not retry:
                 raise errors.CoordinatorUnavailable(f"{self.base_url} unreachable: {reason}")
+            failing_since = failing_since or time.monotonic()
+            if self.give_up_after is not None and time.monotonic() - failing_since > self.give_up_after:
+                raise errors.CoordinatorUnavailable(
+                    f"the coordinator at {self.base_url} has not answered for {self.give_up_after:g}s ({reason})"
+                )
             delay = random.uniform(0, min(self.backoff_cap, 0.2 * 2**attempt))
             if attempt == 0 or attempt % 10 == 0:
                 log.warning("coordinator %s unreachable (%s); retrying", self.base_url, reason)

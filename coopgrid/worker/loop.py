@@ -49,6 +49,7 @@ class Stats:
     released: int = 0
     rejected_batches: int = 0
     refused: str | None = None  # why the coordinator stopped giving this worker work
+    unreachable: str | None = None  # the coordinator stopped answering for longer than the worker waits
 
 
 class Worker:
@@ -76,6 +77,12 @@ class Worker:
             info = self.register()
         except Stopped:
             return self.stats
+        except errors.CoordinatorUnavailable as exc:
+            self.stats.unreachable = exc.message
+            return self.stats
+        except (errors.Forbidden, errors.AuthError) as exc:
+            self.stats.refused = exc.message
+            return self.stats
         log.info("worker %s registered as #%s", self.identity.address, info["id"])
         submitter = threading.Thread(target=self._submit_forever, name="submit", daemon=True)
         beater = threading.Thread(target=self._heartbeat_forever, name="heartbeat", daemon=True)
@@ -85,9 +92,12 @@ class Worker:
             self._lease_forever()
         except Stopped:
             pass
+        except errors.CoordinatorUnavailable as exc:
+            self.stats.unreachable = exc.message
         except (errors.Forbidden, errors.AuthError) as exc:  # quarantined, or unknown to the coordinator
+            # the caller reports it (the CLI prints it once); here only for a debug log
             self.stats.refused = exc.message
-            log.error("the coordinator refuses this worker: %s", exc.message)
+            log.info("the coordinator refuses this worker: %s", exc.message)
         finally:
             self._outbox.put(None)
             submitter.join()

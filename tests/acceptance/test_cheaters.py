@@ -75,7 +75,8 @@ def test_an_inconclusive_task_is_reported_not_dropped(grid):
             "task_type": "echo", "task_size": 5, "dataset": client.put_blob(datasets.sequence(20).to_npz()),
             "trust": {"replicas": 2, "quorum": 2, "max_replicas": 2, "adaptive": False, "gold_rate": 0},
         })
-        job = client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=180)
+        job = client.wait_for(job["id"], lambda j: j["state"] != "running", timeout=180)
         status = client.job(job["id"])
-    assert status["tasks_inconclusive"] == 4 and status["tasks_done"] == 0
+    # not one task accepted: the job failed, it is not "done"
+    assert status["state"] == "failed" and status["tasks_inconclusive"] == 4 and status["tasks_done"] == 0
     assert status["summary"]["tasks_inconclusive"] == 4

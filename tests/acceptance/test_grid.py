@@ -120,8 +120,9 @@ def test_a_worker_refuses_model_bytes_that_do_not_match_their_hash(grid, digits_
         blob.write_bytes(digits_onnx.onnx[:-10] + b"0123456789")
         grid.start_worker(0, "--batch", "1")
         job = submit(client, datasets.digits(100), model["hash"], 50)
-        job = client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=180)
+        job = client.wait_for(job["id"], lambda j: j["state"] != "running", timeout=180)
     assert job["tasks_failed"] == job["tasks"] and job["tasks_done"] == 0  # nothing computed with bad bytes
+    assert job["state"] == "failed" and "refused model" in job["summary"]["failure_reasons"][0]["reason"]
     grid.stop()
     log = grid.log("worker-0")
     assert f"refused model {model['hash']}" in log

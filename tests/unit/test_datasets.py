@@ -41,7 +41,9 @@ def test_image_directory_is_resized_and_light_pages_are_inverted(tmp_path):
     [
         ("digits:abc", "must be a number"),
         ("sequence", "needs a length"),
-        ("nowhere.npz", "unknown dataset"),
+        ("nowhere.npz", "no such file or directory: 'nowhere.npz'"),  # a missing file, not an unknown name
+        ("some/dir", "no such file or directory"),
+        ("nowhere", "unknown dataset 'nowhere': give digits"),
     ],
 )
 def test_bad_dataset_names_say_what_to_give(spec, message):

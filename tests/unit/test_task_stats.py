@@ -41,11 +41,27 @@ def test_stats_over_csv_shards_matches_a_single_numpy_pass_and_reports_bad_rows(
     rows = pq.read_table(tmp_path / "o.parquet").to_pylist()
     check_against_numpy(rows, truth, 16, 0.01, t.validate_params({}).quantiles)
     bad = [r for r in rows if r["kind"] == "bad_item"]
-    assert len(bad) == 4 and figures["bad_items"] == 4 and figures["rows"] == 4996
+    assert len(bad) == 4 and figures["bad_items"] == 4 and figures["rows"] == len(truth["id"])  # short rows out
     reasons = " ".join(r["error"] for r in bad)
     assert "not a number" in reasons or "fields" in reasons
     assert all(r["item_id"].startswith("part-") for r in bad)
     assert {c for c in figures["columns"]} == {"id", "x", "y"}  # label is text: not summarized
+
+
+def test_one_bad_value_is_reported_and_costs_only_its_own_cell(tmp_path):
+    # issue 12: a column with one bad value was dropped silently (bad_items 0), and with explicit
+    # columns the bad row was dropped from the other columns too
+    (tmp_path / "d.csv").write_text("a,b,name\n1,10,x\noops,20,y\n3,30,z\n")
+    data = datasets.load_items(tmp_path / "d.csv")
+    t = tasks.get("stats")
+    for params in ({}, {"columns": ["a", "b"]}):
+        figures, _ = run_local(t, data, 10, params, out=tmp_path / "o.parquet")
+        assert set(figures["columns"]) == {"a", "b"} and figures["text_columns"] == ["name"]
+        assert figures["bad_items"] == 1 and figures["rows"] == 3
+        assert figures["columns"]["a"]["count"] == 2 and figures["columns"]["a"]["mean"] == 2.0
+        assert figures["columns"]["b"]["count"] == 3 and figures["columns"]["b"]["mean"] == 20.0
+        (bad,) = [r for r in pq.read_table(tmp_path / "o.parquet").to_pylist() if r["kind"] == "bad_item"]
+        assert "column 'a'" in bad["error"] and "'oops' is not a number" in bad["error"]
 
 
 def test_stats_over_parquet_with_nulls_and_byte_split(tmp_path):
