@@ -76,7 +76,7 @@ def grid(plugin_site, tmp_path):
     env = {"PYTHONPATH": os.pathsep.join([str(plugin_site), *filter(None, [os.environ.get("PYTHONPATH")])])}
     g = LocalGrid(tmp_path / "grid")
     try:
-        g.start_coordinator(env=env)
+        g.start_coordinator("--ledger", "none", env=env)  # the chain is not what these tests are about
         g.start_worker(0, "--batch", "2", env=env)
         g.start_worker(1, "--batch", "2", env=env)
         yield g
