@@ -16,6 +16,7 @@ from coopgrid.blobs import BlobStore
 from coopgrid.config import Settings
 from coopgrid.coordinator.auth import Auth
 from coopgrid.coordinator.epochs import Sealer
+from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.scheduler import Scheduler
 from coopgrid.coordinator.summary import Summarizer
 from coopgrid.coordinator.validation import Validator
@@ -39,6 +40,7 @@ class App:
     summarizer: Summarizer
     ledger: Ledger | None
     sealer: Sealer | None
+    metrics: Metrics
 
     def close(self) -> None:
         if self.ledger is not None:
@@ -124,14 +126,20 @@ def build(settings: Settings) -> App:
         ledger = open_coordinator_ledger(settings, coordinator_identity(settings), deploy=False)
         sealer = Sealer(settings, store, blobs, ledger)
     _private(settings)
-    return App(
+    metrics = Metrics()
+    app = App(
         settings=settings,
         store=store,
         blobs=blobs,
         registry=registry,
         auth=Auth(store, settings),
-        scheduler=Scheduler(settings, store, blobs, registry, summarizer, Validator(store)),
+        scheduler=Scheduler(
+            settings, store, blobs, registry, summarizer, Validator(store, metrics=metrics), metrics=metrics
+        ),
         summarizer=summarizer,
         ledger=ledger,
         sealer=sealer,
+        metrics=metrics,
     )
+    metrics.watch(app)
+    return app

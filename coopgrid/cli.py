@@ -81,25 +81,41 @@ def coordinator(
     ] = False,
     seal_every_results: Annotated[int, typer.Option(envvar="COOPGRID_SEAL_EVERY_RESULTS")] = 10_000,
     seal_every_seconds: Annotated[float, typer.Option(envvar="COOPGRID_SEAL_EVERY_SECONDS")] = 60.0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    metrics_public: Annotated[
+        bool, typer.Option(envvar="COOPGRID_METRICS_PUBLIC", help="Serve /metrics without a token (default: operator token).")
+    ] = False,
+    log_format: Annotated[
+        str, typer.Option(envvar="COOPGRID_LOG_FORMAT", help="text, or json: one JSON object per line, for log collectors.")
+    ] = "text",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lines too.")] = False,
 ) -> None:
-    """Serve the coordinator's HTTP API (OpenAPI docs at /docs) and seal results on the ledger."""
+    """Serve the coordinator's HTTP API, dashboard (/), metrics (/metrics) and API docs (/docs); seal results.
+
+    Logs one line per event (job submitted or finished, worker registered or quarantined, epoch committed)."""
     from pydantic import ValidationError
 
+    from coopgrid import logs
     from coopgrid.config import Settings
     from coopgrid.coordinator.server import serve
 
-    _logging(verbose)
+    if log_format not in logs.FORMATS:
+        fail(f"--log-format must be one of {', '.join(logs.FORMATS)}, not {log_format!r}")
+    logs.setup(logging.INFO if verbose else logging.WARNING, log_format,
+               coopgrid_level=logging.DEBUG if verbose else logging.INFO)
     try:
         settings = Settings(
             data_dir=data_dir, host=host, port=port, database_url=database_url, lease_seconds=lease_seconds,
             ledger=ledger, rpc_url=rpc_url, contract=contract, chain_id=chain_id,
             seal_every_results=seal_every_results, seal_every_seconds=seal_every_seconds,
-            separate_networks=separate_networks,
+            separate_networks=separate_networks, metrics_public=metrics_public,
         )
     except ValidationError as exc:
         fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-    serve(settings, operator_token_file, announce=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    if log_format == "json":  # every line a JSON object, the coordinator's own announcements too
+        announce = lambda m: logging.getLogger("coopgrid.coordinator").info(m, extra={"event": "coordinator"})  # noqa: E731
+    else:
+        announce = lambda m: console.print(m, highlight=False, soft_wrap=True)  # noqa: E731
+    serve(settings, operator_token_file, announce=announce)
 
 
 # -- worker -------------------------------------------------------------------------

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(60.0, gt=0, description="How long a worker holds leased replicas without a heartbeat.")
     max_lease_batch: int = Field(1000, ge=1, description="Most replicas one lease request may take.")
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Largest model or dataset upload accepted.")
+    max_dataset_bytes: int = Field(
+        1 << 30,
+        ge=1,
+        description="Most bytes a job's dataset may decode to (all its arrays, or its table's columns); checked "
+        "from the sizes the dataset declares, before anything is decompressed.",
+    )
+    max_dataset_items: int = Field(1_000_000, ge=1, description="Most items (rows) in a job's dataset.")
     inline_input_bytes: int = Field(
         16 * 1024, ge=0, description="Task inputs up to this size travel inside the lease; larger ones as blobs."
     )
@@ -91,6 +98,12 @@ class Settings(BaseSettings):
     )
     max_job_reward: int = Field(
         10**27, ge=0, lt=REWARD_CEILING, description="Largest reward x tasks a job may offer (its most possible spend)."
+    )
+
+    metrics_public: bool = Field(
+        False,
+        description="Serve /metrics without a token (e.g. to a Prometheus on a private network); by default "
+        "it needs an operator token, as it shows the grid's activity.",
     )
 
     @model_validator(mode="after")

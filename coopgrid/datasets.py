@@ -21,7 +21,7 @@ Names a submitter can give (``coopgrid submit --dataset ...``):
   augmentations (seeded noise and contrast jitter), e.g. ``digits:20000``;
 * ``sequence:N``: the integers 0..N-1, one per item (for ``echo``);
 * a ``.npz`` file written by :meth:`Dataset.to_npz` (or any .npz with ``x``);
-* through :func:`load_items` / :func:`load_for_task`: a file or directory of
+* through :func:`~coopgrid.dataset_files.load_items` / :func:`load_for_task`: a file or directory of
   images (PNG, JPEG, TIFF, BMP, WebP, GIF), PDFs (each page rendered to a PNG
   page image with pypdfium2 when it is installed, else kept whole), text files
   (a directory: one item per file; a ``.txt`` file: one item per non-empty
@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from coopgrid.errors import DatasetError
+from coopgrid.limits import DatasetLimits, npz_meta, open_image, parquet_rows, read_npy, read_npz, read_parquet
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 #: files read as image items (decoded by the workers)
@@ -61,6 +62,8 @@ PARQUET_SUFFIXES = {".parquet", ".pq"}
 KINDS = ("array", "bytes", "table")
 #: ids of rendered PDF pages: ``<file>#page=<n>``; the part before ``#`` names the document
 PAGE_SEP = "#page="
+#: what a dataset may decode to unless told otherwise (a coordinator passes its settings')
+DEFAULT_LIMITS = DatasetLimits()
 
 
 @dataclass
@@ -171,14 +174,15 @@ class Dataset:
         )
 
     def table(self) -> Any:
-        """The rows of a ``table`` dataset as a pyarrow Table."""
-        import pyarrow.parquet as pq
+        """The rows of a ``table`` dataset as a pyarrow Table (decoded within the dataset's limits)."""
+        import pyarrow as pa
 
         if self.kind != "table":
             raise DatasetError(f"table(): a {self.kind} dataset is not a table")
         cached = self.__dict__.get("_table")
         if cached is None:
-            cached = pq.read_table(io.BytesIO(self.x.tobytes()))
+            source = pa.BufferReader(pa.py_buffer(np.ascontiguousarray(self.x)))
+            cached = read_parquet(source, self.__dict__.get("_limits", DEFAULT_LIMITS))
             self.__dict__["_table"] = cached
         return cached
 
@@ -234,22 +238,33 @@ class Dataset:
         return buf.getvalue()
 
     @classmethod
-    def from_npz(cls, data: bytes | Path) -> Dataset:
-        try:
-            with np.load(io.BytesIO(data) if isinstance(data, bytes) else data, allow_pickle=False) as npz:
-                if "x" not in npz:
-                    raise DatasetError("the .npz has no array named 'x' (one row per item)")
-                return cls(
-                    x=npz["x"],
-                    y=npz["y"] if "y" in npz else None,
-                    ids=npz["ids"] if "ids" in npz else None,
-                    offsets=npz["offsets"] if "offsets" in npz else None,
-                    kind=str(npz["kind"]) if "kind" in npz else "array",
-                    media=str(npz["media"]) if "media" in npz else "",
-                    meta=json.loads(str(npz["meta"])) if "meta" in npz else {},
-                )
-        except (ValueError, OSError, EOFError) as exc:
-            raise DatasetError(f"cannot read the dataset as .npz: {exc}") from exc
+    def from_npz(cls, data: bytes | Path, limits: DatasetLimits | None = DEFAULT_LIMITS) -> Dataset:
+        """A dataset from .npz bytes or file, refused (TooLarge) past ``limits`` before it is decompressed.
+
+        ``limits=None`` reads a dataset already accepted under other limits
+        (its structure is still checked).
+        """
+        arrays = read_npz(data, limits)
+        kind = str(arrays["kind"]) if "kind" in arrays else "array"
+        meta = npz_meta(arrays["meta"]) if "meta" in arrays else {}
+        if kind == "table":
+            import pyarrow as pa
+
+            x = arrays["x"]
+            if x.dtype != np.uint8 or x.ndim != 1:
+                raise DatasetError("a table dataset's x must be the bytes of a Parquet file (flat uint8)")
+            meta["rows"] = parquet_rows(pa.BufferReader(pa.py_buffer(x)), limits)
+        dataset = cls(
+            x=arrays["x"],
+            y=arrays.get("y"),
+            ids=arrays.get("ids"),
+            offsets=arrays.get("offsets"),
+            kind=kind,
+            media=str(arrays["media"]) if "media" in arrays else "",
+            meta=meta,
+        )
+        dataset.__dict__["_limits"] = limits
+        return dataset
 
 
 # -- task input bundles ---------------------------------------------------------------
@@ -332,18 +347,19 @@ def sequence(n: int) -> Dataset:
 
 def images_dir(path: Path, size: tuple[int, int], value_max: float) -> Dataset:
     """Grayscale images resized to ``size``, dark background, ink scaled to 0..value_max."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DatasetError(f"{path} holds no PNG or JPEG images")
+    DatasetLimits.from_env().check_items(len(files), "images")
     rows = []
     for f in files:
         try:
-            with Image.open(f) as im:
+            with open_image(f.read_bytes()) as im:
                 arr = np.asarray(im.convert("L").resize((size[1], size[0]), Image.Resampling.BILINEAR), np.float32)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DatasetError(f"cannot decode image {f.name}: {exc}") from exc
+        except ValueError as exc:
+            raise DatasetError(f"{f.name}: {exc}") from exc
         rows.append(digit_like(arr, value_max))
     return Dataset(np.stack(rows), None, np.array([f.name for f in files]))
 
@@ -357,218 +373,11 @@ def digit_like(gray: np.ndarray, value_max: float) -> np.ndarray:
     return arr.reshape(-1) * (value_max / 255.0)
 
 
-# -- files and directories as items ----------------------------------------------------------
-
-
-def _category(p: Path) -> str | None:
-    s = p.suffix.lower()
-    if s in ANY_IMAGE_SUFFIXES or s in PDF_SUFFIXES:
-        return "image"
-    if s in TEXT_SUFFIXES or s == ".jsonl":
-        return "text"
-    if s in CSV_SUFFIXES:
-        return "csv"
-    if s in PARQUET_SUFFIXES:
-        return "table"
-    return None
-
-
-def render_pdf(data: bytes, dpi: int = 200) -> list[bytes]:
-    """Each page of a PDF as a grayscale PNG (pypdfium2, a pip-only wheel). Raises ValueError."""
-    try:
-        import pypdfium2 as pdfium
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ValueError("PDF pages need pypdfium2 (pip install 'coopgrid[ocr]')") from exc
-    try:
-        pdf = pdfium.PdfDocument(data)
-    except Exception as exc:  # pdfium raises its own PdfiumError
-        raise ValueError(f"cannot open the PDF: {exc}") from exc
-    pages = []
-    try:
-        for i in range(len(pdf)):
-            page = pdf[i]
-            image = page.render(scale=dpi / 72, grayscale=True).to_pil()
-            buf = io.BytesIO()
-            image.convert("L").save(buf, format="PNG")
-            pages.append(buf.getvalue())
-            page.close()
-    finally:
-        pdf.close()
-    return pages
-
-
-def _image_items(files: list[Path], root: Path, pdf_dpi: int) -> tuple[list[bytes], list[str]]:
-    items, ids = [], []
-    for f in files:
-        name = str(f.relative_to(root)) if f != root else f.name
-        data = f.read_bytes()
-        if f.suffix.lower() in PDF_SUFFIXES:
-            try:
-                pages = render_pdf(data, pdf_dpi)
-            except ValueError:
-                pages = []
-            if pages:
-                items += pages
-                ids += [f"{name}{PAGE_SEP}{k + 1}" for k in range(len(pages))]
-                continue
-            # unreadable (or no renderer): the whole file goes as one item and its worker says why
-        items.append(data)
-        ids.append(name)
-    return items, ids
-
-
-def _text_items(files: list[Path], root: Path) -> tuple[list[bytes], list[str]]:
-    items, ids = [], []
-    if len(files) == 1 and root.is_file():
-        f = files[0]
-        if f.suffix.lower() == ".jsonl":
-            for n, line in enumerate(f.read_bytes().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    text, item_id = rec["text"], str(rec.get("id", f"{f.name}:{n}"))
-                    items.append(text.encode("utf-8"))
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    items.append(line)  # kept raw: its worker reports it
-                    item_id = f"{f.name}:{n}"
-                ids.append(item_id)
-        else:
-            for n, line in enumerate(f.read_bytes().splitlines(), 1):
-                if line.strip():
-                    items.append(line)
-                    ids.append(f"{f.name}:{n}")
-        return items, ids
-    for f in files:
-        items.append(f.read_bytes())
-        ids.append(str(f.relative_to(root)))
-    return items, ids
-
-
-def csv_records(data: bytes) -> list[tuple[int, bytes]]:
-    """Split CSV bytes into records (a quoted field may hold newlines): (line number, record bytes)."""
-    records: list[tuple[int, bytes]] = []
-    pending: list[bytes] = []
-    start = 0
-    quotes = 0
-    for n, line in enumerate(data.splitlines(), 1):
-        if not pending:
-            start = n
-        pending.append(line)
-        quotes += line.count(b'"')
-        if quotes % 2 == 0:
-            rec = b"\n".join(pending)
-            if rec.strip():
-                records.append((start, rec))
-            pending, quotes = [], 0
-    if pending:
-        records.append((start, b"\n".join(pending)))  # an unterminated quote: its worker reports it
-    return records
-
-
-def _csv_items(files: list[Path], root: Path) -> tuple[list[bytes], list[str], dict[str, Any]]:
-    import csv
-
-    items, ids = [], []
-    header: list[str] | None = None
-    delimiter = "\t" if files[0].suffix.lower() == ".tsv" else ","
-    for f in files:
-        records = csv_records(f.read_bytes())
-        if not records:
-            continue
-        name = str(f.relative_to(root)) if f != root else f.name
-        try:
-            this = next(csv.reader([records[0][1].decode("utf-8-sig")], delimiter=delimiter))
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise DatasetError(f"cannot read the header of {name}: {exc}") from exc
-        if header is None:
-            header = this
-        elif this != header:
-            raise DatasetError(f"{name}'s header {this} differs from the first shard's {header}")
-        for line, rec in records[1:]:
-            items.append(rec)
-            ids.append(f"{name}:{line}")
-    if header is None or not items:
-        raise DatasetError(f"{root} holds no CSV records")
-    return items, ids, {"header": header, "delimiter": delimiter}
-
-
-def load_items(path: Path | str, pdf_dpi: int = 200) -> Dataset:
-    """A file or directory of images/PDFs, text, CSV or Parquet as items (see the module docstring)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    root = Path(path)
-    if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and _category(p) is not None)
-    elif root.is_file():
-        files = [root]
-    else:
-        raise DatasetError(f"no such file or directory: {root}")
-    cats = {_category(p) for p in files} - {None}
-    if not cats:
-        raise DatasetError(
-            f"{root} holds no images, PDFs, text, CSV or Parquet files "
-            f"(suffixes: {', '.join(sorted(ANY_IMAGE_SUFFIXES | PDF_SUFFIXES | TEXT_SUFFIXES | CSV_SUFFIXES | PARQUET_SUFFIXES))})"
-        )
-    if len(cats) > 1:
-        raise DatasetError(f"{root} mixes {' and '.join(sorted(c for c in cats if c))} files; give one kind per dataset")
-    cat = cats.pop()
-    if cat == "image":
-        items, ids = _image_items(files, root if root.is_dir() else root, pdf_dpi)
-        return Dataset.from_items(items, "image", ids)
-    if cat == "text":
-        items, ids = _text_items(files, root)
-        return Dataset.from_items(items, "text", ids)
-    if cat == "csv":
-        items, ids, meta = _csv_items(files, root)
-        return Dataset.from_items(items, "csv", ids, meta=meta)
-    # parquet: one table; a preprocess job's output becomes its items again
-    tables, ids = [], []
-    for f in files:
-        try:
-            t = pq.read_table(f)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DatasetError(f"cannot read {f.name} as Parquet: {exc}") from exc
-        tables.append(t)
-        name = str(f.relative_to(root)) if root.is_dir() else f.name
-        if "item_id" not in t.column_names:
-            ids += [f"{name}:{i}" for i in range(t.num_rows)]
-    try:
-        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    except pa.ArrowInvalid as exc:
-        raise DatasetError(f"the Parquet shards in {root} do not share one schema: {exc}") from exc
-    produced = from_preprocess_output(table)
-    if produced is not None:
-        return produced
-    if "item_id" in table.column_names:
-        ids = [str(v) for v in table.column("item_id").to_pylist()]
-    return Dataset.from_table(table, ids)
-
-
-def from_preprocess_output(table: Any) -> Dataset | None:
-    """A ``preprocess`` job's output (kept, decodable rows) as a dataset, or None if it is not one."""
-    meta = table.schema.metadata or {}
-    media = meta.get(b"coopgrid.media")
-    if media is None or "data" not in table.column_names:
-        return None
-    cols = table.to_pydict()
-    keep = [
-        i
-        for i in range(table.num_rows)
-        if cols["data"][i] is not None and not cols.get("error", [None] * table.num_rows)[i]
-        and not cols.get("duplicate_of", [None] * table.num_rows)[i]
-    ]
-    if not keep:
-        raise DatasetError("the preprocess output has no usable items (every row failed or was a duplicate)")
-    return produced_dataset([str(cols["item_id"][i]) for i in keep], [cols["data"][i] for i in keep], media.decode())
-
-
 def produced_dataset(ids: Sequence[str], items: Sequence[bytes], media: str) -> Dataset:
     """Items a job produced as a dataset: same-shaped .npy arrays (media ``array``) become
     numeric rows, anything else stays byte items."""
     if media == "array":
-        arrays = [np.load(io.BytesIO(d), allow_pickle=False) for d in items]
+        arrays = [read_npy(d) for d in items]
         if len({a.shape for a in arrays}) == 1:
             return Dataset(np.stack(arrays).reshape(len(arrays), -1), None, np.asarray(list(ids), dtype=str))
     return Dataset.from_items(items, media, ids)
@@ -595,8 +404,10 @@ def load(spec: str, image_size: tuple[int, int] = (8, 8), value_max: float = 16.
     ):
         return images_dir(path, image_size, value_max)
     if path.suffix == ".npz" and path.is_file():
-        return Dataset.from_npz(path)
+        return Dataset.from_npz(path, DatasetLimits.from_env())
     if path.exists():
+        from coopgrid.dataset_files import load_items
+
         return load_items(path)
     raise DatasetError(
         f"unknown dataset {spec!r}: give digits, digits:N, sequence:N, an .npz file, or a file or directory of "
@@ -616,4 +427,18 @@ def load_for_task(spec: str, task_type: str, manifest: dict[str, Any] | None = N
     if not path.exists() or (path.is_file() and path.suffix == ".npz"):
         inp = (manifest or {}).get("input", {})
         return load(spec, tuple(inp.get("image_size", (8, 8))), float(inp.get("value_max", 16.0)))
+    from coopgrid.dataset_files import load_items
+
     return load_items(path)
+
+
+#: names that moved to :mod:`coopgrid.dataset_files` (which imports this module), still found here
+_MOVED = {"load_items", "render_pdf", "render_page", "first_pdf_page", "csv_records", "from_preprocess_output"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from coopgrid import dataset_files
+
+        return getattr(dataset_files, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

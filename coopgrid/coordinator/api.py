@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, Path, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -27,13 +27,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coopgrid import __version__
 from coopgrid.app import App
+from coopgrid.coordinator.dashboard import install as install_dashboard
+from coopgrid.coordinator.deps import MAX_ID, Id, Index, TokenDep, signed_address
 from coopgrid.coordinator.edge import STATE_SIGNED, STATE_TOKEN, Edge, error_body, error_headers
 from coopgrid.coordinator.openapi import document
 from coopgrid.coordinator.ratelimit import TokenBuckets
-from coopgrid.errors import AuthError, Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
+from coopgrid.errors import Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
-from coopgrid.store.base import JobRecord, ModelRecord, Token
+from coopgrid.store.base import JobRecord, ModelRecord
+from coopgrid.coordinator.access import can_read, unreadable
 from coopgrid.coordinator.scheduler import JobSpec
 
 log = logging.getLogger(__name__)
@@ -47,12 +50,6 @@ class TokenRequest(BaseModel):
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-#: the largest id, index or epoch number the store can hold (a signed 64-bit integer)
-MAX_ID = 2**63 - 1
-Id = Annotated[int, Path(ge=1, le=MAX_ID, description="A positive 64-bit id.")]
-Index = Annotated[int, Path(ge=0, le=MAX_ID, description="A task's index in its job (from 0).")]
 
 
 def _error(exc: CoopgridError) -> JSONResponse:
@@ -148,6 +145,8 @@ def create_api(app: App) -> FastAPI:
         version=__version__,
         description="Work units for untrusted grid workers; results signed with EIP-712.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by the dashboard module
+        redoc_url=None,
     )
 
     api.add_middleware(Edge, auth=app.auth, settings=settings)
@@ -191,22 +190,6 @@ def create_api(app: App) -> FastAPI:
         ]
         return JSONResponse({"error": "InvalidInput", "detail": problems}, status_code=422)
 
-    def token(request: Request) -> Token:
-        """The caller's API token, checked by the edge from the Authorization header."""
-        found = request.scope.get("state", {}).get(STATE_TOKEN)
-        if found is None:
-            raise AuthError()
-        return found
-
-    TokenDep = Annotated[Token, Depends(token)]
-
-    def signed_address(request: Request) -> str:
-        """The worker address whose signature the edge checked, or AuthError."""
-        signed = request.scope.get("state", {}).get(STATE_SIGNED)
-        if signed is None:
-            raise AuthError("worker requests must be signed (the x-coopgrid-* headers); see coopgrid.identity")
-        return signed.address
-
     async def worker_of(request: Request) -> Any:
         return await run_in_threadpool(app.auth.worker, signed_address(request))
 
@@ -248,15 +231,20 @@ def create_api(app: App) -> FastAPI:
             if not blob.size:
                 raise InvalidInput("the upload is empty")
             digest = await run_in_threadpool(blob.commit)
+        await run_in_threadpool(app.store.grant_blob, digest, tok.id)  # whoever has the bytes may read them
         return {"sha256": digest, "size": blob.size}
 
     @api.get("/v1/blobs/{digest}", tags=["blobs"])
     async def get_blob(digest: str, request: Request) -> Any:
-        if request.scope.get("state", {}).get(STATE_TOKEN) is None:
-            await worker_of(request)
-        path = app.blobs.path(digest)
-        if not path.exists():
-            app.blobs.get(digest)  # raises BlobNotFound with the usual message
+        """A blob's bytes, for a caller that may read them (see coopgrid/coordinator/access.py).
+
+        A blob the caller may not read is answered exactly like a missing one (404)."""
+        who = request.scope.get("state", {}).get(STATE_TOKEN)
+        if who is None:
+            who = await worker_of(request)
+        path = app.blobs.path(digest)  # a malformed hash is 422 before anything is looked up
+        if not await run_in_threadpool(can_read, app.store, who, digest, time.time()) or not path.exists():
+            raise unreadable(digest)
         return FileResponse(path, media_type="application/octet-stream")
 
     # -- models -------------------------------------------------------------------
@@ -297,7 +285,11 @@ def create_api(app: App) -> FastAPI:
     @api.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
     def cancel_job(job_id: str, tok: TokenDep) -> dict[str, Any]:
         app.scheduler.job_for(job_id, tok)
-        return job_view(app, app.store.cancel_job(job_id, time.time()))
+        job = app.store.cancel_job(job_id, time.time())
+        log.info("job %s cancelled by %s: %d/%d tasks done", job.id, tok.name, job.tasks_done, job.n_tasks,
+                 extra={"event": "job_finished", "job": job.id, "state": job.state, "tasks": job.n_tasks,
+                        "tasks_done": job.tasks_done})
+        return job_view(app, job)
 
     @api.get("/v1/jobs/{job_id}/output", tags=["jobs"])
     def job_output(job_id: str, tok: TokenDep) -> Response:
@@ -320,7 +312,8 @@ def create_api(app: App) -> FastAPI:
         address = signed_address(request)
         reg = WorkerRegistration.model_validate_json(await request.body() or b"{}")
         network = network_of(request.client.host) if request.client else None
-        if await run_in_threadpool(app.store.get_worker, address) is None:
+        new = await run_in_threadpool(app.store.get_worker, address) is None
+        if new:
             # new keys are what costs an attacker nothing: they are what is limited
             registrations_by_network.take(network or "unknown")
             registrations_by_owner.take(reg.owner)
@@ -329,6 +322,10 @@ def create_api(app: App) -> FastAPI:
             app.store.register_worker, address, reg.name, reg.owner, time.time(), network
         )
         app.auth.forget_worker(address)
+        log.info("worker %s (%s, owner %s) %s", address, reg.name or "unnamed", reg.owner or "-",
+                 "registered" if new else "registered again",
+                 extra={"event": "worker_registered", "worker": address, "worker_name": reg.name, "owner": reg.owner,
+                        "new": new})
         return {"id": record.id, "address": record.address, "name": record.name, "owner": record.owner}
 
     @api.get("/v1/workers", tags=["workers"])
@@ -479,6 +476,7 @@ def create_api(app: App) -> FastAPI:
             "contract": sealer().ledger.address,
         }
 
+    install_dashboard(api, app)
     api.openapi = lambda: document(api)  # type: ignore[method-assign]
     return api
 

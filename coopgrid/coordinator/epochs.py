@@ -88,6 +88,8 @@ class Sealer:
         self.ledger = ledger
         self._lock = threading.Lock()
         self._trees: dict[int, merkle.StandardMerkleTree] = {}
+        #: sealing rounds that failed, by cause (exported as coopgrid_chain_errors_total)
+        self.failures: dict[str, int] = {"unavailable": 0, "ledger": 0, "other": 0}
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -99,12 +101,15 @@ class Sealer:
                 self.step()
                 delay = 1.0
             except ChainUnavailable as exc:
+                self.failures["unavailable"] += 1
                 delay = min(delay * 2, 60.0)
                 log.warning("chain unreachable (%s); sealing again in %.0fs", exc.message, delay)
             except LedgerError as exc:
+                self.failures["ledger"] += 1
                 delay = min(delay * 2, 60.0)
                 log.error("sealing failed: %s; retrying in %.0fs", exc.message, delay)
             except Exception:
+                self.failures["other"] += 1
                 delay = min(delay * 2, 60.0)
                 log.exception("sealing failed; retrying in %.0fs", delay)
 
@@ -183,7 +188,11 @@ class Sealer:
         self.store.update_epoch(
             n, state=EpochState.COMMITTED.value, block_number=receipt.block_number, committed_at=time.time()
         )
-        log.info("epoch %s committed in block %s (tx %s)", n, receipt.block_number, e.tx_hash)
+        log.info(
+            "epoch %s committed: %s results in block %s (tx %s)", n, e.result_count, receipt.block_number, e.tx_hash,
+            extra={"event": "epoch_committed", "epoch": n, "results": e.result_count,
+                   "block": receipt.block_number, "tx": e.tx_hash},
+        )
         return self._get(n)
 
     def _build(self, n: int) -> None:

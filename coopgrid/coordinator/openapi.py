@@ -53,6 +53,12 @@ SECURITY: dict[tuple[str, str], list[dict[str, list[str]]]] = {
     ("get", "/v1/rewards/{address}"): PUBLIC,
     ("post", "/v1/rewards/{address}/claim"): EITHER,
     ("get", "/v1/ledger/models/{model_hash}"): PUBLIC,
+    # coordinator/dashboard.py
+    ("get", "/metrics"): PEOPLE,  # an operator's, unless the coordinator runs with metrics_public
+    ("get", "/v1/grid"): PEOPLE,
+    ("get", "/v1/grid/rewards"): PEOPLE,
+    ("get", "/v1/jobs/{job_id}/failures"): PEOPLE,
+    ("get", "/v1/ledger/epochs/{number}"): PUBLIC,
 }
 
 #: bodies the worker routes read themselves (after checking the signature over their hash)

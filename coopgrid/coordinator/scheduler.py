@@ -8,6 +8,7 @@ leases are reaped and their tasks reissued to other workers.
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
 import time
@@ -19,6 +20,9 @@ from coopgrid import tasks
 from coopgrid.blobs import BlobStore
 from coopgrid.config import REWARD_CEILING, Settings
 from coopgrid.datasets import Dataset
+from coopgrid.limits import DatasetLimits
+from coopgrid.coordinator.access import can_read, unreadable_dataset
+from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.trust import TrustPolicy, gold_probability
 from coopgrid.coordinator.validation import Validator
 from coopgrid.errors import AuthError, DatasetError, Forbidden, IntegrityError, InvalidInput, JobNotFound, LeaseError
@@ -26,6 +30,8 @@ from coopgrid.identity import recover_batch_signer
 from coopgrid.protocol import ZERO_HASH, LeaseRequest, ResultBatch, ResultRef, b64decode, b64encode, sha256_hex
 from coopgrid.registry import ModelRegistry
 from coopgrid.store.base import IncomingResult, JobRecord, NewJob, NewTask, RecordOutcome, Store, Token, WorkerRecord
+
+log = logging.getLogger(__name__)
 
 
 class JobSpec(BaseModel):
@@ -55,6 +61,7 @@ class Scheduler:
         summarizer: Any,
         validator: Validator,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -63,6 +70,7 @@ class Scheduler:
         self.summarizer = summarizer
         self.validator = validator
         self.rng = rng or random.Random()
+        self.metrics = metrics or Metrics()
         self._gold_rate: tuple[float, float] = (0.0, -1.0)  # (rate, when read)
 
     # -- submission ---------------------------------------------------------------
@@ -88,7 +96,11 @@ class Scheduler:
             model_hash = model.hash
         elif spec.model:
             raise InvalidInput(f"{spec.task_type!r} jobs take no model")
-        dataset = Dataset.from_npz(self.blobs.get(spec.dataset))
+        # a hash learnt from someone else's job is refused exactly like one never uploaded
+        if not can_read(self.store, token, spec.dataset, time.time()) or not self.blobs.exists(spec.dataset):
+            raise unreadable_dataset(spec.dataset)
+        limits = DatasetLimits(self.settings.max_dataset_bytes, self.settings.max_dataset_items)
+        dataset = Dataset.from_npz(self.blobs.get(spec.dataset), limits)
         new_tasks = []
         first = 0
         try:
@@ -124,7 +136,14 @@ class Scheduler:
             policy=spec.trust.model_dump(),
             initial_replicas=spec.trust.initial_replicas,
         )
-        return self.store.create_job(job, new_tasks, time.time())
+        record = self.store.create_job(job, new_tasks, time.time())
+        log.info(
+            "job %s submitted by %s: %s, %d items in %d tasks", record.id, token.name, record.task_type,
+            record.n_items, record.n_tasks,
+            extra={"event": "job_submitted", "job": record.id, "owner": token.name, "task_type": record.task_type,
+                   "items": record.n_items, "tasks": record.n_tasks},
+        )
+        return record
 
     def job_for(self, job_id: str, token: Token) -> JobRecord:
         """The job if ``token`` may see it; a submitter sees only its own."""
@@ -163,6 +182,8 @@ class Scheduler:
         )
         if lease is None:
             return None
+        self.metrics.leases.inc()
+        self.metrics.leased_replicas.inc(len(lease.replicas))
         return {
             "lease_id": lease.id,
             "expires_at": lease.expires_at,
@@ -231,6 +252,7 @@ class Scheduler:
                 lease_id=lease_id,
             )
         outcome = self.store.record_results(lease_id, worker.id, batch.signature, incoming, batch.release, time.time())
+        self.metrics.count_results(outcome.statuses)
         if outcome.tasks and not outcome.lease_expired:
             outcome.completed_jobs += self.validator.validate(outcome.tasks)
         if outcome.lease_expired:

@@ -27,17 +27,35 @@ class TimedHttpProtocol(HttpToolsProtocol):
     client that connects and sends half a request line, or drips headers a
     byte at a time, would hold its connection for ever. Here every request
     must complete its headers within ``header_timeout`` seconds of the
-    connection opening or of the previous response; the body is timed by the
-    edge middleware (:mod:`coopgrid.coordinator.edge`)."""
+    connection opening or of the previous response, in at most
+    ``max_header_bytes`` (httptools itself sets no bound: a 10 MB header line
+    was accepted); the body is timed by the edge middleware
+    (:mod:`coopgrid.coordinator.edge`)."""
 
     header_timeout = 10.0
+    max_header_bytes = 64 * 1024
 
     def connection_made(self, transport):  # type: ignore[no-untyped-def]
         super().connection_made(transport)
         self._arm_header_deadline()
 
+    def data_received(self, data: bytes) -> None:
+        in_headers = getattr(self, "_header_deadline", None) is not None
+        super().data_received(data)
+        if in_headers and getattr(self, "_header_deadline", None) is not None:
+            # still reading the request line and headers: bound them, as the timer bounds their time
+            self._header_bytes = getattr(self, "_header_bytes", 0) + len(data)
+            if self._header_bytes > self.max_header_bytes and not self.transport.is_closing():
+                self._disarm_header_deadline()
+                self.transport.write(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
+                    b"connection: close\r\ncontent-length: 43\r\n\r\nthe request's headers are over 64 KiB long\n"
+                )
+                self.transport.close()
+
     def on_headers_complete(self) -> None:
         self._disarm_header_deadline()
+        self._header_bytes = 0
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
@@ -106,6 +124,7 @@ def serve(
         create_api(app),
         http=protocol_for(settings),
         log_level="warning",
+        log_config=None,  # uvicorn's lines go through coopgrid's handler and format (see coopgrid.logs)
         access_log=False,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=settings.keep_alive_timeout,

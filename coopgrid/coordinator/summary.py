@@ -38,7 +38,8 @@ class Summarizer:
                 return job
             task_type = tasks.get(job.task_type)
             params = task_type.validate_params(job.params)
-            dataset = Dataset.from_npz(self.blobs.get(job.dataset_hash))
+            # accepted at submission, under the limits of then (which may since have been lowered)
+            dataset = Dataset.from_npz(self.blobs.get(job.dataset_hash), limits=None)
             outputs = [
                 TaskOutput(o.task_index, o.first_item, o.n_items, o.worker_address, task_type.decode(o.output))
                 for o in self.store.accepted_outputs(job_id)
@@ -51,8 +52,17 @@ class Summarizer:
                 output_hash = self.blobs.put(out.read_bytes())
             now = time.time()
             summary = self.figures(job, now) | figures
-            self.store.finish_job(job_id, summary, output_hash, now)
-            log.info("job %s done: %s", job_id, summary)
+            # the owner reads its output and artefacts (e.g. the next job's dataset); no one else
+            artefacts = list((figures.get("blobs") or {}).values())
+            self.store.finish_job(job_id, summary, output_hash, now, artefacts)
+            log.info(
+                "job %s finished: %d/%d tasks done, %d failed, %d inconclusive, in %.1fs",
+                job_id, job.tasks_done, job.n_tasks, job.tasks_failed, job.tasks_inconclusive,
+                summary["elapsed_seconds"],
+                extra={"event": "job_finished", "job": job_id, "state": "done", "tasks": job.n_tasks,
+                       "tasks_done": job.tasks_done, "tasks_failed": job.tasks_failed,
+                       "tasks_inconclusive": job.tasks_inconclusive, "elapsed_seconds": summary["elapsed_seconds"]},
+            )
             return self.store.get_job(job_id)
 
     def figures(self, job: JobRecord, now: float) -> dict[str, Any]:

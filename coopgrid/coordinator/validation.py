@@ -8,23 +8,28 @@ replicas of decided tasks. The whole round is written by one store call.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
 from typing import Any
 
 from coopgrid import tasks
+from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.trust import Candidate, TrustPolicy, decide
 from coopgrid.store.base import Accept, CandidateRow, Store, TaskCheck, ValidationWrite
 from coopgrid.store.schema import ReplicaKind, ResultStatus, TaskState
+
+log = logging.getLogger(__name__)
 
 _UNDECODABLE = object()  # an output the task type cannot read agrees with nothing
 
 
 class Validator:
-    def __init__(self, store: Store, rng: random.Random | None = None) -> None:
+    def __init__(self, store: Store, rng: random.Random | None = None, metrics: Metrics | None = None) -> None:
         self.store = store
         self.rng = rng or random.Random()
+        self.metrics = metrics or Metrics()
         # one validation round at a time per process: two rounds deciding the
         # same task would issue its replicas twice (the store's unique index
         # on accepted results still stops a double acceptance)
@@ -42,7 +47,36 @@ class Validator:
                 if check.job_id not in policies:
                     policies[check.job_id] = TrustPolicy.model_validate(check.policy or {})
                 self._task(check, policies[check.job_id], write)
-            return self.store.apply_validation(write, time.time())
+            completed = self.store.apply_validation(write, time.time())
+        self._report(write)
+        return completed
+
+    def _report(self, w: ValidationWrite) -> None:
+        """Count a round's outcomes and log its quarantines (filled in by the store as it writes)."""
+        outcomes: dict[str, int] = {}
+        for status, _final in w.statuses.values():
+            status = "disputed" if status == ResultStatus.PENDING.value else status
+            outcomes[status] = outcomes.get(status, 0) + 1
+        for a in w.accepts:
+            kind = "accepted" if a.final else "provisional"
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+        outcomes["inconclusive"] = sum(i for _, i in w.job_deltas.values() if i > 0)
+        outcomes["more_replicas"] = sum(w.issued.values())
+        outcomes["gold_passed"] = sum(d.gold_passed for d in w.reputation.values())
+        outcomes["gold_failed"] = sum(d.gold_failed for d in w.reputation.values())
+        self.metrics.count_validations(outcomes)
+        if not w.quarantine:
+            return
+        self.metrics.quarantines.inc(len(w.quarantine))
+        # rare: one read of the workers to name them
+        named = {rec.id: rec for rec, _ in self.store.reputations()}
+        for worker_id, reason in sorted(w.quarantine.items()):
+            rec = named.get(worker_id)
+            address, name = (rec.address, rec.name) if rec else (str(worker_id), "")
+            log.warning(
+                "worker %s (%s) quarantined: %s", address, name or "unnamed", reason,
+                extra={"event": "worker_quarantined", "worker": address, "worker_name": name, "reason": reason},
+            )
 
     # -- one task ----------------------------------------------------------------------
 

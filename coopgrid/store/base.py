@@ -293,6 +293,20 @@ class ValidationWrite:
         self.job_deltas[job_id] = (d + done, i + inconclusive)
 
 
+@dataclass
+class GridFigures:
+    """The grid at one moment, for /metrics and the dashboard (see :meth:`Store.grid_figures`)."""
+
+    open_leases: int
+    replicas: dict[tuple[str, str], int]  # (kind, state) -> replicas of running jobs
+    queue_depth: dict[str, int]  # running job -> replicas waiting for a worker
+    queued: int  # replicas waiting for a worker, in all
+    workers: dict[str, int]  # active | idle | quarantined -> workers
+    jobs: dict[str, int]  # state -> jobs
+    epochs: dict[str, int]  # state -> epochs
+    last_commit: float | None  # when the last epoch was committed on chain
+
+
 class Store(abc.ABC):
     """Durable state of one coordinator (or of several sharing a database)."""
 
@@ -383,8 +397,14 @@ class Store(abc.ABC):
         """The job's replicas by state name (ready, leased, done, expired...)."""
 
     @abc.abstractmethod
-    def finish_job(self, job_id: str, summary: dict[str, Any], output_hash: str, now: float) -> None:
-        """Mark a complete job done with its summary and output blob."""
+    def finish_job(
+        self, job_id: str, summary: dict[str, Any], output_hash: str, now: float, artefacts: Sequence[str] = ()
+    ) -> None:
+        """Mark a complete job done with its summary and output blob.
+
+        In the same transaction the job's owner is granted reading the output and the
+        ``artefacts`` (other blobs its reducer wrote, e.g. a dataset for the next job); a job
+        that is no longer running is left as it is, and nothing is granted."""
 
     @abc.abstractmethod
     def complete_unfinished_jobs(self) -> list[str]:
@@ -397,6 +417,28 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def job_workers(self, job_id: str) -> dict[str, int]:
         """Results per worker address that were accepted or agreed with the accepted one."""
+
+    # -- blob access ----------------------------------------------------------------
+    # The relations coordinator/access.py decides a blob read from; each is a query or two on
+    # indexes (blob_readers' key, jobs.dataset_hash, tasks.input_hash, a worker's open leases).
+
+    @abc.abstractmethod
+    def grant_blob(self, blob: str, token_id: int) -> None:
+        """Let ``token_id`` read ``blob`` (it uploaded those bytes); granting twice is a no-op."""
+
+    @abc.abstractmethod
+    def public_blob(self, blob: str) -> bool:
+        """Whether any authenticated caller may read ``blob``: it is a published model's bytes."""
+
+    @abc.abstractmethod
+    def token_reads_blob(self, blob: str, token_id: int) -> bool:
+        """Whether the token was granted ``blob`` (its upload, its job's output or artefact), or owns
+        a job whose dataset it is or one of whose tasks has it as its input blob."""
+
+    @abc.abstractmethod
+    def worker_reads_blob(self, blob: str, worker_id: int, now: float) -> bool:
+        """Whether the worker holds a live lease (open, its deadline not before ``now``) on a replica
+        not answered yet of a task whose input blob is ``blob`` or of a job whose dataset is ``blob``."""
 
     # -- leasing ------------------------------------------------------------------
 
@@ -536,3 +578,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def trust_counts(self, job_id: str) -> dict[str, Any]:
         """Results by status and executed replicas by kind."""
+
+    # -- figures ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def grid_figures(self, seen_since: float, replicas: bool = True) -> GridFigures:
+        """Leases, queues, workers (active: seen since ``seen_since``), jobs and epochs.
+
+        ``replicas``: also count the replicas of running jobs by kind, state and job (O(those replicas));
+        without, ``replicas`` and ``queue_depth`` are empty and only the total ``queued`` is counted."""
+
+    @abc.abstractmethod
+    def failure_reasons(self, job_id: str, limit: int = 20) -> list[tuple[str, int]]:
+        """(error a worker reported, how many replicas) for a job, most frequent first."""

@@ -80,6 +80,16 @@ tokens = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# Grants to read a blob that the other tables do not imply: the token that uploaded the bytes,
+# and the owner of the job whose output (or other reduced artefact) they are. Knowing a hash
+# is no credential; coordinator/access.py decides every read.
+blob_readers = Table(
+    "blob_readers",
+    metadata,
+    Column("blob", String(64), primary_key=True),
+    Column("token_id", Integer, ForeignKey("tokens.id"), primary_key=True),
+)
+
 models = Table(
     "models",
     metadata,
@@ -162,6 +172,8 @@ jobs = Table(
     # why the job's results are held out of sealing (an epoch with them could not be built or committed)
     Column("seal_error", Text, nullable=True),
 )
+# who may read a dataset blob: its jobs' owners and the workers leasing them (coordinator/access.py)
+Index("ix_jobs_dataset", jobs.c.dataset_hash)
 
 tasks = Table(
     "tasks",
@@ -178,6 +190,13 @@ tasks = Table(
     Column("issued", Integer, nullable=False, server_default=text("1")),  # normal replicas made so far
     UniqueConstraint("job_id", "idx", name="uq_tasks_job_idx"),
 )
+# who may read a task's input blob (inline inputs are no blobs, so they stay out of the index)
+Index(
+    "ix_tasks_input_blob",
+    tasks.c.input_hash,
+    sqlite_where=text("input_data IS NULL"),
+    postgresql_where=text("input_data IS NULL"),
+)
 
 leases = Table(
     "leases",
@@ -190,6 +209,10 @@ leases = Table(
 )
 Index("ix_tasks_done", tasks.c.id, sqlite_where=text("state = 'done'"), postgresql_where=text("state = 'done'"))
 Index("ix_leases_open", leases.c.expires_at, sqlite_where=text("state = 'open'"), postgresql_where=text("state = 'open'"))
+# a worker's live leases, for reading the blobs they need (coordinator/access.py)
+Index(
+    "ix_leases_worker_open", leases.c.worker_id, sqlite_where=text("state = 'open'"), postgresql_where=text("state = 'open'")
+)
 
 replicas = Table(
     "replicas",

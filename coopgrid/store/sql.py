@@ -40,7 +40,9 @@ from coopgrid.store.base import (
     Token,
     WorkerRecord,
 )
+from coopgrid.store.sql_access import AccessQueries
 from coopgrid.store.sql_ledger import LedgerQueries
+from coopgrid.store.sql_metrics import MetricsQueries
 from coopgrid.store.sql_trust import TrustQueries
 from coopgrid.store.schema import JobState, ReplicaKind, ReplicaState, ResultStatus, TaskState
 
@@ -127,7 +129,7 @@ def _worker(row: Any) -> WorkerRecord:
     )
 
 
-class SqlStore(TrustQueries, LedgerQueries, Store):
+class SqlStore(AccessQueries, TrustQueries, LedgerQueries, MetricsQueries, Store):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
@@ -396,9 +398,11 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
         with self._read() as conn:
             return {ReplicaState(state).name.lower(): n for state, n in conn.execute(q)}
 
-    def finish_job(self, job_id: str, summary: dict[str, Any], output_hash: str, now: float) -> None:
+    def finish_job(
+        self, job_id: str, summary: dict[str, Any], output_hash: str, now: float, artefacts: Sequence[str] = ()
+    ) -> None:
         with self._write() as conn:
-            conn.execute(
+            owner = conn.execute(
                 update(s.jobs)
                 .where(s.jobs.c.id == job_id, s.jobs.c.state == JobState.RUNNING.value)
                 .values(
@@ -407,7 +411,10 @@ class SqlStore(TrustQueries, LedgerQueries, Store):
                     summary=json.dumps(summary, sort_keys=True),
                     output_hash=output_hash,
                 )
-            )
+                .returning(s.jobs.c.owner_token_id)
+            ).scalar()
+            if owner is not None:
+                self._grant_blobs(conn, [output_hash, *artefacts], owner)
 
     def complete_unfinished_jobs(self) -> list[str]:
         q = select(s.jobs.c.id).where(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-import re
 from typing import Any
 
 from coopgrid.datasets import pack, unpack
+from coopgrid.limits import open_image
 
 __all__ = ["decode_image", "decode_text", "levenshtein", "normalized_distance", "pack", "unpack", "items_input"]
 
@@ -20,27 +20,16 @@ def items_input(data: bytes, media: tuple[str, ...] | None = None) -> tuple[dict
 
 
 def decode_image(data: bytes) -> Any:
-    """Bytes of an image (or a PDF: its first page) as a loaded PIL image. Raises ValueError with the reason."""
-    from PIL import Image, UnidentifiedImageError
+    """Bytes of an image (or a PDF: its first page) as a loaded PIL image. Raises ValueError with the reason.
 
+    Images larger than :data:`coopgrid.limits.MAX_ITEM_PIXELS` (a PDF page:
+    once rendered) are refused from their header, before they are decoded.
+    """
     if data[:5] == b"%PDF-":
-        from coopgrid.datasets import render_pdf
+        from coopgrid.dataset_files import first_pdf_page
 
-        pages = render_pdf(data)
-        if not pages:
-            raise ValueError("the PDF has no pages")
-        data = pages[0]
-    if not data:
-        raise ValueError("empty file")
-    try:
-        im = Image.open(io.BytesIO(data))
-        im.load()
-    except UnidentifiedImageError:
-        raise ValueError("cannot decode image: not a known image format, or corrupt") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        # no object reprs in a reason: it is part of the output every replica must agree on
-        raise ValueError(f"cannot decode image: {re.sub(r' <[^>]*at 0x[0-9a-f]+>', '', str(exc))}") from None
-    return im
+        data = first_pdf_page(data)
+    return open_image(data)
 
 
 def decode_text(data: bytes) -> str:

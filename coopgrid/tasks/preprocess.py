@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from coopgrid.datasets import Dataset, pack, produced_dataset, unpack
 from coopgrid.errors import InvalidInput
+from coopgrid.limits import MAX_ITEM_PIXELS
 from coopgrid.tasks.base import BLOB_FILES, ItemParams, TaskOutput, TaskType, item_errors, split_items
 from coopgrid.tasks.common import decode_image, input_texts, split_texts
 
@@ -74,6 +75,8 @@ class PreprocessParams(ItemParams):
             raise ValueError("size must be (height, width), both at least 1")
         if self.size is not None and max(self.size) > 16384:
             raise ValueError("size is at most 16384 pixels a side")
+        if self.size is not None and self.size[0] * self.size[1] > MAX_ITEM_PIXELS:
+            raise ValueError(f"size is at most {MAX_ITEM_PIXELS} pixels (height x width), what a worker decodes")
         if self.normalize != "none" and self.format != "npy":
             raise ValueError(f"normalize={self.normalize!r} makes float pixels: it needs format='npy'")
         channels = 1 if self.color == "L" else 3

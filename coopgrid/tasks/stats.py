@@ -43,6 +43,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from coopgrid.datasets import Dataset, pack, unpack
 from coopgrid.errors import InvalidInput
+from coopgrid.limits import DatasetLimits, read_parquet
 from coopgrid.tasks.base import ItemParams, TaskOutput, TaskType, item_errors
 from coopgrid.tasks.common import csv_row
 
@@ -356,7 +357,7 @@ class StatsTask(TaskType):
             values, missing, errors = csv_columns(items, meta["header"], meta["delimiter"], columns)
             rows = len(items) - len(errors)
         else:
-            table = pq.read_table(io.BytesIO(items[0]))
+            table = read_parquet(pa.BufferReader(items[0]), DatasetLimits())
             values, missing = {}, {}
             for c in columns:
                 values[c], missing[c] = table_column(table, c)

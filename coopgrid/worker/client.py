@@ -66,14 +66,23 @@ class WorkerClient:
         self.stop = stop or threading.Event()
         self.backoff_cap = backoff_cap
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
-        self._grid: str | None = None
+        self._info: dict[str, Any] | None = None
 
     @property
     def grid(self) -> str:
         """The id of the grid this coordinator serves (``GET /v1/info``): requests are signed for it."""
-        if self._grid is None:
-            self._grid = str(self.request("GET", "/v1/info", signed=False).json()["grid_id"])
-        return self._grid
+        return str(self.info["grid_id"])
+
+    @property
+    def max_results_bytes(self) -> int:
+        """The largest result batch the coordinator takes (older coordinators: 16 MiB)."""
+        return int(self.info.get("max_results_bytes", 16 * 1024 * 1024))
+
+    @property
+    def info(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = self.request("GET", "/v1/info", signed=False).json()
+        return self._info
 
     def close(self) -> None:
         self.http.close()

@@ -147,8 +147,30 @@ class Worker:
             )
         self.stats.replicas += len(results)
         self.stats.released += len(release)
-        signature = self.identity.sign_batch(lease["chain_id"], lease["lease_id"], refs) if results else None
-        return {"signature": signature, "results": results, "release": release}
+        return {"chain_id": lease["chain_id"], "results": results, "refs": refs, "release": release}
+
+    def _batches(self, lease_id: int, done: dict[str, Any]) -> list[dict[str, Any]]:
+        """The signed result batches of one lease, each under the coordinator's body limit."""
+        limit = self.client.max_results_bytes * 3 // 4  # room for JSON around the outputs
+        batches, start, size = [], 0, 0
+        items = done["results"]
+        for i, item in enumerate(items):
+            cost = len(item.get("output") or "") + len(item.get("error") or "") + 200
+            if i > start and size + cost > limit:
+                batches.append((start, i))
+                start, size = i, 0
+            size += cost
+        if items:
+            batches.append((start, len(items)))
+        out = []
+        for n, (a, b) in enumerate(batches):
+            refs = done["refs"][a:b]
+            out.append({
+                "signature": self.identity.sign_batch(done["chain_id"], lease_id, refs),
+                "results": items[a:b],
+                "release": done["release"] if n == len(batches) - 1 else [],
+            })
+        return out
 
     def _run_replica(self, job: dict[str, Any], replica: dict[str, Any]) -> tuple[str, bytes, str | None]:
         """Returns (output hash, canonical output, error message or None)."""
@@ -179,8 +201,8 @@ class Worker:
                 return
             lease_id, payload = item
             try:
-                if payload["results"]:
-                    self.client.post_json(f"/v1/leases/{lease_id}/results", payload)
+                for batch in self._batches(lease_id, payload):
+                    self.client.post_json(f"/v1/leases/{lease_id}/results", batch)
             except Stopped:
                 log.warning("stopped before lease %s's results could be submitted", lease_id)
             except errors.CoopgridError as exc:
