@@ -39,6 +39,37 @@ def test_classify_errors_must_match() -> None:
     assert not t.agree(CLASSIFY, {**CLASSIFY, "top_k": [None, None]})  # one has top-k, the other not
 
 
+TOP_K = {
+    "labels": ["red", "blue"],
+    "confidence": [0.5, None],  # no confidence for an item that could not be read
+    "top_k": [[["red", "blue", "green"], [0.5, 0.3, 0.2]], None],
+    "errors": [[1, "cannot decode image"]],
+}
+
+
+def with_top(first: list | None) -> dict:
+    out = copy.deepcopy(TOP_K)
+    out["top_k"][0] = first
+    return out
+
+
+@pytest.mark.parametrize(
+    ("first", "same"),
+    [
+        ([["red", "blue", "green"], [0.5, 0.3, 0.2]], True),
+        ([["red", "green", "blue"], [0.5, 0.3, 0.2]], True),  # lower ranks may swap on near-ties
+        ([["red", "blue", "green"], [0.5, 0.3004, 0.2]], True),  # within the tolerance
+        ([["blue", "red", "green"], [0.5, 0.3, 0.2]], False),  # the best label must match
+        ([["red", "blue", "green"], [0.5, 0.31, 0.2]], False),
+        (None, False),  # read by one worker, not by the other
+    ],
+)
+def test_classify_top_k_agrees_on_the_best_label_and_close_confidences(first: list | None, same: bool) -> None:
+    t = tasks.get("classify")
+    other = with_top(first)
+    assert t.agree(TOP_K, other) is same and t.agree(other, TOP_K) is same
+
+
 # -- embed: cosine >= 0.999 per row, error rows named alike and then ignored ----------------------
 
 
