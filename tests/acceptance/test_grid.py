@@ -133,14 +133,14 @@ def test_a_worker_refuses_model_bytes_that_do_not_match_their_hash(grid, digits_
     assert not list((grid.data_dir / "workers" / "0" / "cache").glob("*.model"))
 
 
-def test_a_lease_whose_results_are_over_the_body_limit_is_submitted_in_several_signed_batches(grid, monkeypatch):
-    monkeypatch.setenv("COOPGRID_MAX_RESULTS_BYTES", "4096")  # the coordinator's limit for one result batch
-    grid.start_coordinator("--ledger", "none")
+def test_a_lease_whose_results_are_over_the_body_limit_is_submitted_in_several_signed_batches(grid):
+    # the coordinator's limit for one result batch, in its process only
+    grid.start_coordinator("--ledger", "none", env={"COOPGRID_MAX_RESULTS_BYTES": "4096"})
     grid.start_worker(0, "--batch", "200")
     with ApiClient(grid.url, grid.token) as client:
         job = client.submit({"task_type": "echo", "dataset": client.put_blob(datasets.sequence(300).to_npz()),
                              "task_size": 1, "trust": NO_REPLICATION})
         done = client.wait_for(job["id"], lambda j: j["state"] != "running", timeout=120)
     assert done["state"] == "done" and done["tasks_done"] == 300
-    assert len(accepted_rows(grid)) == 300  # every task once
+    assert len(accepted_rows(f"sqlite:///{grid.data_dir / 'coopgrid.sqlite'}")) == 300  # every task once
     assert "results refused" not in (grid.log_dir / "worker-0.log").read_text()
