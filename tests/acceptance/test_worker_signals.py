@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,6 @@ pytestmark = pytest.mark.acceptance
 REPO = Path(__file__).resolve().parents[2]
 SECONDS_PER_TASK = 1.5
 SLEEPY = f'''"""TEST FACILITY: an echo task that takes {SECONDS_PER_TASK} s per task."""
-import time
 
 from coopgrid.tasks.echo import EchoTask
 
