@@ -24,7 +24,6 @@ from coopgrid.datasets import sequence
 
 pytestmark = pytest.mark.acceptance
 
-REPO = Path(__file__).resolve().parents[2]
 SECONDS_PER_TASK = 1.5
 SLEEPY = f'''"""TEST FACILITY: an echo task that takes {SECONDS_PER_TASK} s per task."""
 
