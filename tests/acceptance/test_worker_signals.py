@@ -26,6 +26,7 @@ pytestmark = pytest.mark.acceptance
 
 SECONDS_PER_TASK = 1.5
 SLEEPY = f'''"""TEST FACILITY: an echo task that takes {SECONDS_PER_TASK} s per task."""
+import time
 
 from coopgrid.tasks.echo import EchoTask
 
