@@ -47,6 +47,7 @@ class LocalGrid:
     def start_coordinator(
         self, *extra: str, port: int = 0, timeout: float = 60.0, env: dict[str, str] | None = None
     ) -> str:
+        """Start ``coopgrid coordinator`` on this data dir; ``env`` is added to this process's environment."""
         info = self.data_dir / "coordinator.json"
         info.unlink(missing_ok=True)
         token_file = self.data_dir / "operator.token"
@@ -82,14 +83,15 @@ class LocalGrid:
             self.token = token_file.read_text().strip()
         return self.url
 
-    def start_worker(self, index: int, *extra: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, index: int, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``coopgrid worker`` number ``index``; ``env`` is added to this process's environment."""
         home = self.data_dir / "workers" / str(index)
         log = self._log(f"worker-{index}")
         proc = subprocess.Popen(
             _cli("worker", "--coordinator", self.url, "--key-file", str(home / "key.json"),
                  "--cache-dir", str(home / "cache"), "--name", f"local-{index}", *extra),
             stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-            env={**os.environ, "COOPGRID_KEY_PASSWORD": KEY_PASSWORD},
+            env={**os.environ, "COOPGRID_KEY_PASSWORD": KEY_PASSWORD, **(env or {})},
         )
         os.close(log)
         self.workers.append(proc)

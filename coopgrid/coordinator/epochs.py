@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import threading
 import time
 from typing import Any
@@ -60,6 +62,19 @@ _NOT_CONTENT = ("epoch out of sequence", "caller is not the owner")
 def _content_refusal(reason: str | None) -> bool:
     """Whether the contract refused a commit for what it carries (not for its number or sender)."""
     return bool(reason) and not any(r in reason for r in _NOT_CONTENT)
+
+
+#: TEST FACILITY, never set in production. COOPGRID_TEST_CRASH=before-send or after-send makes
+#: the sealer SIGKILL its own process right after an epoch's transaction is stored (before it is
+#: broadcast) or right after it is broadcast (before its receipt is seen): the crashes that the
+#: reconciliation on start exists for, driven by tests/acceptance/test_coordinator_crash.py.
+TEST_CRASH_VARIABLE = "COOPGRID_TEST_CRASH"
+
+
+def _test_crash(point: str) -> None:
+    if os.environ.get(TEST_CRASH_VARIABLE) == point:
+        log.warning("%s=%s: killing this process", TEST_CRASH_VARIABLE, point)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def leaf_value(r: SealedResult) -> tuple[bytes, int, bytes, bytes, bytes]:
@@ -161,6 +176,7 @@ class Sealer:
                 raise
             # stored before it is broadcast: a crash after this point re-sends the same transaction
             self.store.update_epoch(n, state=EpochState.SENT.value, tx_hash=signed.tx_hash, raw_tx=signed.raw)
+            _test_crash("before-send")
             e = self._get(n)
         assert e.tx_hash and e.raw_tx
         try:
@@ -172,6 +188,7 @@ class Sealer:
             log.warning("epoch %s: stored transaction %s was rejected; signing a new one", n, e.tx_hash)
             self.store.update_epoch(n, state=EpochState.SEALED.value, tx_hash=None, raw_tx=None)
             return self._advance(self._get(n))
+        _test_crash("after-send")
         try:
             receipt = self.ledger.wait_receipt(e.tx_hash)
         except TransactionReverted as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal_column, select
 
 from coopgrid.store import schema as s
 from coopgrid.store.base import GridFigures
@@ -50,10 +50,14 @@ class MetricsQueries:
                     select(func.count()).select_from(s.replicas).where(s.replicas.c.state == int(ReplicaState.READY))
                 ).scalar_one()
             workers = {"active": 0, "idle": 0, "quarantined": 0}
+            # grouped by the output columns' names: PostgreSQL sees two separately bound
+            # "last_seen >= $n" as different expressions and refuses the query
             for quarantined, active, n in conn.execute(
                 select(
-                    s.workers.c.quarantined_at.is_not(None), s.workers.c.last_seen >= seen_since, func.count()
-                ).group_by(s.workers.c.quarantined_at.is_not(None), s.workers.c.last_seen >= seen_since)
+                    s.workers.c.quarantined_at.is_not(None).label("quarantined"),
+                    (s.workers.c.last_seen >= seen_since).label("active"),
+                    func.count(),
+                ).group_by(literal_column("quarantined"), literal_column("active"))
             ):
                 workers["quarantined" if quarantined else "active" if active else "idle"] += n
             jobs = dict(conn.execute(select(s.jobs.c.state, func.count()).group_by(s.jobs.c.state)).all())

@@ -2,12 +2,12 @@
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 
 import pyarrow.parquet as pq
 import pytest
+from sqlalchemy import create_engine, text
 
 from coopgrid import datasets
 from coopgrid.client import ApiClient
@@ -33,13 +33,18 @@ def submit(client, data, model_hash, task_size, task_type="classify"):
 
 
 
-def accepted_rows(grid):
-    with sqlite3.connect(f"file:{grid.data_dir / 'coopgrid.sqlite'}?mode=ro", uri=True) as db:
-        return db.execute("SELECT id, task_id FROM results WHERE status = 'accepted' ORDER BY id").fetchall()
+def accepted_rows(database_url):
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as db:
+            rows = db.execute(text("SELECT id, task_id FROM results WHERE status = 'accepted' ORDER BY id")).all()
+            return [tuple(r) for r in rows]
+    finally:
+        engine.dispose()
 
 
-def test_submit_through_the_cli_labels_every_item_exactly_once(grid, digits_onnx, tmp_path):
-    grid.start_coordinator()
+def test_submit_through_the_cli_labels_every_item_exactly_once(coordinator_db, grid, digits_onnx, tmp_path):
+    grid.start_coordinator(*coordinator_db.args)
     with ApiClient(grid.url, grid.token) as client:
         model = publish(client, digits_onnx)
     grid.start_worker(0, "--batch", "3")
@@ -86,8 +91,8 @@ def test_a_killed_worker_s_tasks_are_reissued_and_the_job_completes(grid, digits
     assert len(ids) == len(set(ids)) == 6000
 
 
-def test_a_coordinator_killed_mid_job_restarts_and_loses_nothing(grid, digits_onnx):
-    url = grid.start_coordinator("--lease-seconds", "3")
+def test_a_coordinator_killed_mid_job_restarts_and_loses_nothing(coordinator_db, grid, digits_onnx):
+    url = grid.start_coordinator(*coordinator_db.args, "--lease-seconds", "3")
     port = int(url.rsplit(":", 1)[1])
     with ApiClient(url, grid.token) as client:
         model = publish(client, digits_onnx)
@@ -96,14 +101,14 @@ def test_a_coordinator_killed_mid_job_restarts_and_loses_nothing(grid, digits_on
         job = submit(client, datasets.digits(8000), model["hash"], 40)
         client.wait_for(job["id"], lambda j: 10 <= j["tasks_done"])
     grid.kill_coordinator()
-    before = accepted_rows(grid)
+    before = accepted_rows(coordinator_db.url)
     assert 0 < len(before) < job["tasks"]
 
-    grid.start_coordinator("--lease-seconds", "3", port=port)  # workers keep retrying the same address
+    grid.start_coordinator(*coordinator_db.args, "--lease-seconds", "3", port=port)  # workers keep retrying the same address
     with ApiClient(grid.url, grid.token) as client:
         job = client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=180)
         output = client.call("GET", f"/v1/jobs/{job['id']}/output").content
-    after = accepted_rows(grid)
+    after = accepted_rows(coordinator_db.url)
     assert set(before) <= set(after)  # every result accepted before the crash is still there
     assert len(after) == len({task for _, task in after}) == job["tasks"]  # each task counted once
     (grid.data_dir / "out.parquet").write_bytes(output)
@@ -129,14 +134,14 @@ def test_a_worker_refuses_model_bytes_that_do_not_match_their_hash(grid, digits_
     assert not list((grid.data_dir / "workers" / "0" / "cache").glob("*.model"))
 
 
-def test_a_lease_whose_results_are_over_the_body_limit_is_submitted_in_several_signed_batches(grid, monkeypatch):
-    monkeypatch.setenv("COOPGRID_MAX_RESULTS_BYTES", "4096")  # the coordinator's limit for one result batch
-    grid.start_coordinator("--ledger", "none")
+def test_a_lease_whose_results_are_over_the_body_limit_is_submitted_in_several_signed_batches(grid):
+    # the coordinator's limit for one result batch, in its process only
+    grid.start_coordinator("--ledger", "none", env={"COOPGRID_MAX_RESULTS_BYTES": "4096"})
     grid.start_worker(0, "--batch", "200")
     with ApiClient(grid.url, grid.token) as client:
         job = client.submit({"task_type": "echo", "dataset": client.put_blob(datasets.sequence(300).to_npz()),
                              "task_size": 1, "trust": NO_REPLICATION})
         done = client.wait_for(job["id"], lambda j: j["state"] != "running", timeout=120)
     assert done["state"] == "done" and done["tasks_done"] == 300
-    assert len(accepted_rows(grid)) == 300  # every task once
+    assert len(accepted_rows(f"sqlite:///{grid.data_dir / 'coopgrid.sqlite'}")) == 300  # every task once
     assert "results refused" not in (grid.log_dir / "worker-0.log").read_text()

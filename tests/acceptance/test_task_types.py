@@ -1,8 +1,9 @@
 """Every task type through real coordinator and worker processes, and a third-party plugin.
 
-One grid (a coordinator and two workers, started through the CLI) serves the
-whole module. Before it starts, the example plugin in tests/plugins/ is
-pip-installed into a directory put on the processes' PYTHONPATH: the
+Each test gets its own grid (a coordinator and two workers, started through
+the CLI, in the test's tmp dir). The example plugin in tests/plugins/ is
+pip-installed once per module into a directory put on the PYTHONPATH of the
+grid's processes only (this test process's environment is left alone): the
 workers find its task type through importlib.metadata entry points, exactly
 as they find the built-ins.
 """
@@ -64,26 +65,26 @@ def install_plugin(target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
-    root = tmp_path_factory.mktemp("task-types")
-    site = install_plugin(root / "site")
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(site)] + ([old] if old else []))
-    g = LocalGrid(root / "grid")
+def plugin_site(tmp_path_factory) -> Path:
+    """The example plugin, installed once: a read-only directory, not a grid."""
+    return install_plugin(tmp_path_factory.mktemp("task-types") / "site")
+
+
+@pytest.fixture
+def grid(plugin_site, tmp_path):
+    """This test's own grid; its processes (only they) get the plugin on their PYTHONPATH."""
+    env = {"PYTHONPATH": os.pathsep.join([str(plugin_site), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    g = LocalGrid(tmp_path / "grid")
     try:
-        g.start_coordinator()
-        g.start_worker(0, "--batch", "2")
-        g.start_worker(1, "--batch", "2")
+        g.start_coordinator("--ledger", "none", env=env)  # the chain is not what these tests are about
+        g.start_worker(0, "--batch", "2", env=env)
+        g.start_worker(1, "--batch", "2", env=env)
         yield g
     finally:
         g.stop(timeout=15)
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def client(grid):
     with ApiClient(grid.url, grid.token) as c:
         yield c

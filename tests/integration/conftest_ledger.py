@@ -65,8 +65,9 @@ def _rpc(url: str, method: str, params: list[Any]) -> Any:
 class Anvil:
     """An anvil process on 127.0.0.1:<port>, owned by the fixture."""
 
-    def __init__(self, binary: str) -> None:
-        self.port = _free_port()
+    def __init__(self, binary: str, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+        """``port``: a given one (to start a node again where clients expect it); ``extra``: more flags."""
+        self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [
@@ -78,6 +79,7 @@ class Anvil:
                 "--chain-id",
                 str(ANVIL_CHAIN_ID),
                 "--silent",
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

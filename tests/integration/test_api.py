@@ -1,7 +1,8 @@
 """The coordinator's HTTP API, driven in process with FastAPI's TestClient.
 
-Each test builds a real coordinator (``coopgrid.app.build``) on a SQLite file
-in its tmp dir; the client is used as a context manager so the lifespan runs
+Each test builds a real coordinator (``coopgrid.app.build``) once on each store
+(a SQLite file in its tmp dir, and a fresh PostgreSQL database: the
+``store_url`` fixture of conftest.py); the client is used as a context manager so the lifespan runs
 (unfinished-job recovery, the lease reaper). Workers are real identities that
 sign their requests and result batches exactly as ``coopgrid worker`` does.
 
@@ -100,11 +101,11 @@ def coordinator_settings(data_dir: Path, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def make_grid(tmp_path: Path) -> Iterator[Callable[..., Grid]]:
+def make_grid(tmp_path: Path, store_url: str) -> Iterator[Callable[..., Grid]]:
     with ExitStack() as stack:
 
         def make(**settings: Any) -> Grid:
-            app = build(coordinator_settings(tmp_path / "coordinator", **settings))
+            app = build(coordinator_settings(tmp_path / "coordinator", **({"database_url": store_url} | settings)))
             stack.callback(app.close)
             operator = app.auth.ensure_operator()
             assert operator is not None
@@ -268,10 +269,12 @@ def test_an_echo_job_runs_to_a_complete_output(grid: Grid) -> None:
     }
 
 
-def test_a_complete_job_left_unreduced_is_finished_when_the_coordinator_restarts(tmp_path: Path) -> None:
+def test_a_complete_job_left_unreduced_is_finished_when_the_coordinator_restarts(
+    tmp_path: Path, store_url: str
+) -> None:
     from coopgrid.store.base import IncomingResult
 
-    settings = coordinator_settings(tmp_path / "coordinator")
+    settings = coordinator_settings(tmp_path / "coordinator", database_url=store_url)
     app = build(settings)
     try:
         operator = app.auth.ensure_operator()

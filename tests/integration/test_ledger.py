@@ -412,6 +412,7 @@ def test_embedded_chain_survives_sigkill(tmp_path):
 # --------------------------------------------------------------------------- rpc only
 
 
+@pytest.mark.timeout(60)  # giving up on a dead endpoint must end (its time is in bench/timings.py)
 def test_rpc_endpoint_down_raises_chain_unavailable():
     import socket
 
@@ -421,7 +422,6 @@ def test_rpc_endpoint_down_raises_chain_unavailable():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again below: nothing listens there
-    started = time.monotonic()
     with pytest.raises(ChainUnavailable) as err:
         RpcLedger(
             f"http://127.0.0.1:{port}",
@@ -431,7 +431,6 @@ def test_rpc_endpoint_down_raises_chain_unavailable():
         )
     assert f"127.0.0.1:{port}" in str(err.value)
     assert err.value.__cause__ is not None
-    assert time.monotonic() - started < 10
 
 
 def test_open_ledger_factory(tmp_path):
@@ -450,7 +449,7 @@ def test_open_ledger_factory(tmp_path):
         open_ledger("rpc", key=key)
 
 
-def test_compiled_artifact_is_cached_and_rebuilt_when_the_source_changes(tmp_path):
+def test_compiled_artifact_is_cached_and_rebuilt_when_the_source_changes(tmp_path, monkeypatch):
     import shutil
 
     from coopgrid.ledger.compile import LEDGER_SOURCE, compile_contract
@@ -467,9 +466,14 @@ def test_compiled_artifact_is_cached_and_rebuilt_when_the_source_changes(tmp_pat
     )
     assert any(item.get("name") == "commitEpoch" for item in first.abi)
 
-    started = time.perf_counter()
-    again = compile_contract(src, cache_dir=cache)  # from the cache: no compiler run
-    assert time.perf_counter() - started < 0.5
+    import coopgrid.ledger.compile as compile_module
+
+    def no_compiler(*args, **kwargs):
+        raise AssertionError("the compiler ran although the artifact was cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(compile_module, "compile_source", no_compiler)
+        again = compile_contract(src, cache_dir=cache)  # from the cache (how fast: bench/timings.py)
     assert again == first
 
     src.write_text(src.read_text() + "\n# an edit\n")

@@ -49,6 +49,14 @@ def cheap_keystore(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Account, "encrypt", fast)
 
 
+@pytest.fixture(autouse=True)
+def database(store_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test once per store (conftest.py's ``store_url``: a SQLite file, a fresh PostgreSQL
+    database), given as a user gives it: every app these tests build reads COOPGRID_DATABASE_URL."""
+    monkeypatch.setenv("COOPGRID_DATABASE_URL", store_url)
+    return store_url
+
+
 class Crash(BaseException):
     """Stands for the process being killed at this point."""
 

@@ -10,7 +10,6 @@ proof does not.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from eth_abi import encode as abi_encode
@@ -348,21 +347,20 @@ def test_result_leaf_accepts_hex_and_bytes_alike():
     assert merkle.leaf_hash(RESULT_LEAF, a) == merkle.leaf_hash(RESULT_LEAF, b)
 
 
-def test_100k_leaves_build_fast():
+def test_a_large_tree_proves_every_leaf_it_holds():
+    # how fast a 100k-leaf tree builds is measured in bench/timings.py, not asserted here
     import random
 
     rnd = random.Random(7)
     rows = [
         (rnd.randbytes(32), i, rnd.randbytes(32), rnd.randbytes(32), rnd.randbytes(32))
-        for i in range(100_000)
+        for i in range(2_000)
     ]
-    started = time.perf_counter()
     tree = merkle.result_tree(rows)
-    elapsed = time.perf_counter() - started
-    assert len(tree) == 100_000
-    assert tree.verify(99_999, tree.get_proof(99_999))
-    # the target is well under 1 s on a 2-core machine (~0.5 s); allow a loaded CI box some slack
-    assert elapsed < 2.0, f"building 100k leaves took {elapsed:.2f}s"
+    assert len(tree) == 2_000
+    for i in (0, 1, 999, 1_998, 1_999):
+        assert tree.verify(i, tree.get_proof(i))
+        assert merkle.verify_leaf(tree.root, tree.leaf_hash(tree.values[i]), tree.get_proof(i))
 
 
 # --------------------------------------------------------------------------- properties
