@@ -10,8 +10,9 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from coopgrid.app import build
 from coopgrid.config import Settings
@@ -21,24 +22,66 @@ log = logging.getLogger(__name__)
 
 
 class TimedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers.
+    """uvicorn's HTTP/1.1 protocol with a deadline and a size for each request's headers.
 
     uvicorn times idle keep-alive connections only after a first response: a
     client that connects and sends half a request line, or drips headers a
     byte at a time, would hold its connection for ever. Here every request
     must complete its headers within ``header_timeout`` seconds of the
     connection opening or of the previous response; the body is timed by the
-    edge middleware (:mod:`coopgrid.coordinator.edge`)."""
+    edge middleware (:mod:`coopgrid.coordinator.edge`).
+
+    Nor does uvicorn bound the headers' size with this parser: a request line
+    or header of any length, and header fields by the million (each a tuple
+    some twenty times the size of a 5-byte ``a:b\\r\\n`` line), would be kept.
+    Here a request line and its headers take at most ``max_header_bytes``
+    and ``max_headers`` fields; more is answered 431 and the connection closed."""
 
     header_timeout = 10.0
+    max_header_bytes = 64 * 1024
+    max_headers = 100
 
     def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        self._start_head()
+        self._refusal: tuple[int, str] | None = None
         super().connection_made(transport)
         self._arm_header_deadline()
 
+    def data_received(self, data: bytes) -> None:
+        # headers are fed only as far as the limit allows; once they are complete the rest goes in whole
+        while data:
+            if not self._in_head:
+                super().data_received(data)
+                return
+            room = self.max_header_bytes - self._head_bytes
+            if room <= 0:
+                self._refuse(431, f"the request line and headers are over {self.max_header_bytes} bytes")
+                return
+            piece, data = data[:room], data[room:]
+            self._head_bytes += len(piece)
+            super().data_received(piece)
+            if self.transport.is_closing() or self.transport.get_protocol() is not self:
+                return  # answered (a malformed request), or upgraded to another protocol
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_count = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.max_headers:
+            self._refusal = (431, f"the request has more than {self.max_headers} header fields")
+            raise ValueError(self._refusal[1])  # the parser stops; uvicorn answers through send_400_response
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._disarm_header_deadline()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._start_head()  # what comes next is the next request's line and headers
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -48,6 +91,26 @@ class TimedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc):  # type: ignore[no-untyped-def]
         self._disarm_header_deadline()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refusal is not None:
+            self._refuse(*self._refusal)
+        else:
+            super().send_400_response(msg)
+
+    def _start_head(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._header_count = 0
+
+    def _refuse(self, status: int, detail: str) -> None:
+        body = orjson.dumps({"error": "TooLarge", "detail": detail + "; send a smaller request"})
+        self.transport.write(
+            STATUS_LINE[status]
+            + b"content-type: application/json\r\nconnection: close\r\n"
+            + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        self.transport.close()
 
     def _arm_header_deadline(self) -> None:
         self._disarm_header_deadline()
