@@ -33,6 +33,10 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1024, description="Largest JSON request body (every endpoint but uploads and result batches)."
     )
     max_results_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest result batch a worker may post.")
+    max_json_values: int = Field(
+        100_000, ge=1000,
+        description="Most JSON values in one request body (a result batch of 10,000 results holds about 70,000).",
+    )
     max_public_body_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest body of a request without credentials (e.g. a proof to verify)."
     )

@@ -112,9 +112,14 @@ class Auth:
         if token.role != "operator":
             raise Forbidden("only an operator token may do this", role=token.role)
 
-    def signed(self, method: str, path: str, headers: dict[str, str]) -> SignedRequest:
-        """A worker request authenticated from its headers; its nonce is used up here."""
+    def signed(self, method: str, path: str, headers: dict[str, str], registered: bool = True) -> SignedRequest:
+        """A worker request authenticated from its headers; its nonce is used up here.
+
+        ``registered``: the key must be a registered worker's (AuthError otherwise), checked
+        before the nonce is remembered, so that keys made up by the thousand cost no memory."""
         signed = verify_request_headers(self.grid, method, path, headers, self.settings.auth_skew_seconds)
+        if registered:
+            self.worker(signed.address)
         self.nonces.remember(signed.address, signed.nonce)
         return signed
 

@@ -6,7 +6,9 @@ A request from the open internet must never reach a parser unbounded. In order:
    or a worker's signed headers are verified (and their nonce used up); a
    request that carries neither may only read (GET) or post to the few public
    endpoints, with a small body. Anything else is refused with 401 before a
-   byte of its body is read.
+   byte of its body is read. A key is no credential by itself (anyone can make
+   one): a key that is not a registered worker's may only register, with a
+   small body.
 2. **A body limit for each endpoint, enforced while streaming**: 413 as soon
    as the declared length or the bytes received pass it, with the connection
    closed. JSON endpoints get a small limit; result batches and uploads larger
@@ -15,10 +17,15 @@ A request from the open internet must never reach a parser unbounded. In order:
    (Headers are timed by the HTTP protocol itself, see :mod:`server`.)
 4. **A signed body must be the signed body**: its sha256 is compared with the
    signed header as it is read.
-5. **JSON bounded in depth and valid UTF-8** (orjson refuses nesting deeper
-   than 1,024 and invalid UTF-8) before any other parser sees it: some
+5. **JSON bounded in depth, values and valid UTF-8** (orjson refuses nesting
+   deeper than 1,024 and invalid UTF-8) before any other parser sees it: some
    dependencies raise Python's recursion limit so far that the standard
-   library's C parser could overflow the C stack on deep input.
+   library's C parser could overflow the C stack on deep input. The number of
+   values is bounded first, by counting the characters that can start one: a
+   3-byte ``[],`` becomes a 64-byte Python list, so a body within its byte
+   limit could otherwise make each parser build twenty times its size.
+6. **No NUL characters** in the path or in JSON strings: PostgreSQL cannot
+   store them, and its driver would fail the request with a server error.
 
 Uploads (``PUT /v1/blobs``) are not buffered here: the route streams them to
 disk while this layer counts, times and cuts them off.
@@ -47,6 +54,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: endpoints that take a body from anyone, credentials or not
 PUBLIC_BODIES = {("POST", "/v1/ledger/verify")}
+#: the one request a key that is not (yet) a registered worker's may make
+REGISTRATION = ("POST", "/v1/workers")
 #: endpoints whose body the route streams (to disk) instead of this layer buffering it
 STREAMED = {("PUT", "/v1/blobs")}
 _RESULTS = re.compile(r"^/v1/leases/[^/]+/results$")
@@ -85,6 +94,8 @@ class Edge:
         method, path = scope["method"], scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
+            if "\x00" in path or b"%00" in scope.get("query_string", b""):
+                raise InvalidInput("the request's path or query holds a NUL character (%00); remove it")
             limit, expected_hash = await self._admit(scope, method, path, headers)
             declared = headers.get("content-length")
             if declared is not None:
@@ -97,7 +108,7 @@ class Edge:
                 return
             body = await self._read(receive, limit, expected_hash)
             if body:
-                _check_json(body)
+                _check_json(body, self.settings.max_json_values)
         except CoopgridError as exc:
             await _answer(send, exc, close=True)
             return
@@ -111,8 +122,11 @@ class Edge:
             state[STATE_TOKEN] = await run_in_threadpool(self.auth.token, headers["authorization"])
             return (s.max_upload_bytes if (method, path) in STREAMED else s.max_json_bytes), None
         if "x-coopgrid-worker" in headers:
-            signed = await run_in_threadpool(self.auth.signed, method, path, headers)
+            registering = (method, path) == REGISTRATION
+            signed = await run_in_threadpool(self.auth.signed, method, path, headers, not registering)
             state[STATE_SIGNED] = signed
+            if registering:
+                return s.max_public_body_bytes, signed.body_hash
             return (s.max_results_bytes if _RESULTS.match(path) else s.max_json_bytes), signed.body_hash
         if method in ("GET", "HEAD", "OPTIONS") or (method, path) in PUBLIC_BODIES:
             return s.max_public_body_bytes, None
@@ -195,13 +209,27 @@ class Edge:
             # the route saw the disconnect this layer made up after answering; nothing is lost
 
 
-def _check_json(body: bytes) -> None:
+#: a \u0000 escape that is not itself escaped (an even run of backslashes before it)
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _check_json(body: bytes, max_values: int) -> None:
+    # every value or key but the first follows one of these (strings may hold some too: an upper bound)
+    values = body.count(b",") + body.count(b":") + body.count(b"[") + body.count(b"{")
+    if values > max_values:
+        raise TooLarge(
+            f"the request body holds up to {values} JSON values; at most {max_values} are accepted "
+            "(the coordinator's max_json_values setting)",
+            limit=max_values,
+        )
     try:
         orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(
             f"the request body is not valid JSON ({exc.msg}); send UTF-8 JSON nested at most 1,024 levels deep"
         ) from None
+    if b"\\u0000" in body and _NUL_ESCAPE.search(body):
+        raise InvalidInput("a string in the request body holds a NUL character (\\u0000); remove it")
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
