@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1000, ge=1, description="Connections and requests in flight at once; more are answered 503."
     )
+    max_connections_per_client: int = Field(
+        128, ge=0,
+        description="Connections one client address (IPv6: /64) may hold at once; more are answered 429. 0 means "
+        "no limit; not applied behind a reverse proxy (forwarded_allow_ips), which must limit them itself.",
+    )
     forwarded_allow_ips: str | None = Field(
         None,
         description="Addresses of the reverse proxies whose X-Forwarded-For to trust (comma-separated, or *); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -35,17 +36,36 @@ class TimedHttpProtocol(HttpToolsProtocol):
     or header of any length, and header fields by the million (each a tuple
     some twenty times the size of a 5-byte ``a:b\\r\\n`` line), would be kept.
     Here a request line and its headers take at most ``max_header_bytes``
-    and ``max_headers`` fields; more is answered 431 and the connection closed."""
+    and ``max_headers`` fields; more is answered 431 and the connection closed.
+
+    Every connection counts against uvicorn's ``limit_concurrency`` (beyond it,
+    everyone is answered 503), and a body only has to keep trickling: one
+    client dripping bodies on a thousand connections would shut everyone else
+    out. So one client address (an IPv6 /64) may hold at most
+    ``max_connections_per_client`` connections; more are answered 429 and closed."""
 
     header_timeout = 10.0
     max_header_bytes = 64 * 1024
     max_headers = 100
+    max_connections_per_client = 0  # 0: no limit
+    #: open connections by client address; :func:`protocol_for` gives each server its own
+    connections_by_client: dict[str, int] = {}
 
     def connection_made(self, transport):  # type: ignore[no-untyped-def]
         self._start_head()
         self._refusal: tuple[int, str] | None = None
+        self._client_key: str | None = None
         super().connection_made(transport)
         self._arm_header_deadline()
+        if self.max_connections_per_client:
+            key = client_key(self.client[0] if self.client else "")
+            self._client_key = key
+            held = self.connections_by_client[key] = self.connections_by_client.get(key, 0) + 1
+            if held > self.max_connections_per_client:
+                self._refuse(
+                    429, f"this address holds {held - 1} connections, the most one client may; close some",
+                    error="RateLimited", extra=b"retry-after: 10\r\n",
+                )
 
     def data_received(self, data: bytes) -> None:
         # headers are fed only as far as the limit allows; once they are complete the rest goes in whole
@@ -55,7 +75,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
                 return
             room = self.max_header_bytes - self._head_bytes
             if room <= 0:
-                self._refuse(431, f"the request line and headers are over {self.max_header_bytes} bytes")
+                self._refuse(431, f"the request line and headers are over {self.max_header_bytes} bytes; send less")
                 return
             piece, data = data[:room], data[room:]
             self._head_bytes += len(piece)
@@ -70,7 +90,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         if self._header_count > self.max_headers:
-            self._refusal = (431, f"the request has more than {self.max_headers} header fields")
+            self._refusal = (431, f"the request has more than {self.max_headers} header fields; send fewer")
             raise ValueError(self._refusal[1])  # the parser stops; uvicorn answers through send_400_response
         super().on_header(name, value)
 
@@ -90,6 +110,13 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc):  # type: ignore[no-untyped-def]
         self._disarm_header_deadline()
+        if self._client_key is not None:
+            left = self.connections_by_client[self._client_key] - 1
+            if left:
+                self.connections_by_client[self._client_key] = left
+            else:
+                del self.connections_by_client[self._client_key]
+            self._client_key = None
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
@@ -103,11 +130,11 @@ class TimedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._header_count = 0
 
-    def _refuse(self, status: int, detail: str) -> None:
-        body = orjson.dumps({"error": "TooLarge", "detail": detail + "; send a smaller request"})
+    def _refuse(self, status: int, detail: str, error: str = "TooLarge", extra: bytes = b"") -> None:
+        body = orjson.dumps({"error": error, "detail": detail})
         self.transport.write(
             STATUS_LINE[status]
-            + b"content-type: application/json\r\nconnection: close\r\n"
+            + b"content-type: application/json\r\nconnection: close\r\n" + extra
             + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
         self.transport.close()
@@ -128,8 +155,23 @@ class TimedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
+def client_key(host: str) -> str:
+    """What connections are counted by: the address, or its /64 for IPv6 (one subscriber's share)."""
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.ip_network(f"{host}/64", strict=False))
+    except ValueError:
+        return host
+
+
 def protocol_for(settings: Settings) -> type[TimedHttpProtocol]:
-    return type("CoordinatorHttpProtocol", (TimedHttpProtocol,), {"header_timeout": settings.header_timeout})
+    return type("CoordinatorHttpProtocol", (TimedHttpProtocol,), {
+        "header_timeout": settings.header_timeout,
+        # behind a reverse proxy every connection is the proxy's: the proxy limits its clients' connections
+        "max_connections_per_client": 0 if settings.forwarded_allow_ips else settings.max_connections_per_client,
+        "connections_by_client": {},
+    })
 
 
 def bind(host: str, port: int) -> socket.socket:
