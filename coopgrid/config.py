@@ -33,6 +33,11 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1024, description="Largest JSON request body (every endpoint but uploads and result batches)."
     )
     max_results_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest result batch a worker may post.")
+    max_buffered_body_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024 * 1024,
+        description="Request bodies held in memory at once, beyond each one's first max_public_body_bytes "
+        "(at least max_results_bytes); requests past it are answered 429.",
+    )
     max_json_values: int = Field(
         100_000, ge=1000,
         description="Most JSON values in one request body (a result batch of 10,000 results holds about 70,000).",

@@ -12,7 +12,10 @@ A request from the open internet must never reach a parser unbounded. In order:
 2. **A body limit for each endpoint, enforced while streaming**: 413 as soon
    as the declared length or the bytes received pass it, with the connection
    closed. JSON endpoints get a small limit; result batches and uploads larger
-   ones, and only from authenticated callers.
+   ones, and only from authenticated callers. Bodies held in memory at once
+   are bounded too (``max_buffered_body_bytes``, past each body's first
+   ``max_public_body_bytes``): one worker posting large result batches on many
+   connections is answered 429 instead of making the coordinator hold them all.
 3. **Timeouts**: a body that pauses longer than ``body_timeout`` is answered 408.
    (Headers are timed by the HTTP protocol itself, see :mod:`server`.)
 4. **A signed body must be the signed body**: its sha256 is compared with the
@@ -86,6 +89,9 @@ class Edge:
         self.app = app
         self.auth = auth
         self.settings = settings
+        # bytes of bodies read and not yet done with (the event loop is the only writer: no lock)
+        self.buffered = 0
+        self.max_buffered = max(settings.max_buffered_body_bytes, settings.max_results_bytes, settings.max_json_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,6 +99,7 @@ class Edge:
             return
         method, path = scope["method"], scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        held = 0  # what the body counts against max_buffered (once read)
         try:
             if "\x00" in path or b"%00" in scope.get("query_string", b""):
                 raise InvalidInput("the request's path or query holds a NUL character (%00); remove it")
@@ -106,13 +113,20 @@ class Edge:
             if (method, path) in STREAMED:
                 await self._streamed(scope, receive, send, limit, expected_hash)
                 return
-            body = await self._read(receive, limit, expected_hash)
+            body, held = await self._read(receive, limit, expected_hash)
             if body:
                 _check_json(body, self.settings.max_json_values)
         except CoopgridError as exc:
+            self.buffered -= held
             await _answer(send, exc, close=True)
             return
-        await self.app(scope, _replay(body, receive), send)
+        except BaseException:
+            self.buffered -= held
+            raise
+        try:
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.buffered -= held
 
     async def _admit(self, scope: Scope, method: str, path: str, headers: dict[str, str]) -> tuple[int, str | None]:
         """Authenticate from headers; the body limit that applies and the body hash that was signed."""
@@ -151,24 +165,40 @@ class Edge:
                 f"the request body paused for more than {self.settings.body_timeout:g}s; send it without pauses"
             ) from None
 
-    async def _read(self, receive: Receive, limit: int, expected_hash: str | None) -> bytes:
+    async def _read(self, receive: Receive, limit: int, expected_hash: str | None) -> tuple[bytes, int]:
+        """The body, and what it counts against ``max_buffered`` (the caller gives that back when done)."""
         chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await self._chunk(receive)
-            if message["type"] == "http.disconnect":
-                raise InvalidInput("the client went away before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise self._too_large(None, limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        if expected_hash is not None and hashlib.sha256(body).hexdigest() != expected_hash:
-            raise AuthError("the request body does not hash to the signed value")
-        return body
+        size = held = 0
+        free = self.settings.max_public_body_bytes  # small bodies are bounded by the connections already
+        try:
+            while True:
+                message = await self._chunk(receive)
+                if message["type"] == "http.disconnect":
+                    raise InvalidInput("the client went away before sending the whole body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise self._too_large(None, limit)
+                more = max(0, size - free) - held
+                if more:
+                    if self.buffered + more > self.max_buffered:
+                        raise RateLimited(
+                            f"the coordinator holds {self.max_buffered} bytes of request bodies, its limit "
+                            "(max_buffered_body_bytes); send this again in a moment",
+                            retry_after=1,
+                        )
+                    self.buffered += more
+                    held += more
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+            if expected_hash is not None and hashlib.sha256(body).hexdigest() != expected_hash:
+                raise AuthError("the request body does not hash to the signed value")
+        except BaseException:
+            self.buffered -= held
+            raise
+        return body, held
 
     async def _streamed(self, scope: Scope, receive: Receive, send: Send, limit: int, expected_hash: str | None) -> None:
         """Pass the body through to the route chunk by chunk, counting, timing and hashing it."""
