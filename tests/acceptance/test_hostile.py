@@ -364,24 +364,61 @@ def test_slow_clients_are_cut_off_while_others_are_served(tmp_path: Path) -> Non
             t.check(f"a body to {path} that stalls")
 
 
-def test_one_address_cannot_take_every_connection(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """A coordinator with small limits on connections and on bodies held in memory, so that reaching them
+    costs the tests little."""
+    limits = {"max_connections": "60", "max_connections_per_client": "20", "max_results_bytes": str(4 * MiB),
+              "max_buffered_body_bytes": str(8 * MiB)}
+    with coordinator(tmp_path_factory.mktemp("crowded"), **limits) as target:
+        yield target
+
+
+def test_one_address_cannot_take_every_connection(crowded: Target) -> None:
     """Beyond max_connections everyone is answered 503, and a body need only keep trickling to hold its
     connection: one address must not be able to hold them all."""
-    with coordinator(tmp_path, max_connections="60", max_connections_per_client="20") as t:
-        held = []
-        try:
-            for _ in range(60):
-                sock = socket.create_connection(t.address, timeout=PATIENCE, source_address=("127.0.0.3", 0))
-                sock.sendall(head("POST", "/v1/ledger/verify", {"content-length": "1000"}) + b'{"epoch": ')
-                held.append(sock)
-            t.check("60 connections from one other address, each holding a body open")  # from 127.0.0.1
-            wait_until(lambda: sum(answered(s, 0) for s in held) >= 40, "the connections past 20 to be answered")
-            refusals = [read_response(s) for s in held if answered(s, 0)]
-            assert [r.status for r in refusals] == [429] * 40, refusals
-            assert all(int(r.headers["retry-after"]) > 0 for r in refusals)
-        finally:
-            for sock in held:
-                sock.close()
+    t = crowded
+    t.baseline = t.rss()
+    held = []
+    try:
+        for _ in range(60):
+            sock = socket.create_connection(t.address, timeout=PATIENCE, source_address=("127.0.0.3", 0))
+            sock.sendall(head("POST", "/v1/ledger/verify", {"content-length": "1000"}) + b'{"epoch": ')
+            held.append(sock)
+        t.check("60 connections from one other address, each holding a body open")  # from 127.0.0.1
+        wait_until(lambda: sum(answered(s, 0) for s in held) >= 40, "the connections past 20 to be answered")
+        refusals = [read_response(s) for s in held if answered(s, 0)]
+        assert [r.status for r in refusals] == [429] * 40, refusals
+        assert all(int(r.headers["retry-after"]) > 0 for r in refusals)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_the_bodies_held_in_memory_at_once_are_bounded(crowded: Target) -> None:
+    """Result batches are read whole before they are parsed: one worker posting large ones on many connections
+    made the coordinator hold them all (eight batches of 60 MiB: 1.1 GB resident at the peak)."""
+    t = crowded
+    t.baseline = t.rss()
+    worker = Identity.generate()
+    t.register(worker, owner="hoarder")
+    path, body = "/v1/leases/1/results", b"0" * (3 * MiB + MiB // 2)
+    batches = []
+    try:
+        for _ in range(3):  # 3.5 MiB each, within max_results_bytes; 8 MiB may be held at once
+            sock = t.connect()
+            batches.append(sock)
+            headers = t.signed_headers(worker, "POST", path, body) | {"transfer-encoding": "chunked"}
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the last chunk never comes
+                sock.sendall(head("POST", path, headers) + f"{len(body):x}\r\n".encode() + body + b"\r\n")
+        wait_until(lambda: any(answered(s, 0) for s in batches), "the batch past 8 MiB to be refused")
+        refused = [read_response(s) for s in batches if answered(s, 0)]
+        assert [r.status for r in refused] == [429], refused
+        assert "max_buffered_body_bytes" in refused[0].json()["detail"] and int(refused[0].headers["retry-after"]) > 0
+        t.check("three result batches of 3.5 MiB held open at once")
+    finally:
+        for sock in batches:
+            sock.close()
 
 
 # -- finding 9: registration and leasing without limits, lineage -------------------------
