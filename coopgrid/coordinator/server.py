@@ -204,8 +204,11 @@ def serve(
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-    # a file others can read the address from, useful with --port 0
-    (settings.data_dir / "coordinator.json").write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    # a file others can read the address from, useful with --port 0; written whole or not at all, since
+    # they poll for it (a reader that found it created but still empty failed with a JSON error)
+    info = settings.data_dir / "coordinator.json"
+    info.with_suffix(".tmp").write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    info.with_suffix(".tmp").replace(info)
     announce(f"coordinator listening on {url} (API docs at {url}/docs), data in {settings.data_dir}")
     config = uvicorn.Config(
         create_api(app),
