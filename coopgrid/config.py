@@ -46,6 +46,15 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1024, description="Largest JSON request body (every endpoint but uploads and result batches)."
     )
     max_results_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest result batch a worker may post.")
+    max_buffered_body_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024 * 1024,
+        description="Request bodies held in memory at once, beyond each one's first max_public_body_bytes "
+        "(at least max_results_bytes); requests past it are answered 429.",
+    )
+    max_json_values: int = Field(
+        100_000, ge=1000,
+        description="Most JSON values in one request body (a result batch of 10,000 results holds about 70,000).",
+    )
     max_public_body_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest body of a request without credentials (e.g. a proof to verify)."
     )
@@ -54,6 +63,11 @@ class Settings(BaseSettings):
     keep_alive_timeout: int = Field(5, ge=1, description="Seconds an idle keep-alive connection stays open.")
     max_connections: int = Field(
         1000, ge=1, description="Connections and requests in flight at once; more are answered 503."
+    )
+    max_connections_per_client: int = Field(
+        128, ge=0,
+        description="Connections one client address (IPv6: /64) may hold at once; more are answered 429. 0 means "
+        "no limit; not applied behind a reverse proxy (forwarded_allow_ips), which must limit them itself.",
     )
     forwarded_allow_ips: str | None = Field(
         None,

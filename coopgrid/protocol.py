@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 try:  # safe-pysha3's C keccak: ~8x faster per call than eth_hash's default backend
     from sha3 import keccak_256
@@ -168,7 +168,10 @@ class LeaseRequest(Strict):
     """POST /v1/leases: ask for up to ``max_replicas`` replicas."""
 
     max_replicas: int = Field(100, ge=1, le=10_000)
-    task_types: list[str] = Field(default_factory=list, description="Types this worker can run; empty means all.")
+    # bounded: each name becomes a parameter of the lease query
+    task_types: list[Annotated[str, Field(max_length=50)]] = Field(
+        default_factory=list, max_length=64, description="Types this worker can run; empty means all."
+    )
 
 
 class ResultItem(Strict):
@@ -190,7 +193,9 @@ class ResultBatch(Strict):
 
     signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$")
     results: list[ResultItem] = Field(min_length=1, max_length=10_000)
-    release: list[int] = Field(default_factory=list, description="Replica ids the worker gives back unfinished.")
+    release: list[int] = Field(
+        default_factory=list, max_length=10_000, description="Replica ids the worker gives back unfinished."
+    )
 
     @model_validator(mode="after")
     def _each_replica_once(self) -> ResultBatch:

@@ -29,7 +29,7 @@ from coopgrid import __version__
 from coopgrid.app import App
 from coopgrid.coordinator.dashboard import install as install_dashboard
 from coopgrid.coordinator.deps import MAX_ID, Id, Index, TokenDep, signed_address
-from coopgrid.coordinator.edge import STATE_SIGNED, STATE_TOKEN, Edge, error_body, error_headers
+from coopgrid.coordinator.edge import STATE_TOKEN, Edge, error_body, error_headers
 from coopgrid.coordinator.openapi import document
 from coopgrid.coordinator.ratelimit import TokenBuckets
 from coopgrid.errors import Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
@@ -50,6 +50,10 @@ class TokenRequest(BaseModel):
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+#: validation problems listed in one answer (a batch of 10,000 bad results would list each)
+MAX_PROBLEMS = 20
 
 
 def _error(exc: CoopgridError) -> JSONResponse:
@@ -160,37 +164,40 @@ def create_api(app: App) -> FastAPI:
         "worker registrations for this owner", settings.register_per_owner_per_hour / 3600,
         max(1.0, settings.register_per_owner_per_hour),
     )
+    # bursts of twice the rate, and of at least one request: a rate below 0.5/s must still let one through
     leases_by_worker = TokenBuckets(
-        "lease requests from this worker", settings.worker_requests_per_second, 2 * settings.worker_requests_per_second
+        "lease requests from this worker", settings.worker_requests_per_second,
+        max(1.0, 2 * settings.worker_requests_per_second),
     )
     leases_by_owner = TokenBuckets(
         "lease requests from this owner's workers", settings.owner_requests_per_second,
-        2 * settings.owner_requests_per_second,
+        max(1.0, 2 * settings.owner_requests_per_second),
     )
     leases_by_network = TokenBuckets(
         "lease requests from this network", settings.network_requests_per_second,
-        2 * settings.network_requests_per_second,
+        max(1.0, 2 * settings.network_requests_per_second),
     )
 
     @api.exception_handler(CoopgridError)
     async def _coopgrid_error(_: Request, exc: CoopgridError) -> JSONResponse:
         return _error(exc)
 
-    @api.exception_handler(ValidationError)
-    async def _validation_error(_: Request, exc: ValidationError) -> JSONResponse:
-        return JSONResponse(
-            {"error": "InvalidInput", "detail": orjson.loads(exc.json(include_url=False))}, status_code=422
-        )
-
-    @api.exception_handler(RequestValidationError)
-    async def _request_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # never echo the input back: it may be bytes, huge, or not text at all
+    def _problems(errors: Any) -> JSONResponse:
+        # never echo the input back: it may be bytes, huge (a whole list too long), or not text at all
         problems = [
             {"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
              "type": str(e.get("type", ""))}
-            for e in exc.errors()
+            for e in errors[:MAX_PROBLEMS]
         ]
         return JSONResponse({"error": "InvalidInput", "detail": problems}, status_code=422)
+
+    @api.exception_handler(ValidationError)
+    async def _validation_error(_: Request, exc: ValidationError) -> JSONResponse:
+        return _problems(exc.errors(include_url=False, include_input=False, include_context=False))
+
+    @api.exception_handler(RequestValidationError)
+    async def _request_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _problems(exc.errors())
 
     async def worker_of(request: Request) -> Any:
         return await run_in_threadpool(app.auth.worker, signed_address(request))
@@ -338,7 +345,6 @@ def create_api(app: App) -> FastAPI:
             # new keys are what costs an attacker nothing: they are what is limited
             registrations_by_network.take(network or "unknown")
             registrations_by_owner.take(reg.owner)
-        app.auth.nonces.remember(address, request.scope["state"][STATE_SIGNED].nonce)
         record = await run_in_threadpool(
             app.store.register_worker, address, reg.name, reg.owner, time.time(), network
         )

@@ -137,16 +137,15 @@ class Auth:
         if token.role != "operator":
             raise Forbidden("only an operator token may do this", role=token.role)
 
-    def signed(self, method: str, path: str, headers: dict[str, str]) -> SignedRequest:
+    def signed(self, method: str, path: str, headers: dict[str, str], registered: bool = True) -> SignedRequest:
         """A worker request authenticated from its headers; its nonce is used up here.
 
-        Only a registered worker's nonces are remembered here: fresh keys cost
-        nothing to make, and would otherwise fill the cache. A registration's
-        nonce is remembered by the registration route, after its rate limits."""
+        ``registered``: the key must be a registered worker's (AuthError otherwise), checked
+        before the nonce is remembered, so that keys made up by the thousand cost no memory."""
         signed = verify_request_headers(self.grid, method, path, headers, self.settings.auth_skew_seconds)
-        if (method, path) != REGISTRATION:
+        if registered:
             self.worker(signed.address)
-            self.nonces.remember(signed.address, signed.nonce)
+        self.nonces.remember(signed.address, signed.nonce)
         return signed
 
     def worker(self, address: str) -> WorkerRecord:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import logging
 import os
@@ -11,8 +12,9 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from coopgrid.app import build
 from coopgrid.config import Settings
@@ -23,42 +25,85 @@ log = logging.getLogger(__name__)
 
 
 class TimedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers.
+    """uvicorn's HTTP/1.1 protocol with a deadline and a size for each request's headers.
 
     uvicorn times idle keep-alive connections only after a first response: a
     client that connects and sends half a request line, or drips headers a
     byte at a time, would hold its connection for ever. Here every request
     must complete its headers within ``header_timeout`` seconds of the
-    connection opening or of the previous response, in at most
-    ``max_header_bytes`` (httptools itself sets no bound: a 10 MB header line
-    was accepted); the body is timed by the edge middleware
-    (:mod:`coopgrid.coordinator.edge`)."""
+    connection opening or of the previous response; the body is timed by the
+    edge middleware (:mod:`coopgrid.coordinator.edge`).
+
+    Nor does uvicorn bound the headers' size with this parser: a request line
+    or header of any length, and header fields by the million (each a tuple
+    some twenty times the size of a 5-byte ``a:b\\r\\n`` line), would be kept.
+    Here a request line and its headers take at most ``max_header_bytes``
+    and ``max_headers`` fields; more is answered 431 and the connection closed.
+
+    Every connection counts against uvicorn's ``limit_concurrency`` (beyond it,
+    everyone is answered 503), and a body only has to keep trickling: one
+    client dripping bodies on a thousand connections would shut everyone else
+    out. So one client address (an IPv6 /64) may hold at most
+    ``max_connections_per_client`` connections; more are answered 429 and closed."""
 
     header_timeout = 10.0
     max_header_bytes = 64 * 1024
+    max_headers = 100
+    max_connections_per_client = 0  # 0: no limit
+    #: open connections by client address; :func:`protocol_for` gives each server its own
+    connections_by_client: dict[str, int] = {}
 
     def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        self._start_head()
+        self._refusal: tuple[int, str] | None = None
+        self._client_key: str | None = None
         super().connection_made(transport)
         self._arm_header_deadline()
+        if self.max_connections_per_client:
+            key = client_key(self.client[0] if self.client else "")
+            self._client_key = key
+            held = self.connections_by_client[key] = self.connections_by_client.get(key, 0) + 1
+            if held > self.max_connections_per_client:
+                self._refuse(
+                    429, f"this address holds {held - 1} connections, the most one client may; close some",
+                    error="RateLimited", extra=b"retry-after: 10\r\n",
+                )
 
     def data_received(self, data: bytes) -> None:
-        in_headers = getattr(self, "_header_deadline", None) is not None
-        super().data_received(data)
-        if in_headers and getattr(self, "_header_deadline", None) is not None:
-            # still reading the request line and headers: bound them, as the timer bounds their time
-            self._header_bytes = getattr(self, "_header_bytes", 0) + len(data)
-            if self._header_bytes > self.max_header_bytes and not self.transport.is_closing():
-                self._disarm_header_deadline()
-                self.transport.write(
-                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
-                    b"connection: close\r\ncontent-length: 43\r\n\r\nthe request's headers are over 64 KiB long\n"
-                )
-                self.transport.close()
+        # headers are fed only as far as the limit allows; once they are complete the rest goes in whole
+        while data:
+            if not self._in_head:
+                super().data_received(data)
+                return
+            room = self.max_header_bytes - self._head_bytes
+            if room <= 0:
+                self._refuse(431, f"the request line and headers are over {self.max_header_bytes} bytes; send less")
+                return
+            piece, data = data[:room], data[room:]
+            self._head_bytes += len(piece)
+            super().data_received(piece)
+            if self.transport.is_closing() or self.transport.get_protocol() is not self:
+                return  # answered (a malformed request), or upgraded to another protocol
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_count = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.max_headers:
+            self._refusal = (431, f"the request has more than {self.max_headers} header fields; send fewer")
+            raise ValueError(self._refusal[1])  # the parser stops; uvicorn answers through send_400_response
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._disarm_header_deadline()
-        self._header_bytes = 0
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._start_head()  # what comes next is the next request's line and headers
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -67,7 +112,34 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc):  # type: ignore[no-untyped-def]
         self._disarm_header_deadline()
+        if self._client_key is not None:
+            left = self.connections_by_client[self._client_key] - 1
+            if left:
+                self.connections_by_client[self._client_key] = left
+            else:
+                del self.connections_by_client[self._client_key]
+            self._client_key = None
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refusal is not None:
+            self._refuse(*self._refusal)
+        else:
+            super().send_400_response(msg)
+
+    def _start_head(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._header_count = 0
+
+    def _refuse(self, status: int, detail: str, error: str = "TooLarge", extra: bytes = b"") -> None:
+        body = orjson.dumps({"error": error, "detail": detail})
+        self.transport.write(
+            STATUS_LINE[status]
+            + b"content-type: application/json\r\nconnection: close\r\n" + extra
+            + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        self.transport.close()
 
     def _arm_header_deadline(self) -> None:
         self._disarm_header_deadline()
@@ -85,8 +157,23 @@ class TimedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
+def client_key(host: str) -> str:
+    """What connections are counted by: the address, or its /64 for IPv6 (one subscriber's share)."""
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.ip_network(f"{host}/64", strict=False))
+    except ValueError:
+        return host
+
+
 def protocol_for(settings: Settings) -> type[TimedHttpProtocol]:
-    return type("CoordinatorHttpProtocol", (TimedHttpProtocol,), {"header_timeout": settings.header_timeout})
+    return type("CoordinatorHttpProtocol", (TimedHttpProtocol,), {
+        "header_timeout": settings.header_timeout,
+        # behind a reverse proxy every connection is the proxy's: the proxy limits its clients' connections
+        "max_connections_per_client": 0 if settings.forwarded_allow_ips else settings.max_connections_per_client,
+        "connections_by_client": {},
+    })
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -138,8 +225,11 @@ def serve(
             announce(f"operator token (shown only once, keep it): {secret}")
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-    # a file others can read the address from, useful with --port 0
-    (settings.data_dir / "coordinator.json").write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    # a file others can read the address from, useful with --port 0; written whole or not at all, since
+    # they poll for it (a reader that found it created but still empty failed with a JSON error)
+    info = settings.data_dir / "coordinator.json"
+    info.with_suffix(".tmp").write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    info.with_suffix(".tmp").replace(info)
     announce(f"coordinator listening on {url} (API docs at {url}/docs), data in {settings.data_dir}")
     config = uvicorn.Config(
         create_api(app),
