@@ -32,7 +32,7 @@ from coopgrid.coordinator.deps import MAX_ID, Id, Index, TokenDep, signed_addres
 from coopgrid.coordinator.edge import STATE_TOKEN, Edge, error_body, error_headers
 from coopgrid.coordinator.openapi import document
 from coopgrid.coordinator.ratelimit import TokenBuckets
-from coopgrid.errors import Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
+from coopgrid.errors import ChainUnavailable, Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
 from coopgrid.store.base import JobRecord, ModelRecord
@@ -417,6 +417,10 @@ def create_api(app: App) -> FastAPI:
     def ledger_info() -> dict[str, Any]:
         seal = sealer()
         epochs = app.store.list_epochs()
+        try:  # the store's view answers while the chain is down; the chain's figures then read null
+            totals: tuple[Any, Any] = tuple(str(t) for t in seal.ledger.totals())  # type: ignore[assignment]
+        except ChainUnavailable:
+            totals = (None, None)
         return {
             "kind": settings.ledger,
             "chain_id": seal.ledger.chain_id,
@@ -424,8 +428,8 @@ def create_api(app: App) -> FastAPI:
             "token": seal.ledger.token_address,
             "coordinator": seal.ledger.account,
             # every spend the coordinator committed from escrows, and every claim paid out of them
-            "spent": str(seal.ledger.totals()[0]),
-            "claimed": str(seal.ledger.totals()[1]),
+            "spent": totals[0],
+            "claimed": totals[1],
             "epochs": [
                 {"number": e.number, "state": e.state, "results": e.result_count, "tx_hash": e.tx_hash,
                  "block_number": e.block_number, "results_root": e.results_root, "rewards_root": e.rewards_root}

@@ -46,12 +46,12 @@ def cli(grid, *args: str, key_password: str = KEY_PASSWORD, check: bool = True) 
 
 
 def run_echo_job(grid, items: int, task_size: int) -> dict[str, Any]:
-    """An echo job (one replica per task, reward 1) run to done by one worker started for it."""
+    """An echo job (one replica per task, free: the money path has its own tests in test_money_cli) run to done by one worker started for it."""
     if not grid.workers:
         grid.start_worker(0, "--batch", "4")
     with ApiClient(grid.url, grid.token) as client:
         data = client.put_blob(sequence(items).to_npz())
-        job = client.submit({"task_type": "echo", "dataset": data, "task_size": task_size, "reward_per_task": 1,
+        job = client.submit({"task_type": "echo", "dataset": data, "task_size": task_size, "reward_per_task": 0,
                              "trust": {"replicas": 1, "quorum": 1, "adaptive": False, "gold_rate": 0}})
         return client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=120)
 
