@@ -10,6 +10,7 @@ Off unless the variable is set: nothing is listened to then.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import threading
@@ -54,12 +55,16 @@ class DbStats:
         with self.lock:
             data = [{"sql": k, "count": v[0], "rows": v[1], "seconds": v[2]} for k, v in self.by_sql.items()]
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.path)
+        with contextlib.suppress(OSError):  # counting must never break the coordinator
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.path)
 
 
-def maybe_attach(engine: Engine) -> None:
+def maybe_attach(engine: Engine) -> DbStats | None:
     """Count this engine's statements when ``COOPGRID_DB_STATS`` names a file."""
     target = os.environ.get("COOPGRID_DB_STATS")
-    if target:
-        DbStats(Path(target)).attach(engine)
+    if not target:
+        return None
+    stats = DbStats(Path(target))
+    stats.attach(engine)
+    return stats
