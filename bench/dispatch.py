@@ -21,6 +21,11 @@ What it measures (see bench/README.md for the details):
    same run when ``celery`` is importable; and the issue's reference figures,
    labelled as measured elsewhere.
 
+4. The default trust policy (replicas 2, quorum 2, gold, adaptive) against quorum 1 on
+   one coordinator with four warm workers, ten default jobs in a row, on SQLite and
+   PostgreSQL, with the coordinator's statements and rows written per task
+   (``--policy-only`` runs just this part).
+
 Every process the bench starts is stopped on the way out, also on error or
 Ctrl-C (SIGINT) and SIGTERM.
 """
