@@ -52,6 +52,10 @@ class Metrics:
             ["outcome"], registry=r,
         )
         self.quarantines = Counter("coopgrid_quarantines", "Workers quarantined.", registry=r)
+        self.blob_urls = Counter(
+            "coopgrid_blob_urls", "Presigned URLs of input blobs handed out in leases (fetched from the blob store).",
+            registry=r,
+        )
         # one histogram, status included: its _count is the request counter, one observation per request
         self.latency = Histogram(
             "coopgrid_http_request_duration_seconds",
