@@ -215,7 +215,7 @@ class Scheduler:
             return None
         self.metrics.leases.inc()
         self.metrics.leased_replicas.inc(len(lease.replicas))
-        urls = self._input_urls(lease.replicas, lease.expires_at - now)
+        urls = self._input_urls(lease.replicas)
         return {
             "lease_id": lease.id,
             "expires_at": lease.expires_at,
@@ -239,13 +239,13 @@ class Scheduler:
             ],
         }
 
-    def _input_urls(self, replicas: Any, lease_left: float) -> dict[str, str]:
+    def _input_urls(self, replicas: Any) -> dict[str, str]:
         """Presigned URLs of a lease's input blobs, for a blob store that gives them (an object store).
 
         Only the blobs of this lease (coordinator/access.py's rule for workers), and valid no longer
         than the lease: the worker fetches from the store itself and still checks each sha256. A
         store that cannot presign leaves the worker on the coordinator's GET /v1/blobs path."""
-        seconds = int(min(self.settings.blob_url_seconds, lease_left))
+        seconds = int(min(self.settings.blob_url_seconds, self.settings.lease_seconds))
         if seconds < 1:
             return {}
         urls: dict[str, str] = {}

@@ -1,0 +1,118 @@
+"""A coordinator on an S3 blob store (moto's server process): blobs in the bucket, not the data dir,
+and workers reading a lease's inputs straight from the store through presigned URLs.
+
+Every task input here is a blob (``inline_input_bytes=0``), as large inputs are in production.
+The access rules of coopgrid/coordinator/access.py hold for URLs: a lease carries URLs of its
+own inputs only, and valid no longer than the lease.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from coopgrid.app import build
+from coopgrid.coordinator.api import create_api
+from coopgrid.protocol import sha256_hex
+from tests.integration.test_api import Grid, Worker, coordinator_settings
+from tests.integration.test_blob_access import assert_unreadable, fetch, finish, input_hashes, run
+from tests.s3_server import S3Server
+
+LEASE = 30
+
+
+@pytest.fixture
+def s3_grid(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., tuple[Grid, str]]]:
+    """Makes a coordinator whose blob store is a fresh bucket; (grid, bucket)."""
+    for name, value in s3_server.env.items():  # the endpoint and credentials as boto3 users give them
+        monkeypatch.setenv(name, value)
+    with ExitStack() as stack:
+
+        def make(**settings: Any) -> tuple[Grid, str]:
+            bucket = s3_server.new_bucket()
+            app = build(coordinator_settings(
+                tmp_path / "coordinator", blob_store=f"s3://{bucket}/grid", inline_input_bytes=0,
+                lease_seconds=LEASE, **settings,
+            ))
+            stack.callback(app.close)
+            operator = app.auth.ensure_operator()
+            assert operator is not None
+            return Grid(app, stack.enter_context(TestClient(create_api(app))), operator), bucket
+
+        yield make
+
+
+def stored(s3_server: S3Server, bucket: str) -> set[str]:
+    listing = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="grid/")
+    return {obj["Key"].rsplit("/", 1)[1] for obj in listing.get("Contents", [])}
+
+
+def test_a_lease_carries_urls_of_its_own_inputs_and_a_worker_reads_them_from_the_store(
+    s3_grid: Callable[..., tuple[Grid, str]], s3_server: S3Server, tmp_path: Path
+) -> None:
+    grid, bucket = s3_grid()
+    alice = grid.new_token("alice")
+    job = grid.submit_echo(8, 4, alice)
+    inputs = input_hashes(grid, job["id"])
+    assert len(inputs) == 2 and {job["dataset"], *inputs} <= stored(s3_server, bucket)
+    assert not any(p.is_file() for p in (tmp_path / "coordinator").rglob("blobs/**/*"))  # nothing in the data dir
+
+    w = Worker(grid, owner="ann").register()
+    lease = w.lease(max_replicas=1)
+    (replica,) = lease["replicas"]
+    held, other = replica["input_hash"], next(h for h in inputs if h != replica["input_hash"])
+    url = replica["input_url"]
+    assert re.search(r"[?&]X-Amz-Expires=30(&|$)", url)  # no longer than the lease
+    assert held in url and other not in str(lease)  # a URL of its own input only
+    r = httpx.get(url)  # no coordinator, no credentials of the worker's: the URL is the credential
+    assert r.status_code == 200 and sha256_hex(r.content) == held
+
+    via_coordinator = fetch(grid, held, w)  # the fallback path streams the object through
+    assert via_coordinator.status_code == 200 and via_coordinator.content == r.content
+    assert_unreadable(grid, other, w)
+    metrics = grid.client.get("/metrics", headers=grid.headers()).text
+    assert re.search(r"^coopgrid_blob_urls_total 1\.0$", metrics, re.M), metrics
+
+    assert w.submit(lease["lease_id"], run(w, lease)).status_code == 200
+    done = finish(grid, job, alice)
+    assert done["state"] == "done" and done["output"] in stored(s3_server, bucket)
+    out = fetch(grid, done["output"], alice)
+    assert out.status_code == 200 and sha256_hex(out.content) == done["output"]
+
+
+def test_with_blob_urls_off_workers_fetch_inputs_through_the_coordinator(
+    s3_grid: Callable[..., tuple[Grid, str]],
+) -> None:
+    grid, _ = s3_grid(blob_url_seconds=0)
+    alice = grid.new_token("alice")
+    job = grid.submit_echo(8, 4, alice)
+    w = Worker(grid, owner="ann").register()
+    lease = w.lease(max_replicas=2)
+    assert len(lease["replicas"]) == 2 and not any("input_url" in r for r in lease["replicas"])
+    assert w.submit(lease["lease_id"], run(w, lease)).status_code == 200
+    assert finish(grid, job, alice)["state"] == "done"
+
+
+def test_a_coordinator_on_the_data_dir_gives_no_urls(tmp_path: Path) -> None:
+    app = build(coordinator_settings(tmp_path / "coordinator", inline_input_bytes=0))
+    try:
+        operator = app.auth.ensure_operator()
+        assert operator is not None
+        with TestClient(create_api(app)) as client:
+            grid = Grid(app, client, operator)
+            job = grid.submit_echo(4, 4)
+            lease = Worker(grid, owner="ann").register().lease()
+            assert job["id"] in lease["jobs"] and lease["replicas"]
+            assert not any("input_url" in r for r in lease["replicas"])
+            assert (tmp_path / "coordinator" / "blobs" / job["dataset"][:2] / job["dataset"]).is_file()
+    finally:
+        app.close()
