@@ -22,6 +22,7 @@ from coopgrid.blobs import BlobStore, DirectoryBlobStore
 from coopgrid.blobs.s3 import PART, S3BlobStore
 from coopgrid.errors import BlobNotFound, IntegrityError, InvalidInput
 from coopgrid.protocol import sha256_hex
+from memory_peak import peak_growth
 from tests.s3_server import S3Server
 
 MiB = 1 << 20
@@ -209,3 +210,26 @@ def test_a_shared_directory_is_readable_by_the_coordinators_group_and_the_data_d
                 assert path.parent.stat().st_mode & 0o777 == mode | 0o100 | (0o010 if shared else 0)
     finally:
         os.umask(old)
+
+
+def test_a_blob_larger_than_memory_allows_streams_through_in_bounded_memory(backend: Backend) -> None:
+    piece, n = os.urandom(MiB), 64  # 64 MiB in and out; neither side may hold it whole
+
+    def write() -> str:
+        with backend.writer.writer() as w:
+            for _ in range(n):
+                w.write(piece)
+            return w.commit()
+
+    def read(digest: str) -> int:
+        size = 0
+        with backend.reader.open(digest) as fh:
+            while chunk := fh.read(MiB):
+                size += len(chunk)
+        return size
+
+    digest, grew_writing = peak_growth(write)
+    size, grew_reading = peak_growth(lambda: read(digest))
+    assert size == n * MiB and backend.reader.verify(digest)
+    print(f"{backend.name}: memory grew {grew_writing / MiB:.1f} MiB writing, {grew_reading / MiB:.1f} MiB reading")
+    assert grew_writing < n * MiB / 2 and grew_reading < n * MiB / 2
