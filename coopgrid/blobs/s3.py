@@ -69,7 +69,8 @@ class S3BlobStore(BlobStore):
                                f"(e.g. `aws s3 mb s3://{self.bucket}`) or name another in --blob-store")
         if start:
             return ConfigError(f"cannot use the blob store s3://{self.bucket}/{self.prefix} at "
-                               f"{self.client.meta.endpoint_url}: {exc}; check AWS_ENDPOINT_URL and the credentials")
+                               f"{self.client.meta.endpoint_url}: {exc}; check the endpoint (--s3-endpoint-url or "
+                               "AWS_ENDPOINT_URL) and the credentials (AWS_ACCESS_KEY_ID... or AWS_PROFILE)")
         return BlobStoreError(f"the blob store failed on {what}: {exc}", what=what)
 
     def exists(self, digest: str) -> bool:

@@ -299,7 +299,10 @@ def create_api(app: App) -> FastAPI:
     @api.get("/v1/worker/models/{ref}", tags=["workers"], include_in_schema=True)
     async def worker_get_model(ref: str, request: Request) -> dict[str, Any]:
         await worker_of(request)
-        return model_view(await run_in_threadpool(app.registry.resolve, ref))
+        model = await run_in_threadpool(app.registry.resolve, ref)
+        # a published model is public (access.py): any worker may have a URL of the store's copy
+        url = await run_in_threadpool(app.scheduler.blob_url, model.hash)
+        return {**model_view(model), **({"url": url} if url else {})}
 
     # -- jobs -------------------------------------------------------------------
 

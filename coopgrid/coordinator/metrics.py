@@ -53,7 +53,8 @@ class Metrics:
         )
         self.quarantines = Counter("coopgrid_quarantines", "Workers quarantined.", registry=r)
         self.blob_urls = Counter(
-            "coopgrid_blob_urls", "Presigned URLs of input blobs handed out in leases (fetched from the blob store).",
+            "coopgrid_blob_urls", "Presigned blob URLs handed to workers (task inputs in leases, models), which fetch "
+            "those blobs from the blob store instead of through the coordinator.",
             registry=r,
         )
         # one histogram, status included: its _count is the request counter, one observation per request

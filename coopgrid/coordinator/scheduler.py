@@ -245,22 +245,29 @@ class Scheduler:
         Only the blobs of this lease (coordinator/access.py's rule for workers), and valid no longer
         than the lease: the worker fetches from the store itself and still checks each sha256. A
         store that cannot presign leaves the worker on the coordinator's GET /v1/blobs path."""
-        seconds = int(min(self.settings.blob_url_seconds, self.settings.lease_seconds))
-        if seconds < 1:
-            return {}
         urls: dict[str, str] = {}
         for r in replicas:
             if r.input_data is None and r.input_hash not in urls:
-                try:
-                    url = self.blobs.url(r.input_hash, seconds)
-                except CoopgridError:
-                    log.warning("cannot presign blob URLs; workers fetch inputs through the coordinator", exc_info=True)
-                    return {}
+                url = self.blob_url(r.input_hash)
                 if url is None:
                     return {}
                 urls[r.input_hash] = url
-        self.metrics.blob_urls.inc(len(urls))
         return urls
+
+    def blob_url(self, digest: str) -> str | None:
+        """A presigned URL of a blob a worker may read now (the caller checked that), or None:
+        the blob store gives none, or URLs are off (blob_url_seconds=0)."""
+        seconds = int(min(self.settings.blob_url_seconds, self.settings.lease_seconds))
+        if seconds < 1:
+            return None
+        try:
+            url = self.blobs.url(digest, seconds)
+        except CoopgridError:
+            log.warning("cannot presign a blob URL; workers fetch blobs through the coordinator", exc_info=True)
+            return None
+        if url is not None:
+            self.metrics.blob_urls.inc()
+        return url
 
     #: the worker's active stake (set by app.build when there is a ledger): address -> base units
     stake_of: Any = None

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coopgrid.blobs import BlobStore, DirectoryBlobStore
+from coopgrid.blobs import BlobStore, DirectoryBlobStore, open_blob_store
 from coopgrid.blobs.s3 import PART, S3BlobStore
-from coopgrid.errors import BlobNotFound, IntegrityError, InvalidInput
+from coopgrid.errors import BlobNotFound, ConfigError, IntegrityError, InvalidInput
 from coopgrid.protocol import sha256_hex
 from memory_peak import peak_growth
 from tests.s3_server import S3Server
@@ -233,3 +233,12 @@ def test_a_blob_larger_than_memory_allows_streams_through_in_bounded_memory(back
     assert size == n * MiB and backend.reader.verify(digest)
     print(f"{backend.name}: memory grew {grew_writing / MiB:.1f} MiB writing, {grew_reading / MiB:.1f} MiB reading")
     assert grew_writing < n * MiB / 2 and grew_reading < n * MiB / 2
+
+
+def test_a_bucket_that_does_not_exist_is_named_at_start(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="has no bucket no-such-bucket: create it"):
+        open_blob_store("s3://no-such-bucket/grid", tmp_path)

@@ -9,6 +9,7 @@ own inputs only, and valid no longer than the lease.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,7 +23,7 @@ from coopgrid.app import build
 from coopgrid.coordinator.api import create_api
 from coopgrid.protocol import sha256_hex
 from tests.integration.test_api import Grid, Worker, coordinator_settings
-from tests.integration.test_blob_access import assert_unreadable, fetch, finish, input_hashes, run
+from tests.integration.test_blob_access import assert_unreadable, fetch, finish, input_hashes, run, worker_get
 from tests.s3_server import S3Server
 
 LEASE = 30
@@ -87,6 +88,18 @@ def test_a_lease_carries_urls_of_its_own_inputs_and_a_worker_reads_them_from_the
     assert done["state"] == "done" and done["output"] in stored(s3_server, bucket)
     out = fetch(grid, done["output"], alice)
     assert out.status_code == 200 and sha256_hex(out.content) == done["output"]
+
+
+def test_a_worker_is_given_a_url_of_a_published_model_in_the_store(s3_grid: Callable[..., tuple[Grid, str]]) -> None:
+    grid, _ = s3_grid()
+    onnx = b"model bytes " + secrets.token_bytes(16)
+    model = grid.upload(onnx)
+    r = grid.client.post("/v1/models", json={"sha256": model, "name": "m", "task_type": "classify"}, headers=grid.headers())
+    assert r.status_code == 201, r.text
+    w = Worker(grid).register()
+    manifest = worker_get(w, f"/v1/worker/models/{model}").json()
+    assert manifest["hash"] == model and httpx.get(manifest["url"]).content == onnx
+    assert "url" not in grid.client.get(f"/v1/models/{model}", headers=grid.headers()).json()  # for workers only
 
 
 def test_with_blob_urls_off_workers_fetch_inputs_through_the_coordinator(

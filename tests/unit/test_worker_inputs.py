@@ -47,7 +47,7 @@ def test_an_input_with_a_url_is_read_from_the_store_without_the_coordinator_s_cr
     coordinator, seen = Coordinator(), []
     rt = runtime(tmp_path, coordinator, store_serving(200, DATA, seen))
     assert rt.task_input(DIGEST, None, URL) == DATA
-    assert coordinator.asked == [] and rt.inputs_from_store == 1
+    assert coordinator.asked == [] and rt.blobs_from_store == 1
     assert str(seen[0].url) == URL and "authorization" not in seen[0].headers
 
 
@@ -58,10 +58,17 @@ def test_a_url_that_fails_or_serves_other_bytes_falls_back_to_the_coordinator(
     coordinator, seen = Coordinator(), []
     rt = runtime(tmp_path, coordinator, store_serving(status, served, seen))
     assert rt.task_input(DIGEST, None, URL) == DATA
-    assert len(seen) == 1 and coordinator.asked == [f"/v1/blobs/{DIGEST}"] and rt.inputs_from_store == 0
+    assert len(seen) == 1 and coordinator.asked == [f"/v1/blobs/{DIGEST}"] and rt.blobs_from_store == 0
 
 
 def test_bytes_from_the_coordinator_are_checked_too(tmp_path: Path) -> None:
     rt = runtime(tmp_path, Coordinator(b"tampered bytes"), store_serving(200, b"tampered bytes", []))
     with pytest.raises(IntegrityError, match="refused input"):
         rt.task_input(DIGEST, None, URL)
+
+
+def test_a_model_with_a_url_is_read_from_the_store_and_cached(tmp_path: Path) -> None:
+    coordinator, seen = Coordinator(), []
+    rt = runtime(tmp_path, coordinator, store_serving(200, DATA, seen))
+    assert rt._model_bytes(DIGEST, URL) == DATA and coordinator.asked == [] and len(seen) == 1
+    assert rt._model_bytes(DIGEST, URL) == DATA and len(seen) == 1  # from the cache the second time
