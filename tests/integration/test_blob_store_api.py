@@ -1,5 +1,7 @@
-"""A coordinator on an S3 blob store (moto's server process): blobs in the bucket, not the data dir,
-and workers reading a lease's inputs straight from the store through presigned URLs.
+"""Coordinators on a blob store other than their data dir, through the HTTP API: two coordinators
+(two data dirs, one database) sharing a directory; and a coordinator on an S3 blob store (moto's
+server process), blobs in the bucket, workers reading a lease's inputs and models straight from
+the store through presigned URLs.
 
 Every task input here is a blob (``inline_input_bytes=0``), as large inputs are in production.
 The access rules of coopgrid/coordinator/access.py hold for URLs: a lease carries URLs of its
@@ -21,8 +23,9 @@ from fastapi.testclient import TestClient
 
 from coopgrid.app import build
 from coopgrid.coordinator.api import create_api
+from coopgrid.datasets import sequence
 from coopgrid.protocol import sha256_hex
-from tests.integration.test_api import Grid, Worker, coordinator_settings
+from tests.integration.test_api import NO_REPLICATION, Grid, Worker, coordinator_settings
 from tests.integration.test_blob_access import assert_unreadable, fetch, finish, input_hashes, run, worker_get
 from tests.s3_server import S3Server
 
@@ -129,3 +132,34 @@ def test_a_coordinator_on_the_data_dir_gives_no_urls(tmp_path: Path) -> None:
             assert (tmp_path / "coordinator" / "blobs" / job["dataset"][:2] / job["dataset"]).is_file()
     finally:
         app.close()
+
+
+def test_two_coordinators_on_different_data_dirs_share_a_blob_directory(tmp_path: Path) -> None:
+    shared, db = tmp_path / "shared-blobs", f"sqlite:///{tmp_path / 'grid.sqlite'}"
+    with ExitStack() as stack:
+        grids = []
+        for name in ("a", "b"):
+            app = build(coordinator_settings(tmp_path / name, database_url=db, blob_store=str(shared),
+                                             inline_input_bytes=0))
+            stack.callback(app.close)
+            operator = app.auth.ensure_operator() or grids[0].operator  # one database: one operator token
+            grids.append(Grid(app, stack.enter_context(TestClient(create_api(app))), operator))
+        a, b = grids
+        alice = a.new_token("alice")
+        dataset = a.upload(sequence(8).to_npz(), alice)  # uploaded through a...
+        r = b.client.post("/v1/jobs", headers=b.headers(alice), json={  # ...split by b
+            "task_type": "echo", "dataset": dataset, "task_size": 4, "trust": NO_REPLICATION})
+        assert r.status_code == 201, r.text
+        job = r.json()
+        w = Worker(a, owner="ann").register()
+        lease = w.lease()
+        assert {rep["input_hash"] for rep in lease["replicas"]} == set(input_hashes(a, job["id"]))
+        w.grid = b  # the same worker, now talking to b
+        for rep in lease["replicas"]:
+            got = fetch(b, rep["input_hash"], w)
+            assert got.status_code == 200 and sha256_hex(got.content) == rep["input_hash"]
+        assert w.submit(lease["lease_id"], run(w, lease)).status_code == 200
+        done = b.wait_until_done(job["id"], alice)
+        assert fetch(a, done["output"], alice).status_code == 200
+        for name in ("a", "b"):  # nothing in either data dir
+            assert not any(p.is_file() for p in (tmp_path / name).rglob("blobs/**/*"))
