@@ -65,8 +65,8 @@ class S3BlobStore(BlobStore):
         if code in MISSING and not start:
             return BlobNotFound(f"no blob {what}", digest=what)
         if code in {"NoSuchBucket", "404"} and start:
-            return ConfigError(f"the object store at {self.client.meta.endpoint_url} has no bucket {self.bucket}: create it "
-                               f"(e.g. `aws s3 mb s3://{self.bucket}`) or name another in --blob-store")
+            return ConfigError(f"the object store at {self.client.meta.endpoint_url} has no bucket {self.bucket}: "
+                               f"create it (e.g. `aws s3 mb s3://{self.bucket}`) or name another in --blob-store")
         if start:
             return ConfigError(f"cannot use the blob store s3://{self.bucket}/{self.prefix} at "
                                f"{self.client.meta.endpoint_url}: {exc}; check the endpoint (--s3-endpoint-url or "

@@ -25,7 +25,9 @@ from coopgrid.coordinator.access import can_read, unreadable_dataset
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.trust import TrustPolicy, gold_probability
 from coopgrid.coordinator.validation import Validator
-from coopgrid.errors import AuthError, CoopgridError, DatasetError, Forbidden, IntegrityError, InvalidInput, JobNotFound, LeaseError
+from coopgrid.errors import (
+    AuthError, CoopgridError, DatasetError, Forbidden, IntegrityError, InvalidInput, JobNotFound, LeaseError,
+)
 from coopgrid.identity import recover_batch_signer
 from coopgrid.protocol import ZERO_HASH, LeaseRequest, ResultBatch, ResultRef, b64decode, b64encode, sha256_hex
 from coopgrid.registry import ModelRegistry

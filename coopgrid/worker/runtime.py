@@ -60,7 +60,8 @@ class Runtime:
             log.warning("cached model %s is corrupt; fetching it again", model_hash)
         data = self._from_store(model_hash, url, "model") if url else None
         if data is None:
-            data = check(self.client.request("GET", f"/v1/blobs/{model_hash}").content, model_hash, f"model {model_hash}")
+            data = self.client.request("GET", f"/v1/blobs/{model_hash}").content
+            data = check(data, model_hash, f"model {model_hash}")
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(data)
         tmp.replace(path)

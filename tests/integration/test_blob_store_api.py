@@ -97,7 +97,8 @@ def test_a_worker_is_given_a_url_of_a_published_model_in_the_store(s3_grid: Call
     grid, _ = s3_grid()
     onnx = b"model bytes " + secrets.token_bytes(16)
     model = grid.upload(onnx)
-    r = grid.client.post("/v1/models", json={"sha256": model, "name": "m", "task_type": "classify"}, headers=grid.headers())
+    spec = {"sha256": model, "name": "m", "task_type": "classify"}
+    r = grid.client.post("/v1/models", json=spec, headers=grid.headers())
     assert r.status_code == 201, r.text
     w = Worker(grid).register()
     manifest = worker_get(w, f"/v1/worker/models/{model}").json()
