@@ -8,6 +8,7 @@ that need it are skipped and say so.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -66,13 +67,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    for module in ("moto", "boto3", "flask"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"the S3 tests need moto's standalone server and boto3: pip install 'moto[server]' boto3 "
-                        f"(no module {module})")
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
+@contextlib.contextmanager
+def moto_server(log: Path) -> Iterator[S3Server]:
+    """moto's standalone S3 server in a process of its own on a free loopback port, stopped on the way out."""
     for _ in range(3):  # the free port may be taken between our probe and moto's bind
         port = _free_port()
         with log.open("ab") as out:
@@ -93,7 +90,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         proc.kill()
         proc.wait()
     else:
-        pytest.fail(f"moto's server did not start; its log:\n{log.read_text(errors='replace')[-2000:]}")
+        raise RuntimeError(f"moto's server did not start; its log:\n{log.read_text(errors='replace')[-2000:]}")
     try:
         yield S3Server(endpoint, log)
     finally:
@@ -103,3 +100,19 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def missing_modules() -> list[str]:
+    return [m for m in ("moto", "boto3", "flask") if importlib.util.find_spec(m) is None]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    if missing := missing_modules():
+        pytest.skip(f"the S3 tests need moto's standalone server and boto3: pip install 'moto[server]' boto3 "
+                    f"(no module {', '.join(missing)})")
+    try:
+        with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+            yield server
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
