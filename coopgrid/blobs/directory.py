@@ -14,8 +14,10 @@ a blob whose hash was committed to the database is on disk for the next reader.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -24,6 +26,9 @@ from coopgrid.blobs.base import BlobStore, BlobWriter, checked_name
 from coopgrid.errors import BlobNotFound
 from coopgrid.protocol import is_hash
 
+#: an upload's temporary file untouched this long was left by a process that died mid-upload
+STALE_UPLOAD_SECONDS = 24 * 3600.0
+
 
 class DirectoryBlobStore(BlobStore):
     def __init__(self, root: Path, shared: bool = False) -> None:
@@ -31,6 +36,18 @@ class DirectoryBlobStore(BlobStore):
         self.shared = shared
         self.description = f"{'shared directory' if shared else 'directory'} {self.root}"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep()
+
+    def sweep(self, older_than: float = STALE_UPLOAD_SECONDS) -> int:
+        """Remove uploads a crashed process left behind (a live one writes to its file all along,
+        so one untouched this long is nobody's); returns how many."""
+        gone, cutoff = 0, time.time() - older_than
+        for tmp in self.root.glob(".upload-*"):
+            with contextlib.suppress(FileNotFoundError):  # another coordinator swept it first
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    gone += 1
+        return gone
 
     def path(self, digest: str) -> Path:
         digest = checked_name(digest)

@@ -44,3 +44,19 @@ def test_a_blob_store_flag_that_names_nothing_usable_says_what_to_give(tmp_path,
     (tmp_path / "FILE").write_text("not a directory")
     with pytest.raises(ConfigError, match=says):
         open_blob_store(str(tmp_path / spec) if spec == "FILE" else spec, tmp_path / "data")
+
+
+def test_uploads_left_by_a_crashed_process_are_swept_at_start_and_live_ones_kept(tmp_path):
+    import os
+    import time
+
+    store = DirectoryBlobStore(tmp_path)
+    with store.writer() as live:
+        live.write(b"still arriving")
+        dead = tmp_path / ".upload-dead"
+        dead.write_bytes(b"half an upload")
+        old = time.time() - 2 * 24 * 3600
+        os.utime(dead, (old, old))
+        DirectoryBlobStore(tmp_path)  # another coordinator starting on the shared directory
+        assert not dead.exists() and live._tmp.exists()
+        assert live.commit() == sha256_hex(b"still arriving")
