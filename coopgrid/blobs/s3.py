@@ -16,6 +16,7 @@ fetch a task's input from the store itself (it checks the sha256 of what it gets
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -23,9 +24,9 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from coopgrid.blobs.base import CHUNK, BlobStore, BlobWriter, checked_name
+from coopgrid.blobs.base import CHUNK, BlobStore, BlobWriter, checked_name, mismatch
 from coopgrid.errors import BlobNotFound, BlobStoreError, ConfigError
-from coopgrid.protocol import is_hash
+from coopgrid.protocol import is_hash, sha256_hex
 
 #: uploads above this go in parts of this size (S3's smallest part is 5 MiB)
 PART = 8 * CHUNK
@@ -126,12 +127,21 @@ class S3BlobStore(BlobStore):
         except Exception as exc:  # noqa: BLE001 - e.g. no credentials to sign with: workers use the coordinator
             raise self._error(exc, digest) from exc
 
-    def _upload(self, fh: IO[bytes], size: int, digest: str) -> None:
+    def put(self, data: bytes, expected: str | None = None) -> str:
+        # no HEAD first: the conditional write answers "already there" itself
+        digest = sha256_hex(data)
+        if expected is not None and expected != digest:
+            raise mismatch(expected, digest)
+        self._upload(io.BytesIO(data), len(data), digest, look_first=False)
+        return digest
+
+    def _upload(self, fh: IO[bytes], size: int, digest: str, look_first: bool = True) -> None:
         """Send a spooled blob: one PUT, or a multipart upload when it is large; written only if absent.
 
         "If-None-Match: *" makes the object store keep the first copy when several processes store
-        the same blob at once, instead of each overwriting it with the same bytes."""
-        if self.exists(digest):
+        the same blob at once, instead of each overwriting it with the same bytes. A large upload
+        looks first (one HEAD), to send nothing when the blob is there already."""
+        if look_first and self.exists(digest):
             return
         key = self.key(digest)
         try:
@@ -174,7 +184,7 @@ class S3BlobWriter(BlobWriter):
         try:
             self._fh.flush()
             self._fh.seek(0)
-            self.store._upload(self._fh, self.size, digest)
+            self.store._upload(self._fh, self.size, digest, look_first=self.size > PART)
         finally:
             self._fh.close()
 
