@@ -83,6 +83,8 @@ def test_a_lease_carries_urls_of_its_own_inputs_and_a_worker_reads_them_from_the
     via_coordinator = fetch(grid, held, w)  # the fallback path streams the object through
     assert via_coordinator.status_code == 200 and via_coordinator.content == r.content
     assert_unreadable(grid, other, w)
+    missing = fetch(grid, secrets.token_hex(32), grid.operator)  # may read anything: the store has no such object
+    assert missing.status_code == 404 and "that you may read" in missing.text
     metrics = grid.client.get("/metrics", headers=grid.headers()).text
     assert re.search(r"^coopgrid_blob_urls_total 1\.0$", metrics, re.M), metrics
 
