@@ -32,12 +32,13 @@ class Validator:
         self.metrics = metrics or Metrics()
         # one validation round at a time per process: two rounds deciding the
         # same task would issue its replicas twice (the store's unique index
-        # on accepted results still stops a double acceptance)
+        # on accepted results still stops a double acceptance); across processes
+        # sharing a database, the round's tasks are locked in it (Store.locked_tasks)
         self._lock = threading.Lock()
 
     def validate(self, task_ids: list[int] | None = None) -> list[str]:
         """Validate these tasks (all with pending results when None); returns jobs completed."""
-        with self._lock:
+        with self._lock, self.store.locked_tasks(task_ids):
             checks = self.store.tasks_to_validate(task_ids)
             if not checks:
                 return []

@@ -41,6 +41,7 @@ from coopgrid.store.base import (
     WorkerRecord,
 )
 from coopgrid.store.sql_access import AccessQueries
+from coopgrid.store.sql_duties import DutyQueries
 from coopgrid.store.sql_ledger import LedgerQueries
 from coopgrid.store.sql_slashes import SlashQueries
 from coopgrid.store.sql_metrics import MetricsQueries
@@ -133,7 +134,7 @@ def _worker(row: Any) -> WorkerRecord:
     )
 
 
-class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, MetricsQueries, TokenQueries, Store):
+class SqlStore(AccessQueries, DutyQueries, TrustQueries, LedgerQueries, SlashQueries, MetricsQueries, TokenQueries, Store):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
@@ -142,6 +143,7 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
         )
+        self._held = threading.local()  # this thread's validation round's transaction (see locked_tasks)
 
     @classmethod
     def open(cls, url: str, migrate: bool = True) -> SqlStore:
@@ -157,6 +159,10 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Any]:
+        held = getattr(self._held, "conn", None)
+        if held is not None:  # inside a validation round: its transaction, committed when the round ends
+            yield held
+            return
         with self._write_lock:
             try:
                 with self.engine.begin() as conn:
@@ -164,8 +170,13 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
             except OperationalError as exc:
                 raise ConfigError(f"the database failed: {exc.orig}") from exc
 
+    def _locking(self, q: Any, skip_locked: bool = False) -> Any:
+        """``q`` FOR UPDATE on PostgreSQL (several processes); SQLite's single writer needs no row locks."""
+        return q.with_for_update(skip_locked=skip_locked) if self.dialect == "postgresql" else q
+
     def _read(self) -> contextlib.AbstractContextManager[Any]:
-        return self.engine.connect()
+        held = getattr(self._held, "conn", None)
+        return contextlib.nullcontext(held) if held is not None else self.engine.connect()
 
     # -- tokens -------------------------------------------------------------------
 
@@ -625,7 +636,7 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
 
     def extend_lease(self, lease_id: int, worker_id: int, lease_seconds: float, now: float) -> float:
         with self._write() as conn:
-            row = conn.execute(select(s.leases).where(s.leases.c.id == lease_id)).first()
+            row = conn.execute(self._locking(select(s.leases).where(s.leases.c.id == lease_id))).first()
             _check_lease(row, lease_id, worker_id, now)
             expires = now + lease_seconds
             conn.execute(update(s.leases).where(s.leases.c.id == lease_id).values(expires_at=expires))
@@ -669,7 +680,9 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
     ) -> RecordOutcome:
         outcome = RecordOutcome()
         with self._write() as conn:
-            lease = conn.execute(select(s.leases).where(s.leases.c.id == lease_id)).first()
+            # the lease row locked: the reaper of another process cannot expire it (and reissue its
+            # replicas) between this check and this batch's results being written
+            lease = conn.execute(self._locking(select(s.leases).where(s.leases.c.id == lease_id))).first()
             if lease is None or lease.worker_id != worker_id:
                 raise LeaseError(f"lease {lease_id} is unknown to this coordinator", lease_id=lease_id)
             expired = lease.state == "expired" or lease.expires_at < now
@@ -868,8 +881,11 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
     def reap_expired(self, now: float) -> int:
         with self._write() as conn:
             expired = conn.execute(
-                select(s.leases.c.id, s.leases.c.worker_id).where(
-                    s.leases.c.state == "open", s.leases.c.expires_at < now
+                self._locking(
+                    select(s.leases.c.id, s.leases.c.worker_id).where(
+                        s.leases.c.state == "open", s.leases.c.expires_at < now
+                    ),
+                    skip_locked=True,  # a lease whose results are being written now is left to that writer
                 )
             ).all()
             if not expired:

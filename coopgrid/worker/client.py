@@ -2,7 +2,10 @@
 
 While the coordinator cannot be reached (connection refused, timeouts, 502,
 503, 504) a call is retried with exponential backoff and full jitter until it
-succeeds or the worker is told to stop. Other errors come back as
+succeeds or the worker is told to stop. Given several coordinators of one
+grid (``URL1,URL2,...``: processes sharing one database), a request that gets
+no answer goes to the next one at once, and backing off starts only once
+every one has failed. Other errors come back as
 :mod:`coopgrid.errors` exceptions built from the coordinator's JSON.
 """
 
@@ -60,6 +63,12 @@ def _problems(detail: Any) -> str:
     return orjson.dumps(detail).decode()
 
 
+def response_is_not_overload(reason: str) -> bool:
+    """Whether a failed request is worth sending to another coordinator: it did not answer (or a proxy
+    said it is down), rather than asked to slow down (429 is the grid's own limit, the same everywhere)."""
+    return not reason.startswith("HTTP 429")
+
+
 class Stopped(Exception):
     """The worker was asked to stop while waiting for the coordinator."""
 
@@ -74,14 +83,32 @@ class WorkerClient:
         backoff_cap: float = 10.0,
         give_up_after: float | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        #: the coordinators of one grid, tried in turn: a worker fails over to the next when one stops answering
+        self.urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()]
+        self._at = 0
         #: raise CoordinatorUnavailable once the coordinator has not answered for this long (None: retry for ever)
         self.give_up_after = give_up_after
         self.identity = identity
         self.stop = stop or threading.Event()
         self.backoff_cap = backoff_cap
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self.http = httpx.Client(timeout=timeout)
         self._info: dict[str, Any] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The coordinator this client talks to now."""
+        return self.urls[self._at]
+
+    def _fail_over(self, reason: str) -> bool:
+        """Move on to the next coordinator; True while some coordinator of the list was not tried yet
+        in this run of failures (then the request is retried there at once, without backing off)."""
+        if len(self.urls) == 1:
+            return False
+        log.warning("coordinator %s unreachable (%s); trying %s", self.base_url, reason,
+                    self.urls[(self._at + 1) % len(self.urls)])
+        self._at = (self._at + 1) % len(self.urls)
+        self._tried += 1
+        return self._tried < len(self.urls)
 
     @property
     def grid(self) -> str:
@@ -108,13 +135,14 @@ class WorkerClient:
         content = b"" if body is None else orjson.dumps(body)
         attempt = 0
         failing_since: float | None = None
+        self._tried = 0
         while True:
             # signed afresh on every attempt: a nonce is good for one request only
             headers = self.identity.request_headers(method, path, content, self.grid) if signed else {}
             if content:
                 headers["content-type"] = "application/json"
             try:
-                response = self.http.request(method, path, content=content, headers=headers)
+                response = self.http.request(method, self.base_url + path, content=content, headers=headers)
                 if response.status_code not in RETRY_STATUS:
                     if response.status_code >= 400:
                         raise error_from_response(response)
@@ -124,6 +152,8 @@ class WorkerClient:
                     reason += f" (too many requests: {error_from_response(response).message})"
             except httpx.TransportError as exc:
                 reason = type(exc).__name__
+            if response_is_not_overload(reason) and self._fail_over(reason):
+                continue
             if not retry:
                 raise errors.CoordinatorUnavailable(f"{self.base_url} unreachable: {reason}")
             failing_since = failing_since or time.monotonic()
@@ -131,6 +161,7 @@ class WorkerClient:
                 raise errors.CoordinatorUnavailable(
                     f"the coordinator at {self.base_url} has not answered for {self.give_up_after:g}s ({reason})"
                 )
+            self._tried = 0  # every coordinator was tried: back off, then go round again
             delay = random.uniform(0, min(self.backoff_cap, 0.2 * 2**attempt))
             if attempt == 0 or attempt % 10 == 0:
                 log.warning("coordinator %s unreachable (%s); retrying", self.base_url, reason)
