@@ -24,6 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import OperationalError
 
 from coopgrid import __version__
 from coopgrid.app import App
@@ -33,7 +34,7 @@ from coopgrid.coordinator.deps import MAX_ID, Id, Index, TokenDep, signed_addres
 from coopgrid.coordinator.edge import STATE_TOKEN, Edge, error_body, error_headers
 from coopgrid.coordinator.openapi import document
 from coopgrid.coordinator.ratelimit import TokenBuckets
-from coopgrid.errors import ChainUnavailable, Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
+from coopgrid.errors import ChainUnavailable, Conflict, CoopgridError, DatabaseUnavailable, Forbidden, InvalidInput, NotFound
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
 from coopgrid.store.base import JobRecord, ModelRecord
@@ -156,6 +157,9 @@ def create_api(app: App) -> FastAPI:
                 if rounds % 30 == 0:
                     # a safety net: validate every task with pending results, so none can wait forever
                     await run_in_threadpool(_catch_up)
+            except (DatabaseUnavailable, OperationalError) as exc:  # restarting, failing over: the next round
+                log.warning("reaping expired leases failed: the database is unavailable (%s)",
+                            getattr(exc, "orig", None) or exc)
             except Exception:  # keep reaping; the next round may succeed
                 log.exception("reaping expired leases failed")
 
@@ -194,6 +198,12 @@ def create_api(app: App) -> FastAPI:
     @api.exception_handler(CoopgridError)
     async def _coopgrid_error(_: Request, exc: CoopgridError) -> JSONResponse:
         return _error(exc)
+
+    @api.exception_handler(OperationalError)
+    async def _database_down(_: Request, exc: OperationalError) -> JSONResponse:
+        # the database restarting, or failing over: a 503 that workers and clients retry, not a bare 500
+        log.warning("the database failed mid-request: %s", exc.orig)
+        return _error(DatabaseUnavailable())
 
     def _problems(errors: Any) -> JSONResponse:
         # never echo the input back: it may be bytes, huge (a whole list too long), or not text at all

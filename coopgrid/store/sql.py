@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from coopgrid.errors import ConfigError, Conflict, JobNotFound, LeaseError
+from coopgrid.errors import ConfigError, Conflict, DatabaseUnavailable, JobNotFound, LeaseError
 from coopgrid.store import schema as s
 from coopgrid.store.base import (
     AcceptedOutput,
@@ -168,7 +168,7 @@ class SqlStore(AccessQueries, DutyQueries, TrustQueries, LedgerQueries, SlashQue
                 with self.engine.begin() as conn:
                     yield conn
             except OperationalError as exc:
-                raise ConfigError(f"the database failed: {exc.orig}") from exc
+                raise DatabaseUnavailable(f"the database failed: {exc.orig}") from exc
 
     def _locking(self, q: Any, skip_locked: bool = False) -> Any:
         """``q`` FOR UPDATE on PostgreSQL (several processes); SQLite's single writer needs no row locks."""
