@@ -76,6 +76,11 @@ class DutyQueries:
     def remember_nonce(self, address: str, nonce: str, expires_at: float) -> bool:
         try:
             with self._write() as conn:
+                if self.dialect == "postgresql":
+                    # one more commit per worker request: not worth a WAL flush of its own. A nonce lost to a
+                    # database crash only reopens, for the last instant's requests, a replay that the
+                    # lease and result rows (committed durably) refuse anyway
+                    conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
                 conn.execute(insert(s.request_nonces).values(address=address, nonce=nonce, expires_at=expires_at))
         except IntegrityError:
             return False
