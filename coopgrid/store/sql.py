@@ -704,6 +704,8 @@ class SqlStore(AccessQueries, DutyQueries, TrustQueries, LedgerQueries, SlashQue
                 raise LeaseError(
                     f"replicas {foreign[:10]} are not part of lease {lease_id}", lease_id=lease_id, replicas=foreign
                 )
+            if self.dialect == "postgresql":
+                self._lock_judged_tasks(conn, [replica_rows[it.replica_id] for it in items])
             batch_id = conn.execute(
                 insert(s.result_batches).values(
                     worker_id=worker_id, lease_id=lease_id, signature=signature, size=len(items), received_at=now,
@@ -819,6 +821,23 @@ class SqlStore(AccessQueries, DutyQueries, TrustQueries, LedgerQueries, SlashQue
                 outcome.completed_jobs = self._completed(conn, {r.job_id for r in failed} | set(credited))
             conn.execute(update(s.workers).where(s.workers.c.id == worker_id).values(last_seen=now))
         return outcome
+
+    def _lock_judged_tasks(self, conn: Any, reps: list[Any]) -> None:
+        """Lock the tasks whose results a validation round will judge, before writing those results.
+
+        A round reads a task's results and its outstanding replicas in separate statements; were a batch
+        for the task committed between the two (another process, another thread), the round would see a
+        replica done without its result and issue one more. A round locks its tasks first
+        (``locked_tasks``), so with this lock a batch lands wholly before the round or after it."""
+        single = self._quorum_one(conn, {r.job_id for r in reps})
+        judged = sorted({r.task_id for r in reps if r.job_id not in single or r.kind != ReplicaKind.NORMAL.value})
+        if judged:
+            conn.execute(
+                text("SELECT id FROM tasks WHERE id IN :ids ORDER BY id FOR NO KEY UPDATE").bindparams(
+                    bindparam("ids", expanding=True)
+                ),
+                {"ids": judged},
+            )
 
     def _quorum_one(self, conn: Any, job_ids: set[str]) -> set[str]:
         """Those jobs whose trust policy accepts a single result (policies never change: cached)."""

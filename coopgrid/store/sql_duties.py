@@ -105,9 +105,11 @@ class DutyQueries:
             else:
                 ids = sorted(set(task_ids))
             if ids:
-                # in id order, so two rounds over overlapping tasks cannot deadlock each other
+                # in id order, so two rounds over overlapping tasks cannot deadlock each other; NO KEY UPDATE,
+                # the lock an UPDATE of these rows takes: rounds exclude each other, while inserts of results
+                # and replicas (whose foreign keys take KEY SHARE on their task) go on
                 conn.execute(
-                    text("SELECT id FROM tasks WHERE id IN :ids ORDER BY id FOR UPDATE").bindparams(
+                    text("SELECT id FROM tasks WHERE id IN :ids ORDER BY id FOR NO KEY UPDATE").bindparams(
                         bindparam("ids", expanding=True)
                     ),
                     {"ids": ids},

@@ -10,7 +10,9 @@ PYTHONPATH, as any plugin is) so that the job is still running when each blow la
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +24,9 @@ from sqlalchemy import create_engine, text
 from coopgrid.client import ApiClient
 from coopgrid.datasets import sequence
 from coopgrid.local import LocalGrid
+from tests.acceptance.test_sealing_faults import deploy_on, open_chain, run_echo_job, stored_epochs
 from tests.integration.conftest import PG_HOST, PG_PORT, pg_user
+from tests.integration.conftest_ledger import anvil  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.postgres]
 
@@ -113,6 +117,47 @@ def test_a_job_survives_a_killed_coordinator_and_a_database_restart(pg_database,
         workers.stop(timeout=15)
         second.stop(timeout=15)
         first.stop(timeout=15)
+
+
+def test_coopgrid_sealer_seals_on_its_own_beside_a_coordinator_without_a_ledger(
+    pg_database, anvil, tmp_path  # noqa: F811
+) -> None:
+    url = pg_database()
+    grid = LocalGrid(tmp_path / "grid")
+    grid.data_dir.chmod(0o700)
+    contract = deploy_on(grid, anvil)  # the grid's coordinator key owns it
+    log = open(tmp_path / "sealer.log", "wb")
+    sealer = subprocess.Popen(
+        [sys.executable, "-m", "coopgrid", "sealer", "--database-url", url, "--data-dir", str(grid.data_dir),
+         "--rpc-url", anvil.url, "--contract", contract, "--seal-every-results", "4", "--seal-every-seconds", "1"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        grid.start_coordinator("--database-url", url, "--ledger", "none")
+        job = run_echo_job(grid, items=12, task_size=1)
+        assert job["tasks_done"] == 12
+        deadline = time.monotonic() + 60
+        while True:
+            epochs = stored_epochs(url)
+            if sum(e["result_count"] for e in epochs if e["state"] == "committed") == 12:
+                break
+            assert time.monotonic() < deadline and sealer.poll() is None, (tmp_path / "sealer.log").read_text()
+            time.sleep(0.2)
+        assert [e["number"] for e in epochs] == list(range(1, len(epochs) + 1))
+        assert all(e["state"] == "committed" for e in epochs)
+        ledger = open_chain(grid, "rpc", contract, anvil.url)
+        try:
+            assert ledger.last_epoch() == len(epochs)  # the chain has exactly what the store says
+        finally:
+            ledger.close()
+        sealer.send_signal(signal.SIGTERM)
+        assert sealer.wait(timeout=30) == 0
+    finally:
+        if sealer.poll() is None:
+            sealer.kill()
+            sealer.wait()
+        log.close()
+        grid.stop(timeout=15)
 
 
 def _wait_for_line(grid: LocalGrid, line: str, timeout: float = 60) -> None:

@@ -33,6 +33,7 @@ from coopgrid.coordinator.trust import TrustPolicy
 from coopgrid.datasets import sequence
 from coopgrid.identity import Identity
 from coopgrid.protocol import sha256_hex
+from coopgrid.store import SqlStore
 from coopgrid.store import schema as s
 from coopgrid.store.base import IncomingResult, WorkerRecord
 from coopgrid.store.schema import ResultStatus
@@ -158,6 +159,30 @@ def test_two_coordinators_lease_each_replica_once_and_accept_each_task_once(two_
     assert b.store.replica_counts(job_id) == {"done": n * trust["replicas"]}
     results = b.store.trust_counts(job_id)["results"]
     assert results.get("pending", 0) == 0
+
+
+def test_coordinators_starting_at_once_on_a_fresh_database_migrate_it_once(pg_database) -> None:
+    url = pg_database()
+    opened: list[SqlStore] = []
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            opened.append(SqlStore.open(url))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert not failed, failed
+        assert len({st.grid_id() for st in opened}) == 1
+    finally:
+        for st in opened:
+            st.close()
 
 
 def test_a_signed_request_is_used_once_on_the_whole_grid(two_apps) -> None:
