@@ -10,6 +10,8 @@ when it expires, and one sealer at a time commits epochs in an unbroken sequence
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -33,7 +35,6 @@ from coopgrid.coordinator.trust import TrustPolicy
 from coopgrid.datasets import sequence
 from coopgrid.identity import Identity
 from coopgrid.protocol import sha256_hex
-from coopgrid.store import SqlStore
 from coopgrid.store import schema as s
 from coopgrid.store.base import IncomingResult, WorkerRecord
 from coopgrid.store.schema import ResultStatus
@@ -163,26 +164,13 @@ def test_two_coordinators_lease_each_replica_once_and_accept_each_task_once(two_
 
 def test_coordinators_starting_at_once_on_a_fresh_database_migrate_it_once(pg_database) -> None:
     url = pg_database()
-    opened: list[SqlStore] = []
-    failed: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            opened.append(SqlStore.open(url))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            failed.append(exc)
-
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    try:
-        assert not failed, failed
-        assert len({st.grid_id() for st in opened}) == 1
-    finally:
-        for st in opened:
-            st.close()
+    # processes, as coordinators are: Alembic's migration context is one per process
+    opening = "import sys; from coopgrid.store import SqlStore; print(SqlStore.open(sys.argv[1]).grid_id())"
+    procs = [subprocess.Popen([sys.executable, "-c", opening, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1  # one grid
 
 
 def test_a_signed_request_is_used_once_on_the_whole_grid(two_apps) -> None:
