@@ -136,6 +136,13 @@ class Auth:
         """Create the first operator token if there is none; returns its secret then."""
         if self.store.count_tokens("operator"):
             return None
+        if self.store.shared:
+            # coordinators of one grid starting at once: the one that claims this makes the token, once
+            # (the claim lapses after a minute, should that process die before making it)
+            if not self.store.hold_duty("first-operator-token", secrets.token_hex(8), 60, time.time()):
+                return None
+            if self.store.count_tokens("operator"):
+                return None
         return self.issue("operator", "operator")[1]
 
     def token(self, authorization: str | None) -> Token:

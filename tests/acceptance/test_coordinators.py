@@ -184,3 +184,13 @@ def _accepted_per_task(url: str) -> list[int]:
     return [n for (n,) in _query(
         url, "SELECT count(r.id) FROM tasks t LEFT JOIN results r ON r.task_id = t.id AND r.status = 'accepted' "
              "GROUP BY t.idx ORDER BY t.idx")]
+
+
+def test_coopgrid_sealer_refuses_a_store_only_one_process_may_use(tmp_path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "coopgrid", "sealer", "--database-url", f"sqlite:///{tmp_path / 'db.sqlite'}",
+         "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode != 0
+    message = " ".join((run.stdout + run.stderr).split())
+    assert "PostgreSQL" in message and "with SQLite the coordinator seals by itself" in message
