@@ -63,7 +63,7 @@ def _problems(detail: Any) -> str:
     return orjson.dumps(detail).decode()
 
 
-def response_is_not_overload(reason: str) -> bool:
+def worth_another_coordinator(reason: str) -> bool:
     """Whether a failed request is worth sending to another coordinator: it did not answer (or a proxy
     said it is down), rather than asked to slow down (429 is the grid's own limit, the same everywhere)."""
     return not reason.startswith("HTTP 429")
@@ -99,16 +99,12 @@ class WorkerClient:
         """The coordinator this client talks to now."""
         return self.urls[self._at]
 
-    def _fail_over(self, reason: str) -> bool:
-        """Move on to the next coordinator; True while some coordinator of the list was not tried yet
-        in this run of failures (then the request is retried there at once, without backing off)."""
-        if len(self.urls) == 1:
-            return False
-        log.warning("coordinator %s unreachable (%s); trying %s", self.base_url, reason,
-                    self.urls[(self._at + 1) % len(self.urls)])
-        self._at = (self._at + 1) % len(self.urls)
-        self._tried += 1
-        return self._tried < len(self.urls)
+    def _fail_over(self, reason: str) -> None:
+        """Move on to the next coordinator of the list (shared by the worker's threads: all follow)."""
+        at = self._at
+        log.warning("coordinator %s unreachable (%s); trying %s", self.urls[at], reason,
+                    self.urls[(at + 1) % len(self.urls)])
+        self._at = (at + 1) % len(self.urls)
 
     @property
     def grid(self) -> str:
@@ -135,7 +131,7 @@ class WorkerClient:
         content = b"" if body is None else orjson.dumps(body)
         attempt = 0
         failing_since: float | None = None
-        self._tried = 0
+        tried = 0  # coordinators tried since the last back-off
         while True:
             # signed afresh on every attempt: a nonce is good for one request only
             headers = self.identity.request_headers(method, path, content, self.grid) if signed else {}
@@ -152,8 +148,12 @@ class WorkerClient:
                     reason += f" (too many requests: {error_from_response(response).message})"
             except httpx.TransportError as exc:
                 reason = type(exc).__name__
-            if response_is_not_overload(reason) and self._fail_over(reason):
-                continue
+            if len(self.urls) > 1 and worth_another_coordinator(reason):
+                self._fail_over(reason)
+                tried += 1
+                if tried < len(self.urls):
+                    continue  # one not tried yet: at once, no back-off
+                tried = 0  # every one failed: back off, then go round again
             if not retry:
                 raise errors.CoordinatorUnavailable(f"{self.base_url} unreachable: {reason}")
             failing_since = failing_since or time.monotonic()
@@ -161,7 +161,6 @@ class WorkerClient:
                 raise errors.CoordinatorUnavailable(
                     f"the coordinator at {self.base_url} has not answered for {self.give_up_after:g}s ({reason})"
                 )
-            self._tried = 0  # every coordinator was tried: back off, then go round again
             delay = random.uniform(0, min(self.backoff_cap, 0.2 * 2**attempt))
             if attempt == 0 or attempt % 10 == 0:
                 log.warning("coordinator %s unreachable (%s); retrying", self.base_url, reason)
