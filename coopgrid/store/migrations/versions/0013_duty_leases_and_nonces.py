@@ -1,7 +1,7 @@
 """scale-out: duty leases (one leader per periodic duty) and request nonces shared by every process
 
 Revision ID: 0013
-Revises: 0009
+Revises: 0010
 """
 
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0013'
-down_revision = '0009'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
