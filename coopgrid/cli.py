@@ -33,6 +33,10 @@ err = Console(stderr=True, soft_wrap=True)  # messages hold paths and ids to pas
 Coordinator = Annotated[str, typer.Option("--coordinator", "-c", envvar="COOPGRID_COORDINATOR", help="Coordinator URL.")]
 TokenOpt = Annotated[str | None, typer.Option("--token", envvar="COOPGRID_TOKEN", help="API token.", show_default=False)]
 DEFAULT_URL = "http://127.0.0.1:8750"
+Coordinators = Annotated[str, typer.Option(
+    "--coordinator", "-c", envvar="COOPGRID_COORDINATOR",
+    help="Coordinator URL; several of one grid comma-separated (URL1,URL2): the worker fails over between them.",
+)]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -160,12 +164,64 @@ def coordinator(
     serve(settings, operator_token_file, announce=announce)
 
 
+@app.command()
+def sealer(
+    database_url: Annotated[
+        str, typer.Option(envvar="COOPGRID_DATABASE_URL", help="The grid's PostgreSQL database (shared with its coordinators).")
+    ],
+    data_dir: Annotated[Path, typer.Option(envvar="COOPGRID_DATA_DIR", help="The coordinator key and ledger address.")] = Path(
+        "coopgrid-data"
+    ),
+    blob_store: Annotated[
+        str | None,
+        typer.Option(envvar="COOPGRID_BLOB_STORE", help="The grid's blob store (as the coordinators'): sealed trees go there."),
+    ] = None,
+    s3_endpoint_url: Annotated[
+        str | None,
+        typer.Option(envvar="AWS_ENDPOINT_URL", help="Endpoint of an S3-compatible store for an s3:// --blob-store."),
+    ] = None,
+    ledger: Annotated[str, typer.Option(envvar="COOPGRID_LEDGER", help="rpc (or embedded: a chain in the data dir).")] = "rpc",
+    rpc_url: Annotated[str | None, typer.Option(envvar="COOPGRID_RPC_URL", help="JSON-RPC endpoint for --ledger rpc.")] = None,
+    contract: Annotated[str | None, typer.Option(envvar="COOPGRID_CONTRACT", help="Ledger contract address.")] = None,
+    chain_id: Annotated[int, typer.Option(envvar="COOPGRID_CHAIN_ID", help="The chain the ledger must be on.")] = 31337,
+    seal_every_results: Annotated[int, typer.Option(envvar="COOPGRID_SEAL_EVERY_RESULTS")] = 10_000,
+    seal_every_seconds: Annotated[float, typer.Option(envvar="COOPGRID_SEAL_EVERY_SECONDS")] = 60.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lines too.")] = False,
+) -> None:
+    """Seal accepted results into epochs on chain, on its own, beside the grid's coordinators.
+
+    One process of the grid seals at a time (this one, or a coordinator with a ledger): whichever holds the
+    sealer lease in the database; another takes over when it dies."""
+    from pydantic import ValidationError
+
+    from coopgrid import logs
+    from coopgrid.config import Settings
+    from coopgrid.coordinator.server import seal_forever
+
+    logs.setup(logging.INFO if verbose else logging.WARNING, "text",
+               coopgrid_level=logging.DEBUG if verbose else logging.INFO)
+    if not database_url.startswith("postgresql"):
+        fail("--database-url: `coopgrid sealer` runs beside coordinators sharing a PostgreSQL database "
+             "(postgresql+psycopg://USER@HOST/DB); with SQLite the coordinator seals by itself")
+    if ledger == "none":
+        fail("--ledger none: a sealer needs a ledger (rpc with --rpc-url, or embedded)")
+    try:
+        settings = Settings(
+            data_dir=data_dir, database_url=database_url, ledger=ledger, rpc_url=rpc_url, contract=contract,
+            chain_id=chain_id, seal_every_results=seal_every_results, seal_every_seconds=seal_every_seconds,
+            blob_store=blob_store, s3_endpoint_url=s3_endpoint_url,
+        )
+    except ValidationError as exc:
+        fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    seal_forever(settings, announce=lambda m: console.print(m, highlight=False, soft_wrap=True))
+
+
 # -- worker -------------------------------------------------------------------------
 
 
 @app.command()
 def worker(
-    coordinator: Coordinator = DEFAULT_URL,
+    coordinator: Coordinators = DEFAULT_URL,
     key_file: Annotated[
         Path,
         typer.Option(
@@ -213,7 +269,8 @@ def worker(
         behaviour = parse_behaviour(dishonest)
     except ValueError as exc:
         fail(f"--dishonest: {exc}")
-    coordinator = check_url(coordinator)
+    # several coordinators of one grid (URL1,URL2,...): the worker fails over between them
+    coordinator = ",".join(check_url(url) for url in coordinator.split(",") if url.strip()) or check_url(coordinator)
     installed = sorted({ep.name for ep in entry_points(group=GROUP)})
     unknown = [t for t in task_type or [] if t not in installed]
     if unknown:

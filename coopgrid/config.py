@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         500, ge=0, description="Lease requests all workers of one source network may make per second."
     )
     reap_interval: float = Field(1.0, gt=0, description="Seconds between scans for expired leases.")
+    duty_ttl: float = Field(
+        10.0, gt=0,
+        description="Seconds a process leads a periodic duty (reaper, sealer) without renewing it; another process "
+        "of the grid takes over that long after it dies.",
+    )
     auth_skew_seconds: float = Field(300.0, gt=0, description="How old a worker's signed request may be.")
     chain_id: int = Field(31337, description="Chain id: of the EIP-712 domain workers sign, and of the ledger's chain.")
     ledger: str = Field("embedded", pattern="^(embedded|rpc|none)$", description="embedded, rpc, or none.")

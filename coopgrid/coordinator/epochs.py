@@ -31,6 +31,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from coopgrid.blobs import BlobStore
@@ -100,11 +101,22 @@ class Sealer:
 
     # -- the loop ---------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
-        """Seal and commit until ``stop`` is set; back off while the chain is down."""
+    def run(self, stop: threading.Event, lead: Callable[[], bool] | None = None, leading: bool = True) -> None:
+        """Seal and commit until ``stop`` is set; back off while the chain is down.
+
+        ``lead``: whether this process is the grid's sealer now (asked every round; several processes
+        share a database); ``leading``: whether it was when the loop starts. A process that becomes the
+        sealer reconciles with the chain first, as at start: the last one may have died mid-commit."""
         delay = 1.0
         while not stop.wait(delay):
             try:
+                if lead is not None:
+                    was, leading = leading, lead()
+                    if not leading:
+                        delay = 1.0
+                        continue
+                    if not was:
+                        self.reconcile()
                 self.step()
                 delay = 1.0
             except ChainUnavailable as exc:

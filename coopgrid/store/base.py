@@ -10,6 +10,7 @@ one database). Times are unix seconds.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -701,3 +702,40 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def failure_reasons(self, job_id: str, limit: int = 20) -> list[tuple[str, int]]:
         """(error a worker reported, how many replicas) for a job, most frequent first."""
+
+    # -- scale-out: several coordinator processes on one database ---------------------
+
+    @property
+    @abc.abstractmethod
+    def shared(self) -> bool:
+        """Whether several processes may use this store at once (PostgreSQL), so that what one process
+        remembers (request nonces, who runs a periodic duty) must live in the database."""
+
+    @abc.abstractmethod
+    def hold_duty(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        """Take or renew the lease on periodic duty ``name`` for ``holder`` until ``now + ttl``.
+
+        True when ``holder`` holds it now: it held it already, nobody did, or the last holder's lease
+        expired (that process died or stalled). At most one holder's lease is unexpired at a time."""
+
+    @abc.abstractmethod
+    def release_duty(self, name: str, holder: str) -> None:
+        """Give up ``name`` if ``holder`` holds it (on a clean stop, so another process takes over at once)."""
+
+    @abc.abstractmethod
+    def duty_holders(self, now: float) -> dict[str, str]:
+        """duty -> the process holding its unexpired lease."""
+
+    @abc.abstractmethod
+    def remember_nonce(self, address: str, nonce: str, expires_at: float) -> bool:
+        """Record a signed request's nonce; False if it is recorded already (a replay)."""
+
+    @abc.abstractmethod
+    def purge_nonces(self, now: float) -> int:
+        """Forget nonces whose window has passed; returns how many."""
+
+    @abc.abstractmethod
+    def locked_tasks(self, task_ids: Sequence[int] | None) -> contextlib.AbstractContextManager[None]:
+        """A validation round's transaction: ``task_ids`` (every task with pending results when None)
+        are locked until it ends, and this thread's store calls inside it run in it. Two rounds over one
+        task, in any two processes, run one after the other: a task is decided exactly once."""

@@ -332,3 +332,24 @@ epochs = Table(
     Column("created_at", Float, nullable=False),
     Column("committed_at", Float, nullable=True),
 )
+
+# Scale-out: what several coordinator processes on one database agree through.
+
+duty_leases = Table(
+    "duty_leases",
+    metadata,
+    # a periodic duty (reaper, sealer, ...) run by one process at a time: the one whose lease has not expired
+    Column("name", String(40), primary_key=True),
+    Column("holder", String(120), nullable=False),  # host:pid:random of the process
+    Column("expires_at", Float, nullable=False),
+)
+
+request_nonces = Table(
+    "request_nonces",
+    metadata,
+    # a worker's signed request, remembered for the clock window so a replay to any process is refused
+    Column("address", String(42), primary_key=True),
+    Column("nonce", String(80), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_request_nonces_expires_at", "expires_at"),
+)

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from coopgrid.errors import ConfigError, Conflict, JobNotFound, LeaseError
+from coopgrid.errors import ConfigError, Conflict, DatabaseUnavailable, JobNotFound, LeaseError
 from coopgrid.store import schema as s
 from coopgrid.store.dbstats import maybe_attach
 from coopgrid.store.base import (
@@ -42,6 +42,7 @@ from coopgrid.store.base import (
     WorkerRecord,
 )
 from coopgrid.store.sql_access import AccessQueries
+from coopgrid.store.sql_duties import DutyQueries
 from coopgrid.store.sql_ledger import LedgerQueries
 from coopgrid.store.sql_slashes import SlashQueries
 from coopgrid.store.sql_metrics import MetricsQueries
@@ -137,7 +138,7 @@ def _worker(row: Any) -> WorkerRecord:
     )
 
 
-class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, MetricsQueries, TokenQueries, Store):
+class SqlStore(AccessQueries, DutyQueries, TrustQueries, LedgerQueries, SlashQueries, MetricsQueries, TokenQueries, Store):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
@@ -146,6 +147,7 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
         )
+        self._held = threading.local()  # this thread's validation round's transaction (see locked_tasks)
 
     @classmethod
     def open(cls, url: str, migrate: bool = True) -> SqlStore:
@@ -161,15 +163,24 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Any]:
+        held = getattr(self._held, "conn", None)
+        if held is not None:  # inside a validation round: its transaction, committed when the round ends
+            yield held
+            return
         with self._write_lock:
             try:
                 with self.engine.begin() as conn:
                     yield conn
             except OperationalError as exc:
-                raise ConfigError(f"the database failed: {exc.orig}") from exc
+                raise DatabaseUnavailable(f"the database failed: {exc.orig}") from exc
+
+    def _locking(self, q: Any, skip_locked: bool = False) -> Any:
+        """``q`` FOR UPDATE on PostgreSQL (several processes); SQLite's single writer needs no row locks."""
+        return q.with_for_update(skip_locked=skip_locked) if self.dialect == "postgresql" else q
 
     def _read(self) -> contextlib.AbstractContextManager[Any]:
-        return self.engine.connect()
+        held = getattr(self._held, "conn", None)
+        return contextlib.nullcontext(held) if held is not None else self.engine.connect()
 
     # -- tokens -------------------------------------------------------------------
 
@@ -649,7 +660,7 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
 
     def extend_lease(self, lease_id: int, worker_id: int, lease_seconds: float, now: float) -> float:
         with self._write() as conn:
-            row = conn.execute(select(s.leases).where(s.leases.c.id == lease_id)).first()
+            row = conn.execute(self._locking(select(s.leases).where(s.leases.c.id == lease_id))).first()
             _check_lease(row, lease_id, worker_id, now)
             expires = now + lease_seconds
             conn.execute(update(s.leases).where(s.leases.c.id == lease_id).values(expires_at=expires))
@@ -693,7 +704,9 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
     ) -> RecordOutcome:
         outcome = RecordOutcome()
         with self._write() as conn:
-            lease = conn.execute(select(s.leases).where(s.leases.c.id == lease_id)).first()
+            # the lease row locked: the reaper of another process cannot expire it (and reissue its
+            # replicas) between this check and this batch's results being written
+            lease = conn.execute(self._locking(select(s.leases).where(s.leases.c.id == lease_id))).first()
             if lease is None or lease.worker_id != worker_id:
                 raise LeaseError(f"lease {lease_id} is unknown to this coordinator", lease_id=lease_id)
             expired = lease.state == "expired" or lease.expires_at < now
@@ -715,6 +728,8 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                 raise LeaseError(
                     f"replicas {foreign[:10]} are not part of lease {lease_id}", lease_id=lease_id, replicas=foreign
                 )
+            if self.dialect == "postgresql":
+                self._lock_judged_tasks(conn, [replica_rows[it.replica_id] for it in items])
             batch_id = conn.execute(
                 insert(s.result_batches).values(
                     worker_id=worker_id, lease_id=lease_id, signature=signature, size=len(items), received_at=now,
@@ -831,6 +846,23 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
             conn.execute(update(s.workers).where(s.workers.c.id == worker_id).values(last_seen=now))
         return outcome
 
+    def _lock_judged_tasks(self, conn: Any, reps: list[Any]) -> None:
+        """Lock the tasks whose results a validation round will judge, before writing those results.
+
+        A round reads a task's results and its outstanding replicas in separate statements; were a batch
+        for the task committed between the two (another process, another thread), the round would see a
+        replica done without its result and issue one more. A round locks its tasks first
+        (``locked_tasks``), so with this lock a batch lands wholly before the round or after it."""
+        single = self._quorum_one(conn, {r.job_id for r in reps})
+        judged = sorted({r.task_id for r in reps if r.job_id not in single or r.kind != ReplicaKind.NORMAL.value})
+        if judged:
+            conn.execute(
+                text("SELECT id FROM tasks WHERE id IN :ids ORDER BY id FOR NO KEY UPDATE").bindparams(
+                    bindparam("ids", expanding=True)
+                ),
+                {"ids": judged},
+            )
+
     def _quorum_one(self, conn: Any, job_ids: set[str]) -> set[str]:
         """Those jobs whose trust policy accepts a single result (policies never change: cached)."""
         unknown = sorted(j for j in job_ids if j not in self._single)
@@ -892,8 +924,11 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
     def reap_expired(self, now: float) -> int:
         with self._write() as conn:
             expired = conn.execute(
-                select(s.leases.c.id, s.leases.c.worker_id).where(
-                    s.leases.c.state == "open", s.leases.c.expires_at < now
+                self._locking(
+                    select(s.leases.c.id, s.leases.c.worker_id).where(
+                        s.leases.c.state == "open", s.leases.c.expires_at < now
+                    ),
+                    skip_locked=True,  # a lease whose results are being written now is left to that writer
                 )
             ).all()
             if not expired:
