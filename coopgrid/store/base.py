@@ -10,7 +10,7 @@ one database). Times are unix seconds.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,7 @@ class NewJob:
     initial_replicas: int = 1
     funder: str | None = None  # a paid job: the account whose escrow pays it (the job waits unfunded)
     min_stake: int = 0  # stake a worker needs to lease its replicas
+    shards: tuple[str, ...] = ()  # further dataset blobs after dataset_hash, in item order
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,9 @@ class JobRecord:
     seal_error: str | None = None  # set when its results are held out of sealing, and why
     funder: str | None = None
     min_stake: int = 0
+    shards: tuple[str, ...] = ()  # further dataset blobs after dataset_hash, in item order
+    archive_hash: str | None = None  # retention: its per-replica rows live in this Parquet archive now
+    archived_at: float | None = None
 
     @property
     def complete(self) -> bool:
@@ -427,8 +431,8 @@ class Store(abc.ABC):
     # -- jobs -------------------------------------------------------------------
 
     @abc.abstractmethod
-    def create_job(self, job: NewJob, tasks: Sequence[NewTask], now: float) -> JobRecord:
-        """Create the job, its tasks and one ready replica per task, atomically."""
+    def create_job(self, job: NewJob, tasks: Iterable[NewTask], now: float) -> JobRecord:
+        """Create the job, its tasks (streamed: never all held at once) and its first replicas, atomically."""
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobRecord | None:
