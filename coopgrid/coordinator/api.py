@@ -32,6 +32,7 @@ from coopgrid.coordinator.deps import MAX_ID, Id, Index, TokenDep, signed_addres
 from coopgrid.coordinator.edge import STATE_TOKEN, Edge, error_body, error_headers
 from coopgrid.coordinator.openapi import document
 from coopgrid.coordinator.ratelimit import TokenBuckets
+from coopgrid.coordinator.retention import purge_sealed_jobs
 from coopgrid.errors import ChainUnavailable, Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
@@ -84,6 +85,9 @@ def job_view(app: App, job: JobRecord, counts: bool = True) -> dict[str, Any]:
         "summary": job.summary,
         "output": job.output_hash,
         "seal_error": job.seal_error,
+        # retention: its task, replica and result rows were archived here and purged
+        "archive": job.archive_hash,
+        "archived_at": job.archived_at,
     }
     if counts:
         view["replicas"] = app.store.replica_counts(job.id)
@@ -130,6 +134,13 @@ def create_api(app: App) -> FastAPI:
         except Exception:
             log.exception("reducing job %s failed; its results stay in the store", job_id)
 
+    def _retain() -> None:
+        """The retention duty: archive and purge the rows of jobs sealed longer ago than retention_seconds."""
+        try:
+            purge_sealed_jobs(app.store, app.blobs, settings.retention_seconds, sealed=app.sealer is not None)
+        except Exception:  # the next round retries; serving goes on
+            log.exception("archiving finished jobs failed")
+
     async def _reap_forever() -> None:
         rounds = 0
         while True:
@@ -143,6 +154,8 @@ def create_api(app: App) -> FastAPI:
                     # a safety net: validate every task with pending results, so none can wait forever
                     for job_id in await run_in_threadpool(app.scheduler.validator.validate):
                         await run_in_threadpool(_finalize, job_id)
+                if rounds % 30 == 15:
+                    await run_in_threadpool(_retain)
             except Exception:  # keep reaping; the next round may succeed
                 log.exception("reaping expired leases failed")
 

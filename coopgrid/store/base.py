@@ -705,3 +705,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def failure_reasons(self, job_id: str, limit: int = 20) -> list[tuple[str, int]]:
         """(error a worker reported, how many replicas) for a job, most frequent first."""
+
+    # -- retention ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def jobs_to_archive(self, finished_before: float, sealed: bool, limit: int = 10) -> list[str]:
+        """Finished jobs whose per-replica rows may be archived and purged (see store/sql_retention.py)."""
+
+    @abc.abstractmethod
+    def archive_rows(self, job_id: str, table: str) -> Iterator[list[dict[str, Any]]]:
+        """A job's rows of ``table`` (tasks, replicas, results, result_batches), a batch at a time."""
+
+    @abc.abstractmethod
+    def purge_job(self, job_id: str, archive_hash: str, now: float) -> int:
+        """Delete a job's task, replica and result rows, recording its archive; the rows deleted."""

@@ -44,6 +44,7 @@ from coopgrid.store.sql_access import AccessQueries
 from coopgrid.store.sql_ledger import LedgerQueries
 from coopgrid.store.sql_slashes import SlashQueries
 from coopgrid.store.sql_metrics import MetricsQueries
+from coopgrid.store.sql_retention import RetentionQueries
 from coopgrid.store.sql_tokens import REVOKED, TokenQueries
 from coopgrid.store.sql_trust import TrustQueries
 from coopgrid.store.schema import JobState, ReplicaKind, ReplicaState, ResultStatus, TaskState
@@ -138,7 +139,9 @@ def _worker(row: Any) -> WorkerRecord:
     )
 
 
-class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, MetricsQueries, TokenQueries, Store):
+class SqlStore(
+    AccessQueries, TrustQueries, LedgerQueries, SlashQueries, MetricsQueries, TokenQueries, RetentionQueries, Store
+):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
