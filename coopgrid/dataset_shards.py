@@ -1,7 +1,8 @@
 """A dataset larger than one upload, cut into shards the submitter uploads one by one.
 
-The coordinator splits a job shard after shard (coordinator/scheduler.py), so neither side
-holds more than one shard's worth of a big dataset at a time on the coordinator. A
+The coordinator splits a job shard after shard (coordinator/scheduler.py), holding one
+shard at a time; a task type that streams its reduction (``TaskType.streams``) reduces it
+shard by shard too, any other gets the shards joined again (:func:`concat_datasets`). A
 directory of CSV or Parquet files is sent a file at a time (each file its own shard, cut
 further if one file alone is above the limit); anything else is loaded as usual and cut
 into consecutive runs of items.
@@ -82,3 +83,28 @@ def shards(spec: str, task_type: str, manifest: dict[str, Any] | None, max_bytes
                 yield from cut(load_items(f), max_bytes)
             return
     yield from cut(load_for_task(spec, task_type, manifest), max_bytes)
+
+
+def concat_datasets(parts: list[Dataset]) -> Dataset:
+    """Shards of one job's dataset as one dataset (for a task type that reduces its dataset whole)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    offset = 0
+    for p in parts:  # default ids continue across shards
+        p.id_offset, offset = offset, offset + len(p)
+    y = None if any(p.y is None for p in parts) else np.concatenate([p.y for p in parts])
+    ids = None
+    if any(p.ids is not None for p in parts):
+        ids = np.asarray([i for p in parts for i in p.item_ids()], dtype=str)
+    if first.kind == "array":
+        return Dataset(np.concatenate([p.x for p in parts]), y=y, ids=ids, meta=dict(first.meta))
+    if first.kind == "bytes":
+        starts = np.cumsum([0] + [len(p.x) for p in parts[:-1]])
+        offsets = np.concatenate([parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(parts, starts)])
+        return Dataset(np.concatenate([p.x for p in parts]), y=y, ids=ids, offsets=offsets, kind="bytes",
+                       media=first.media, meta=dict(first.meta))
+    import pyarrow as pa
+
+    return Dataset.from_table(pa.concat_tables([p.table() for p in parts]), ids=None if ids is None else list(ids), y=y,
+                              meta={k: v for k, v in first.meta.items() if k != "rows"})

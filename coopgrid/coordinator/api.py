@@ -69,6 +69,7 @@ def job_view(app: App, job: JobRecord, counts: bool = True) -> dict[str, Any]:
         "task_type": job.task_type,
         "model": job.model_hash,
         "dataset": job.dataset_hash,
+        "dataset_shards": list(job.shards),  # a dataset above one upload: its further shards, in order
         "items": job.n_items,
         "tasks": job.n_tasks,
         "task_size": job.task_size,

@@ -127,11 +127,6 @@ class Scheduler:
         for digest in [spec.dataset, *spec.shards]:
             if not can_read(self.store, token, digest, time.time()) or not self.blobs.exists(digest):
                 raise unreadable_dataset(digest)
-        if spec.shards and not task_type.streams:
-            raise InvalidInput(
-                f"{spec.task_type!r} reduces its whole dataset at once, so its jobs take one dataset blob, not "
-                f"shards; submit at most max_upload_bytes ({self.settings.max_upload_bytes}) as one dataset"
-            )
         limits = DatasetLimits(self.settings.max_dataset_bytes, self.settings.max_dataset_items)
         dataset = Dataset.from_npz(self.blobs.get(spec.dataset), limits)
         if model_hash is not None:

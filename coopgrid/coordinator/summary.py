@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from coopgrid import tasks
 from coopgrid.blobs import BlobStore
+from coopgrid.dataset_shards import concat_datasets
 from coopgrid.datasets import Dataset
 from coopgrid.store.base import JobRecord, Store
 from coopgrid.tasks.base import TaskOutput, store_blob_files
@@ -124,8 +125,11 @@ class Summarizer:
             if task_type.streams:
                 figures = self._reduce_streaming(job, task_type, params, out)
             else:
-                # accepted at submission, under the limits of then (which may since have been lowered)
-                dataset = Dataset.from_npz(self.blobs.get(job.dataset_hash), limits=None)
+                # accepted at submission, under the limits of then (which may since have been lowered);
+                # a task type that reduces the whole dataset gets its shards joined again
+                dataset = concat_datasets(
+                    [Dataset.from_npz(self.blobs.get(d), limits=None) for d in [job.dataset_hash, *job.shards]]
+                )
                 outputs = [
                     TaskOutput(o.task_index, o.first_item, o.n_items, o.worker_address, task_type.decode(o.output))
                     for o in self.store.accepted_outputs(job.id)
