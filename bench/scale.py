@@ -11,7 +11,8 @@ One coordinator with its defaults (SQLite store, embedded chain sealing epochs) 
 1. the baseline: ``--baseline-tasks`` (20,000) echo tasks, end-to-end tasks/s (from the start
    of the upload to the job's ``finished_at``, its output written);
 2. the big job: ``--tasks`` (1,000,000) echo tasks, the same figure, and submission time;
-3. the coordinator's peak resident memory (VmHWM of its process, whole run);
+3. the coordinator's peak resident memory (VmHWM of its process) over the measured jobs,
+   sealing and retention (reset after the warm-up; its peak while starting is printed beside);
 4. the database's bytes per task once the big job is sealed and retention has archived and
    purged its rows: the SQLite pages in use (page_count - freelist_count; freed pages are
    reused, the file does not shrink without VACUUM) divided by every task the grid ran; the
@@ -58,6 +59,15 @@ def status_bytes(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset a process's VmHWM to its current RSS (Linux 4.0+), so the peak of what follows is read."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def db_bytes(path: Path) -> tuple[int, int]:
@@ -134,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             with console.status("warming up…"):
                 run_job(client, 3 * args.workers * args.batch, args.timeout, coordinator)
                 time.sleep(1.5)
+            startup_peak = status_bytes(coordinator.pid, "VmHWM")  # start, chain deployment, warm-up
+            measured_from = "the measured jobs" if reset_peak(coordinator.pid) else "the whole run"
             with console.status(f"baseline: {args.baseline_tasks:,} tasks…"):
                 base = run_job(client, args.baseline_tasks, args.timeout, coordinator)
             console.print(f"  baseline {args.baseline_tasks:,}: {args.baseline_tasks / base['_done_s']:,.0f} tasks/s")
@@ -171,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(f"end to end, {args.tasks:,} tasks", f"{big_rate:,.0f} tasks/s = {big_rate / base_rate:.2f}x baseline",
                       f">= {RATE_TARGET}x", "yes" if big_rate >= RATE_TARGET * base_rate else "NO")
         table.add_row(f"submission of {args.tasks:,} tasks (upload + POST)", f"{big['_submit_s']:.1f} s", "", "")
-        table.add_row("coordinator peak RSS (VmHWM, whole run)", f"{peak / 2**20:,.0f} MB", f"<= {RSS_TARGET // 2**20} MB",
-                      "yes" if peak <= RSS_TARGET else "NO")
+        table.add_row(f"coordinator peak RSS (VmHWM, {measured_from})", f"{peak / 2**20:,.0f} MB",
+                      f"<= {RSS_TARGET // 2**20} MB", "yes" if peak <= RSS_TARGET else "NO")
+        table.add_row("  (its peak while starting and warming up)", f"{startup_peak / 2**20:,.0f} MB", "", "")
         table.add_row("database bytes per task after retention", f"{per_task:,.0f} B ({used / 2**20:,.1f} MB in use "
                       f"for {total_tasks:,} tasks; file + WAL {on_disk / 2**20:,.0f} MB)", f"<= {DB_BYTES_TARGET} B",
                       "yes" if per_task <= DB_BYTES_TARGET else "NO")
