@@ -410,7 +410,9 @@ def submit(
         if manifest is not None:
             model = manifest["hash"]  # a unique hash prefix, resolved
         # a dataset above one upload goes in shards, each its own blob, split by the coordinator in turn
-        limit = shard_bytes or int(client.json("GET", "/v1/info")["max_upload_bytes"])
+        def limit() -> int:
+            return shard_bytes or int(client.json("GET", "/v1/info")["max_upload_bytes"])
+
         digest, *more = [client.put_blob(data) for data in shards(dataset, task_type, manifest, limit)]
         trust = {
             k: v

@@ -11,7 +11,7 @@ into consecutive runs of items.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +66,10 @@ def cut(d: Dataset, max_bytes: int) -> Iterator[bytes]:
         start = stop
 
 
-def shards(spec: str, task_type: str, manifest: dict[str, Any] | None, max_bytes: int) -> Iterator[bytes]:
+def shards(spec: str, task_type: str, manifest: dict[str, Any] | None, limit: Callable[[], int]) -> Iterator[bytes]:
     """The dataset ``spec`` names (as :func:`coopgrid.datasets.load_for_task` reads it) as .npz
-    shards of at most ``max_bytes`` each, in item order."""
+    shards of at most ``limit()`` bytes each, in item order (``limit`` is asked once the dataset
+    is found: a missing file is reported before the coordinator is contacted)."""
     from coopgrid.datasets import load_for_task
 
     path = Path(spec)
@@ -76,13 +77,14 @@ def shards(spec: str, task_type: str, manifest: dict[str, Any] | None, max_bytes
         files = sorted(p for p in path.rglob("*") if p.is_file())
         tabular = [p for p in files if p.suffix.lower() in CSV_SUFFIXES | PARQUET_SUFFIXES]
         # past the limit on disk already: a file at a time (under it, one blob as always)
-        if len(tabular) > 1 and len(tabular) == len(files) and sum(p.stat().st_size for p in files) > max_bytes:
+        if len(tabular) > 1 and len(tabular) == len(files) and sum(p.stat().st_size for p in files) > (max_bytes := limit()):
             from coopgrid.dataset_files import load_items
 
             for f in tabular:  # the whole directory is never loaded at once
                 yield from cut(load_items(f), max_bytes)
             return
-    yield from cut(load_for_task(spec, task_type, manifest), max_bytes)
+    data = load_for_task(spec, task_type, manifest)
+    yield from cut(data, limit())
 
 
 def concat_datasets(parts: list[Dataset]) -> Dataset:

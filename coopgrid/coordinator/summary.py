@@ -28,7 +28,7 @@ from coopgrid.tasks.base import TaskOutput, store_blob_files
 log = logging.getLogger(__name__)
 
 #: items reduced at once by a task type that streams (its piece of output is then appended)
-REDUCE_CHUNK_ITEMS = 65_536
+REDUCE_CHUNK_ITEMS = 16_384
 
 
 class _Peekable:

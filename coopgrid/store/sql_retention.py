@@ -16,7 +16,7 @@ from coopgrid.store import schema as s
 from coopgrid.store.schema import EpochState, JobState, ReplicaState, ResultStatus
 
 #: rows read (and written to the archive) at a time
-ARCHIVE_BATCH = 50_000
+ARCHIVE_BATCH = 5_000
 
 
 class RetentionQueries:
