@@ -1,7 +1,7 @@
 """bulk: a job's further dataset shards, and the archive of its purged per-replica rows
 
 Revision ID: 0015
-Revises: 0009
+Revises: 0010
 """
 
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0015'
-down_revision = '0009'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
