@@ -126,6 +126,11 @@ def coordinator(
     ] = False,
     seal_every_results: Annotated[int, typer.Option(envvar="COOPGRID_SEAL_EVERY_RESULTS")] = 10_000,
     seal_every_seconds: Annotated[float, typer.Option(envvar="COOPGRID_SEAL_EVERY_SECONDS")] = 60.0,
+    retention_seconds: Annotated[
+        float,
+        typer.Option(envvar="COOPGRID_RETENTION_SECONDS",
+                     help="Archive a sealed job's per-replica rows to Parquet and purge them this long after it ends."),
+    ] = 7 * 86400.0,
     metrics_public: Annotated[
         bool, typer.Option(envvar="COOPGRID_METRICS_PUBLIC", help="Serve /metrics without a token (default: operator token).")
     ] = False,
@@ -153,7 +158,7 @@ def coordinator(
             blob_store=blob_store, s3_endpoint_url=s3_endpoint_url, blob_url_seconds=blob_url_seconds,
             ledger=ledger, rpc_url=rpc_url, contract=contract, chain_id=chain_id,
             seal_every_results=seal_every_results, seal_every_seconds=seal_every_seconds,
-            separate_networks=separate_networks, metrics_public=metrics_public,
+            retention_seconds=retention_seconds, separate_networks=separate_networks, metrics_public=metrics_public,
         )
     except ValidationError as exc:
         fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
@@ -452,6 +457,11 @@ def submit(
     ] = None,
     wait: Annotated[bool, typer.Option(help="Show progress until the job is done.")] = True,
     output: Annotated[Path | None, typer.Option(help="Save the job's Parquet output here when done.")] = None,
+    shard_bytes: Annotated[
+        int | None,
+        typer.Option(min=1024, help="Upload the dataset in shards of at most this many bytes (default: the "
+                                    "coordinator's upload limit)."),
+    ] = None,
     replicas: Annotated[int | None, typer.Option(help="Trust: initial replicas per task.", rich_help_panel="Trust")] = None,
     quorum: Annotated[int | None, typer.Option(help="Trust: agreeing results needed.", rich_help_panel="Trust")] = None,
     max_replicas: Annotated[int | None, typer.Option(help="Trust: give up after this many.", rich_help_panel="Trust")] = None,
@@ -468,7 +478,7 @@ def submit(
     from different workers, gold tests, adaptive replication for proven workers.
     A trusted private grid can use --replicas 1 --quorum 1 --no-adaptive --gold-rate 0.
     """
-    from coopgrid import datasets
+    from coopgrid.dataset_shards import shards
     from coopgrid.views import job_failed, summary_table, watch
 
     if output is not None:
@@ -477,8 +487,11 @@ def submit(
         manifest = client.model(model) if model else None
         if manifest is not None:
             model = manifest["hash"]  # a unique hash prefix, resolved
-        data = datasets.load_for_task(dataset, task_type, manifest)
-        digest = client.put_blob(data.to_npz())
+        # a dataset above one upload goes in shards, each its own blob, split by the coordinator in turn
+        def limit() -> int:
+            return shard_bytes or int(client.json("GET", "/v1/info")["max_upload_bytes"])
+
+        digest, *more = [client.put_blob(data) for data in shards(dataset, task_type, manifest, limit)]
         trust = {
             k: v
             for k, v in {"replicas": replicas, "quorum": quorum, "max_replicas": max_replicas,
@@ -494,7 +507,7 @@ def submit(
             funder = _identity(key_file)
         job = client.submit(
             {
-                "name": name, "task_type": task_type, "model": model, "dataset": digest,
+                "name": name, "task_type": task_type, "model": model, "dataset": digest, "shards": more,
                 "task_size": task_size, "reward_per_task": reward, "params": _params(param or []), "trust": trust,
                 "funder": funder.address if funder else None, "min_stake": min_stake,
             }

@@ -123,6 +123,11 @@ class Settings(BaseSettings):
         description="Replicas of a task never go to two workers of one /24 (IPv4) or /48 (IPv6) network; "
         "off for loopback deployments such as the demo.",
     )
+    retention_seconds: float = Field(
+        7 * 86400.0, ge=0,
+        description="A finished job's task, replica and result rows move to a Parquet archive (blob) and leave the "
+                    "database this long after its results are sealed in committed epochs; proofs still work.",
+    )
     seal_every_results: int = Field(10_000, ge=1, description="Seal an epoch once this many results wait.")
     seal_every_seconds: float = Field(60.0, gt=0, description="Seal an epoch once the oldest waiting result is this old.")
     max_reward_per_task: int = Field(

@@ -35,6 +35,7 @@ from coopgrid.coordinator.deps import MAX_ID, Id, Index, TokenDep, signed_addres
 from coopgrid.coordinator.edge import STATE_TOKEN, Edge, error_body, error_headers
 from coopgrid.coordinator.openapi import document
 from coopgrid.coordinator.ratelimit import TokenBuckets
+from coopgrid.coordinator.retention import purge_sealed_jobs
 from coopgrid.errors import (
     BlobNotFound, ChainUnavailable, Conflict, CoopgridError, DatabaseUnavailable, Forbidden, InvalidInput, NotFound,
 )
@@ -73,6 +74,7 @@ def job_view(app: App, job: JobRecord, counts: bool = True) -> dict[str, Any]:
         "task_type": job.task_type,
         "model": job.model_hash,
         "dataset": job.dataset_hash,
+        "dataset_shards": list(job.shards),  # a dataset above one upload: its further shards, in order
         "items": job.n_items,
         "tasks": job.n_tasks,
         "task_size": job.task_size,
@@ -89,6 +91,9 @@ def job_view(app: App, job: JobRecord, counts: bool = True) -> dict[str, Any]:
         "summary": job.summary,
         "output": job.output_hash,
         "seal_error": job.seal_error,
+        # retention: its task, replica and result rows were archived here and purged
+        "archive": job.archive_hash,
+        "archived_at": job.archived_at,
     }
     if counts:
         view["replicas"] = app.store.replica_counts(job.id)
@@ -146,6 +151,13 @@ def create_api(app: App) -> FastAPI:
         if app.store.shared:
             app.store.purge_nonces(time.time())
 
+    def _retain() -> None:
+        """The retention duty: archive and purge the rows of jobs sealed longer ago than retention_seconds."""
+        try:
+            purge_sealed_jobs(app.store, app.blobs, settings.retention_seconds, sealed=app.sealer is not None)
+        except Exception:  # the next round retries; serving goes on
+            log.exception("archiving finished jobs failed")
+
     async def _reap_forever() -> None:
         rounds = 0
         while True:
@@ -160,6 +172,8 @@ def create_api(app: App) -> FastAPI:
                 if rounds % 30 == 0:
                     # a safety net: validate every task with pending results, so none can wait forever
                     await run_in_threadpool(_catch_up)
+                if rounds % 30 == 15:
+                    await run_in_threadpool(_retain)
             except (DatabaseUnavailable, OperationalError) as exc:  # restarting, failing over: the next round
                 log.warning("reaping expired leases failed: the database is unavailable (%s)",
                             getattr(exc, "orig", None) or exc)

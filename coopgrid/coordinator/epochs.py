@@ -377,6 +377,12 @@ class Sealer:
     def result_proof(self, job_id: str, task_index: int) -> dict[str, Any] | None:
         """Everything needed to check one task's accepted result on chain, or None if not committed."""
         r = self.store.sealed_result(job_id, task_index)
+        if r is None:  # a job past its retention: its rows are in its archive now
+            job = self.store.get_job(job_id)
+            if job is not None and job.archive_hash:
+                from coopgrid.coordinator.retention import archived_result
+
+                r = archived_result(self.blobs, job, task_index)
         if r is None or r.epoch is None:
             return None
         e = self.store.get_epoch(r.epoch)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,7 @@ class NewJob:
     initial_replicas: int = 1
     funder: str | None = None  # a paid job: the account whose escrow pays it (the job waits unfunded)
     min_stake: int = 0  # stake a worker needs to lease its replicas
+    shards: tuple[str, ...] = ()  # further dataset blobs after dataset_hash, in item order
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ class JobRecord:
     seal_error: str | None = None  # set when its results are held out of sealing, and why
     funder: str | None = None
     min_stake: int = 0
+    shards: tuple[str, ...] = ()  # further dataset blobs after dataset_hash, in item order
+    archive_hash: str | None = None  # retention: its per-replica rows live in this Parquet archive now
+    archived_at: float | None = None
 
     @property
     def complete(self) -> bool:
@@ -428,8 +432,8 @@ class Store(abc.ABC):
     # -- jobs -------------------------------------------------------------------
 
     @abc.abstractmethod
-    def create_job(self, job: NewJob, tasks: Sequence[NewTask], now: float) -> JobRecord:
-        """Create the job, its tasks and one ready replica per task, atomically."""
+    def create_job(self, job: NewJob, tasks: Iterable[NewTask], now: float) -> JobRecord:
+        """Create the job, its tasks (streamed: never all held at once) and its first replicas, atomically."""
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -739,3 +743,17 @@ class Store(abc.ABC):
         """A validation round's transaction: ``task_ids`` (every task with pending results when None)
         are locked until it ends, and this thread's store calls inside it run in it. Two rounds over one
         task, in any two processes, run one after the other: a task is decided exactly once."""
+
+    # -- retention ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def jobs_to_archive(self, finished_before: float, sealed: bool, limit: int = 10) -> list[str]:
+        """Finished jobs whose per-replica rows may be archived and purged (see store/sql_retention.py)."""
+
+    @abc.abstractmethod
+    def archive_rows(self, job_id: str, table: str) -> Iterator[list[dict[str, Any]]]:
+        """A job's rows of ``table`` (tasks, replicas, results, result_batches), a batch at a time."""
+
+    @abc.abstractmethod
+    def purge_job(self, job_id: str, archive_hash: str, now: float) -> int:
+        """Delete a job's task, replica and result rows, recording its archive; the rows deleted."""

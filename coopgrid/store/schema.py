@@ -175,6 +175,11 @@ jobs = Table(
     Column("seal_error", Text, nullable=True),
     Column("funder", String(42), nullable=True),  # the account whose escrow pays a paid job
     Column("min_stake", String(80), nullable=False, server_default=text("'0'")),  # to lease its replicas
+    # JSON list of the dataset's further shards (blobs) after dataset_hash, in item order; NULL: one blob
+    Column("shards", Text, nullable=True),
+    # retention: the Parquet archive (blob) of the job's purged task, replica and result rows
+    Column("archive_hash", String(64), nullable=True),
+    Column("archived_at", Float, nullable=True),
 )
 # who may read a dataset blob: its jobs' owners and the workers leasing them (coordinator/access.py)
 Index("ix_jobs_dataset", jobs.c.dataset_hash)

@@ -14,7 +14,7 @@ import json
 import random
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,15 @@ from coopgrid.store.sql_duties import DutyQueries
 from coopgrid.store.sql_ledger import LedgerQueries
 from coopgrid.store.sql_slashes import SlashQueries
 from coopgrid.store.sql_metrics import MetricsQueries
+from coopgrid.store.sql_retention import RetentionQueries
 from coopgrid.store.sql_tokens import REVOKED, TokenQueries
 from coopgrid.store.sql_trust import TrustQueries
 from coopgrid.store.schema import JobState, ReplicaKind, ReplicaState, ResultStatus, TaskState
 
 #: how many attempts that end in an error a task gets before it is marked failed
 MAX_TASK_ERRORS = 3
+#: tasks inserted per statement while a job streams in: memory stays at one chunk's rows
+TASK_INSERT_CHUNK = 10_000
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -106,6 +109,9 @@ def _job(row: Any) -> JobRecord:
         seal_error=row.seal_error,
         funder=row.funder,
         min_stake=int(row.min_stake),
+        shards=tuple(json.loads(row.shards)) if row.shards else (),
+        archive_hash=row.archive_hash,
+        archived_at=row.archived_at,
     )
 
 
@@ -138,7 +144,10 @@ def _worker(row: Any) -> WorkerRecord:
     )
 
 
-class SqlStore(AccessQueries, DutyQueries, TrustQueries, LedgerQueries, SlashQueries, MetricsQueries, TokenQueries, Store):
+class SqlStore(
+    AccessQueries, DutyQueries, TrustQueries, LedgerQueries, SlashQueries, MetricsQueries, TokenQueries,
+    RetentionQueries, Store,
+):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
@@ -321,7 +330,7 @@ class SqlStore(AccessQueries, DutyQueries, TrustQueries, LedgerQueries, SlashQue
 
     # -- jobs -------------------------------------------------------------------
 
-    def create_job(self, job: NewJob, tasks: Sequence[NewTask], now: float) -> JobRecord:
+    def create_job(self, job: NewJob, tasks: Iterable[NewTask], now: float) -> JobRecord:
         with self._write() as conn:
             conn.execute(
                 insert(s.jobs).values(
@@ -332,8 +341,9 @@ class SqlStore(AccessQueries, DutyQueries, TrustQueries, LedgerQueries, SlashQue
                     model_hash=job.model_hash,
                     params=json.dumps(job.params, sort_keys=True),
                     dataset_hash=job.dataset_hash,
+                    shards=json.dumps(list(job.shards)) if job.shards else None,
                     n_items=job.n_items,
-                    n_tasks=len(tasks),
+                    n_tasks=0,
                     task_size=job.task_size,
                     reward_per_task=str(job.reward_per_task),
                     state=(JobState.UNFUNDED if job.funder else JobState.RUNNING).value,
@@ -346,22 +356,19 @@ class SqlStore(AccessQueries, DutyQueries, TrustQueries, LedgerQueries, SlashQue
                     created_at=now,
                 )
             )
+            # the tasks stream in (a million-task job is never a list here), a chunk at a time
+            n_tasks = n_items = 0
+            for chunk in _chunks(tasks, TASK_INSERT_CHUNK):
+                rows = [
+                    (job.id, n_tasks + i, t.input_hash, t.input_data, t.first_item, t.n_items, TaskState.OPEN.value,
+                     0, job.initial_replicas)
+                    for i, t in enumerate(chunk)
+                ]
+                self._insert_tasks(conn, rows)
+                n_tasks += len(rows)
+                n_items += sum(t.n_items for t in chunk)
             conn.execute(
-                insert(s.tasks),
-                [
-                    {
-                        "job_id": job.id,
-                        "idx": i,
-                        "input_hash": t.input_hash,
-                        "input_data": t.input_data,
-                        "first_item": t.first_item,
-                        "n_items": t.n_items,
-                        "state": TaskState.OPEN.value,
-                        "errors": 0,
-                        "issued": job.initial_replicas,
-                    }
-                    for i, t in enumerate(tasks)
-                ],
+                update(s.jobs).where(s.jobs.c.id == job.id).values(n_tasks=n_tasks, n_items=job.n_items or n_items)
             )
             # the first replicas of every task, set-based rather than a row per round trip; a paid
             # job gets them once its escrow is funded (activate_job): until then nothing is leased
@@ -375,6 +382,28 @@ class SqlStore(AccessQueries, DutyQueries, TrustQueries, LedgerQueries, SlashQue
                 )
             row = conn.execute(select(s.jobs).where(s.jobs.c.id == job.id)).one()
         return _job(row)
+
+    _TASK_COLUMNS = ("job_id", "idx", "input_hash", "input_data", "first_item", "n_items", "state", "errors", "issued")
+
+    def _insert_tasks(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        """Rows into tasks: COPY on PostgreSQL through psycopg 3, executemany elsewhere."""
+        raw = conn.connection.dbapi_connection
+        if self.dialect == "postgresql" and hasattr(raw, "cursor") and type(raw).__module__.startswith("psycopg"):
+            with raw.cursor() as cur, cur.copy(f"COPY tasks ({', '.join(self._TASK_COLUMNS)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        if conn.dialect.paramstyle == "qmark":
+            mark = "?"
+        elif conn.dialect.paramstyle in ("format", "pyformat"):
+            mark = "%s"
+        else:  # a driver of another style: SQLAlchemy binds it
+            conn.execute(insert(s.tasks), [dict(zip(self._TASK_COLUMNS, row)) for row in rows])
+            return
+        # straight to the driver's executemany: a million tasks through SQLAlchemy's per-row
+        # parameter processing cost more than the inserts themselves
+        columns = ", ".join(self._TASK_COLUMNS)
+        conn.exec_driver_sql(f"INSERT INTO tasks ({columns}) VALUES ({', '.join([mark] * len(rows[0]))})", rows)
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._read() as conn:
@@ -473,6 +502,8 @@ class SqlStore(AccessQueries, DutyQueries, TrustQueries, LedgerQueries, SlashQue
             .join(s.workers, s.workers.c.id == s.results.c.worker_id)
             .where(s.tasks.c.job_id == job_id, s.results.c.status == ResultStatus.ACCEPTED.value)
             .order_by(s.tasks.c.idx)
+            # a server-side cursor on PostgreSQL: a million outputs are never fetched at once
+            .execution_options(yield_per=2000)
         )
         with self._read() as conn:
             for row in conn.execute(q):
@@ -979,3 +1010,13 @@ def _check_lease(row: Any, lease_id: int, worker_id: int, now: float) -> None:
     if row.state == "closed":
         raise LeaseError(f"lease {lease_id} is already closed: every replica in it was answered", lease_id=lease_id)
 
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
