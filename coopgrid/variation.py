@@ -1,0 +1,194 @@
+"""Honest variation: this repo's models run under different runtime settings, and how far apart they land.
+
+Floating-point results of one model on one input differ with the CPU's vector
+instructions (MLAS and numpy pick kernels by CPUID), ONNX Runtime's graph
+optimisation level (fused operators sum in another order) and thread count.
+A comparator (``TaskType.agree``) must accept every such pair of honest outputs
+and still reject a wrong answer; where it cannot, the task type declares
+``homogeneous = True`` and its replicas go to workers of one platform class
+(:mod:`coopgrid.platforms`).
+
+:func:`outputs` runs one :class:`RuntimeConfig` over the models and inputs of
+:func:`workload`; ``bench/platform_variation.py`` runs it here and in child
+processes with fewer vector instructions (numpy's ``NPY_DISABLE_CPU_FEATURES``;
+``qemu-x86_64 -cpu Haswell`` / ``Nehalem`` when installed, as ONNX Runtime
+honours no knob that narrows its own kernels) and prints the differences;
+tests/integration/test_platform_variation.py asserts the comparators hold.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from coopgrid.tasks.common import OPTIMIZATION_LEVELS
+
+#: task types whose outputs are floats from an ONNX model, measured here
+TASK_TYPES = ("classify", "embed")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """One way an honest worker may run a model."""
+
+    name: str
+    threads: int = 1
+    optimization: str = "all"
+    config: dict[str, str] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+def runtime_configs() -> list[RuntimeConfig]:
+    """Every graph optimisation level at 1, 2 and 4 intra-op threads, and prepacking off (workers: all, 1 thread)."""
+    out = [
+        RuntimeConfig(f"{level}/t{threads}", threads, level)
+        for level, threads in itertools.product(OPTIMIZATION_LEVELS, (1, 2, 4))
+    ]
+    out.append(RuntimeConfig("all/t1/no-prepack", 1, "all", {"session.disable_prepacking": "1"}))
+    return out
+
+
+@dataclass
+class Workload:
+    """Models (bytes + manifest) and task inputs, identical in every process that measures."""
+
+    models: dict[str, tuple[bytes, dict[str, Any]]]
+    inputs: dict[str, list[bytes]]  # task type -> task inputs, as the coordinator splits them
+
+    def save(self, path: Any) -> None:
+        import pickle
+
+        with open(path, "wb") as f:
+            pickle.dump((self.models, self.inputs), f)
+
+    @classmethod
+    def load(cls, path: Any) -> Workload:
+        import pickle
+
+        with open(path, "rb") as f:
+            return cls(*pickle.load(f))
+
+
+@cache
+def workload(items: int = 2000, task_size: int = 50) -> Workload:
+    """The digits classifier on ``digits:items`` and the tiny encoder on ``items`` sentences, split into tasks."""
+    from coopgrid import tasks
+    from coopgrid.datasets import Dataset, digits
+    from coopgrid.protocol import sha256_hex
+    from coopgrid.registry.embed import tiny_encoder
+    from coopgrid.registry.train import train_digits
+    from coopgrid.task_demos import sentences
+
+    digit_model = train_digits()
+    texts = sentences(items)
+    encoder = tiny_encoder(sentences(500))
+    models = {
+        "classify": (digit_model.onnx, digit_model.spec(sha256_hex(digit_model.onnx))),
+        "embed": (encoder.onnx, encoder.spec(sha256_hex(encoder.onnx))),
+    }
+    datasets = {
+        "classify": digits(items),
+        "embed": Dataset.from_items([s.encode() for s in texts], "text", [f"s-{i}" for i in range(items)]),
+    }
+    inputs = {}
+    for name, dataset in datasets.items():
+        t = tasks.get(name)
+        inputs[name] = [data for data, _ in t.split(dataset, task_size, t.validate_params({}))]
+    return Workload(models, inputs)
+
+
+def load(task_type: str, model_bytes: bytes, manifest: dict[str, Any], rc: RuntimeConfig) -> Any:
+    """The task type's model object, with its session built as ``rc`` says."""
+    from coopgrid.tasks.classify import Classifier
+    from coopgrid.tasks.common import onnx_session
+    from coopgrid.tasks.embed import load_encoder
+
+    if task_type == "classify":
+        return Classifier(onnx_session(model_bytes, rc.threads, rc.optimization, rc.config), manifest)
+    return load_encoder(model_bytes, manifest, rc.threads, rc.optimization, rc.config)
+
+
+def outputs(w: Workload, rc: RuntimeConfig) -> dict[str, dict[str, Any]]:
+    """Per task type: the canonical bytes of every task's output and the raw floats behind them."""
+    from coopgrid import tasks
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in TASK_TYPES:
+        t = tasks.get(name)
+        model = load(name, *w.models[name], rc)
+        params = t.validate_params({})
+        canon = [t.canonical(t.run(data, model, params)) for data in w.inputs[name]]
+        out[name] = {"canonical": canon, "raw": raw_floats(name, model, w.inputs[name])}
+    return out
+
+
+def raw_floats(task_type: str, model: Any, inputs: list[bytes]) -> np.ndarray:
+    """The floats a task's output is made from, before any rounding: class probabilities, embeddings."""
+    from coopgrid.tasks.common import input_texts
+    from coopgrid.tasks.echo import npy_load
+
+    rows = []
+    for data in inputs:
+        if task_type == "classify":
+            x = npy_load(data).astype(np.float32)
+            rows.append(model.scores(x.reshape(len(x), -1))[1])
+        else:
+            rows.append(model.encode([str(t) for t in input_texts(data)], 32).astype(np.float64))
+    return np.concatenate(rows)
+
+
+def differences(task_type: str, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """How two runs of one workload differ: raw floats, output bytes, and whether the comparator agrees."""
+    from coopgrid import tasks
+
+    t = tasks.get(task_type)
+    ra, rb = a["raw"], b["raw"]
+    diff = np.abs(ra - rb)
+    rel = diff / np.maximum(np.maximum(np.abs(ra), np.abs(rb)), 1e-30)
+    decoded = [(t.decode(x), t.decode(y)) for x, y in zip(a["canonical"], b["canonical"])]
+    figures: dict[str, Any] = {
+        "max_abs": float(diff.max()),
+        "max_rel": float(rel[diff > 0].max()) if (diff > 0).any() else 0.0,
+        "floats_differing": int((diff > 0).sum()),
+        "floats": int(diff.size),
+        "tasks_bytes_differing": sum(x != y for x, y in zip(a["canonical"], b["canonical"])),
+        "tasks": len(decoded),
+        "tasks_disagreeing": sum(not t.agree(x, y) for x, y in decoded),
+    }
+    if task_type == "classify":
+        figures["labels_differing"] = sum(
+            p != q for x, y in decoded for p, q in zip(x["labels"], y["labels"])
+        )
+        figures["max_confidence_diff"] = max(
+            (abs(p - q) for x, y in decoded for p, q in zip(x["confidence"], y["confidence"])), default=0.0
+        )
+    else:
+        ea, eb = ra, rb
+        cos = (ea * eb).sum(axis=1) / np.maximum(np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1), 1e-30)
+        figures["min_cosine"] = float(cos.min())
+    return figures
+
+
+def wrong_answers(task_type: str, canonical: list[bytes]) -> list[Any]:
+    """Plausible lies about each task's output (a label changed, an embedding row swapped)."""
+    from coopgrid import tasks
+
+    t = tasks.get(task_type)
+    lies = []
+    for data in canonical:
+        out = t.decode(data)
+        if task_type == "classify":
+            labels = list(out["labels"])
+            labels[0] = (labels[0] + 1) % 10 if isinstance(labels[0], int) else f"{labels[0]}x"
+            lies.append({**out, "labels": labels})
+        else:
+            emb = np.array(out["emb"], copy=True)
+            emb[0] = emb[-1] if len(emb) > 1 and not np.allclose(emb[0], emb[-1]) else -emb[0]
+            lies.append({**out, "emb": emb})
+    return lies
