@@ -130,6 +130,8 @@ def _worker(row: Any) -> WorkerRecord:
         quarantine_reason=row.quarantine_reason,
         network=row.network,
         prior_quarantines=row.prior_quarantines,
+        platform=json.loads(row.platform) if row.platform else None,
+        platform_class=row.platform_class,
     )
 
 
@@ -254,15 +256,18 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
     # -- workers ----------------------------------------------------------------
 
     def register_worker(
-        self, address: str, name: str, owner: str, now: float, network: str | None = None
+        self, address: str, name: str, owner: str, now: float, network: str | None = None,
+        platform: dict[str, Any] | None = None, platform_class: str | None = None,
     ) -> WorkerRecord:
+        reported = {"platform": json.dumps(platform, sort_keys=True) if platform is not None else None,
+                    "platform_class": platform_class}
         with self._write() as conn:
             row = conn.execute(select(s.workers).where(s.workers.c.address == address)).first()
             if row:
                 conn.execute(
                     update(s.workers)
                     .where(s.workers.c.id == row.id)
-                    .values(name=name, owner=owner, last_seen=now, network=network)
+                    .values(name=name, owner=owner, last_seen=now, network=network, **reported)
                 )
             else:
                 lineage = [s.workers.c.network == network] if network else []
@@ -278,7 +283,7 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                 conn.execute(
                     insert(s.workers).values(
                         address=address, name=name, owner=owner, registered_at=now, last_seen=now, network=network,
-                        prior_quarantines=prior,
+                        prior_quarantines=prior, **reported,
                     )
                 )
             row = conn.execute(select(s.workers).where(s.workers.c.address == address)).one()
@@ -489,8 +494,15 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
         rng: random.Random | None = None,
         separate_networks: bool = False,
         exclude_jobs: Sequence[str] = (),
+        platform_class: str | None = None,
+        homogeneous_jobs: Sequence[str] = (),
     ) -> Lease | None:
         types = list(task_types)
+        placement = (
+            {"homogeneous": list(homogeneous_jobs), "platform_class": platform_class or "",
+             "h_leased": int(ReplicaState.LEASED), "h_done": int(ReplicaState.DONE)}
+            if homogeneous_jobs else {}
+        )
         type_filter = " AND job_id IN (SELECT id FROM jobs WHERE state = 'running' AND task_type IN :types)"
         # Placement: never a second replica of a task to the same worker or to a
         # worker of the same owner, and at most one replica of a task per lease.
@@ -501,6 +513,8 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
             + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.worker_id IN :kin"
             " AND o.state IN (:leased, :done))"  # a replica that failed or expired may go back to its worker
             " AND r.id = (SELECT min(r2.id) FROM replicas r2 WHERE r2.task_id = r.task_id AND r2.state = :ready)"
+            + (_same_class("r.task_id", "r.job_id") if homogeneous_jobs else "")
+            +
             # task order, not replica order: replicas added by validation (a second opinion,
             # an audit, a tie-breaker) go out before later tasks' first replicas
             " ORDER BY r.task_id, r.id LIMIT :n"
@@ -514,6 +528,8 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
             take = take.bindparams(bindparam("types", expanding=True))
         if exclude_jobs:
             take = take.bindparams(bindparam("excluded", expanding=True))
+        if homogeneous_jobs:
+            take = take.bindparams(bindparam("homogeneous", expanding=True))
         expires = now + lease_seconds
         with self._write() as conn:
             kin = self._kin(conn, worker_id, separate_networks)
@@ -526,13 +542,15 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                 "kin": kin,
                 **({"types": types} if types else {}),
                 **({"excluded": list(exclude_jobs)} if exclude_jobs else {}),
+                **placement,
             }
             lease_id = conn.execute(
                 insert(s.leases).values(worker_id=worker_id, created_at=now, expires_at=expires, state="open")
             ).inserted_primary_key[0]
             taken = conn.execute(take, {**params, "lease": lease_id}).rowcount
             if gold and taken:
-                taken += self._add_gold(conn, worker_id, kin, lease_id, gold, types, now, rng or random.Random())
+                taken += self._add_gold(conn, worker_id, kin, lease_id, gold, types, now, rng or random.Random(),
+                                        placement)
             if not taken:
                 conn.execute(s.leases.delete().where(s.leases.c.id == lease_id))
                 return None
@@ -577,9 +595,12 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
 
     def _add_gold(
         self, conn: Any, worker_id: int, kin: list[int], lease_id: int, k: int, types: list[str], now: float,
-        rng: random.Random,
+        rng: random.Random, placement: dict[str, Any] | None = None,
     ) -> int:
-        """Lease ``k`` gold replicas: tasks of running jobs whose final answer is known."""
+        """Lease ``k`` gold replicas: tasks of running jobs whose final answer is known.
+
+        ``placement``: the lease's homogeneous-redundancy parameters (:func:`_same_class`): a known
+        answer from another platform class is no fair test of this worker."""
         # two queries: SQLite answers min() and max() from the index only when asked one at a time
         lo = conn.execute(select(func.min(s.tasks.c.id))).scalar()
         hi = conn.execute(select(func.max(s.tasks.c.id))).scalar()
@@ -590,12 +611,16 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
             " WHERE t.state = :done AND j.state = 'running' AND t.id >= :pivot"
             + (" AND j.task_type IN :types" if types else "")
             + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = t.id AND o.worker_id IN :kin)"
-            " ORDER BY t.id LIMIT :k"
+            + (_same_class("t.id", "t.job_id") if placement else "")
+            + " ORDER BY t.id LIMIT :k"
         )
         stmt = text(q).bindparams(bindparam("kin", expanding=True))
         if types:
             stmt = stmt.bindparams(bindparam("types", expanding=True))
         params = {"done": TaskState.DONE.value, "kin": kin, "k": k, **({"types": types} if types else {})}
+        if placement:
+            stmt = stmt.bindparams(bindparam("homogeneous", expanding=True))
+            params.update(placement)
         found = conn.execute(stmt, {**params, "pivot": rng.randint(lo, hi)}).all()
         if len(found) < k:
             found += conn.execute(stmt, {**params, "pivot": lo, "k": k - len(found)}).all()
@@ -908,6 +933,20 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                 ).scalars()
                 self._penalise(conn, worker_id, set(jobs), "timeouts")
         return reissued
+
+def _same_class(task_id: str, job_id: str) -> str:
+    """Homogeneous redundancy, as a condition on a task: in a job of ``:homogeneous``, a task whose replica
+    is held or done by a worker of another platform class than ``:platform_class`` is not for this worker
+    (workers that reported no platform form a class of their own); nor is any task of such a job while no
+    other worker (not kin, not quarantined) shares the class, as nobody could give its result a second opinion."""
+    return (
+        f" AND ({job_id} NOT IN :homogeneous OR (EXISTS (SELECT 1 FROM workers hp WHERE hp.id NOT IN :kin"
+        " AND hp.quarantined_at IS NULL AND coalesce(hp.platform_class, '') = :platform_class)"
+        " AND NOT EXISTS (SELECT 1 FROM replicas h JOIN workers hw"
+        f" ON hw.id = h.worker_id WHERE h.task_id = {task_id} AND h.state IN (:h_leased, :h_done)"
+        " AND coalesce(hw.platform_class, '') != :platform_class)))"
+    )
+
 
 def _check_lease(row: Any, lease_id: int, worker_id: int, now: float) -> None:
     if row is None or row.worker_id != worker_id:
