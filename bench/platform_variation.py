@@ -33,10 +33,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import pickle
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,42 +47,9 @@ from rich.console import Console
 from rich.table import Table
 
 from coopgrid import tasks
-from coopgrid.variation import TASK_TYPES, RuntimeConfig, Workload, differences, outputs, runtime_configs, wrong_answers
-
-#: child configurations: (label, command prefix, environment)
-NUMPY_NO_AVX512 = {"NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
-CHILD_CONFIGS = ("all/t1", "disable_all/t1")
-
-
-def isa_variants() -> list[tuple[str, list[str], dict[str, str]]]:
-    out = [("numpy-no-avx512", [sys.executable], NUMPY_NO_AVX512)]
-    qemu = shutil.which("qemu-x86_64")
-    if qemu:
-        out += [("qemu-haswell", [qemu, "-cpu", "Haswell", sys.executable], {}),
-                ("qemu-nehalem", [qemu, "-cpu", "Nehalem", sys.executable], {})]
-    return out
-
-
-def child(workload_path: str, out_path: str) -> int:
-    w = Workload.load(workload_path)
-    res = {rc.name: outputs(w, rc) for rc in runtime_configs() if rc.name in CHILD_CONFIGS}
-    with open(out_path, "wb") as f:
-        pickle.dump(res, f)
-    return 0
-
-
-def run_variant(label: str, prefix: list[str], env: dict[str, str], wpath: Path, tmp: Path) -> dict[str, Any]:
-    out = tmp / f"{label}.pkl"
-    r = subprocess.run(
-        [*prefix, __file__, "--child", str(wpath), str(out)],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **env},
-        capture_output=True, text=True, timeout=1800,
-    )
-    if r.returncode:
-        raise RuntimeError(f"{label} failed: {r.stderr[-1000:]}")
-    with open(out, "rb") as f:
-        return {f"{label}:{name}": o for name, o in pickle.load(f).items()}
-
+from coopgrid.variation import (
+    TASK_TYPES, differences, isa_variants, outputs, run_in_child, runtime_configs, workload, wrong_answers,
+)
 
 def near_ties(raw: np.ndarray, gap: float) -> int:
     top2 = np.sort(raw, axis=1)[:, -2:]
@@ -98,21 +62,16 @@ def main() -> int:
     p.add_argument("--task-size", type=int, default=50, help="items per task")
     p.add_argument("--json", type=Path, help="also write every figure here")
     p.add_argument("--no-children", action="store_true", help="this process's configurations only")
-    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.child:
-        return child(*args.child)
     console = Console()
     t0 = time.perf_counter()
-    w = __import__("coopgrid.variation", fromlist=["workload"]).workload(args.items, args.task_size)
+    w = workload(args.items, args.task_size)
     runs: dict[str, dict[str, Any]] = {rc.name: outputs(w, rc) for rc in runtime_configs()}
     skipped = []
     if not args.no_children:
         with tempfile.TemporaryDirectory() as tmp:
-            wpath = Path(tmp) / "workload.pkl"
-            w.save(wpath)
             for label, prefix, env in isa_variants():
-                runs.update(run_variant(label, prefix, env, wpath, Path(tmp)))
+                runs.update(run_in_child(label, prefix, env, w, tmp))
         if not shutil.which("qemu-x86_64"):
             skipped.append("qemu-x86_64 not installed: no emulated Haswell/Nehalem runs (apt-get install qemu-user)")
     ref = runs["all/t1"]

@@ -175,6 +175,58 @@ def differences(task_type: str, a: dict[str, Any], b: dict[str, Any]) -> dict[st
     return figures
 
 
+#: the configurations a child process runs: what workers run, and no graph optimisation at all
+CHILD_CONFIGS = ("all/t1", "disable_all/t1")
+#: numpy without its AVX-512 kernels (its names; numpy cannot drop its X86_V2 baseline)
+NUMPY_NO_AVX512 = {"NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
+
+
+def isa_variants() -> list[tuple[str, list[str], dict[str, str]]]:
+    """Ways to run a child process with fewer vector instructions: (label, command prefix, environment).
+
+    ONNX Runtime 1.32 honours no environment variable or session config entry that narrows its
+    float kernels, so its side is measured on an emulated CPU (``qemu-x86_64 -cpu``, Debian's
+    ``qemu-user``) when installed: Haswell has AVX2 and FMA but no AVX-512, Nehalem only SSE4.2.
+    """
+    import shutil
+    import sys
+
+    out = [("numpy-no-avx512", [sys.executable], NUMPY_NO_AVX512)]
+    qemu = shutil.which("qemu-x86_64")
+    if qemu and _host_arch() == "x86_64":
+        out += [("qemu-haswell", [qemu, "-cpu", "Haswell", sys.executable], {}),
+                ("qemu-nehalem", [qemu, "-cpu", "Nehalem", sys.executable], {})]
+    return out
+
+
+def _host_arch() -> str:
+    import platform
+
+    return platform.machine().lower()
+
+
+def run_in_child(label: str, prefix: list[str], env: dict[str, str], w: Workload, tmp: Any) -> dict[str, Any]:
+    """:data:`CHILD_CONFIGS` of ``w`` in a child process (``prefix`` + this module); keys ``label:config``."""
+    import os
+    import pickle
+    import subprocess
+    from pathlib import Path
+
+    tmp = Path(tmp)
+    wpath, out = tmp / f"{label}.workload", tmp / f"{label}.outputs"
+    w.save(wpath)
+    root = str(Path(__file__).resolve().parents[1])
+    r = subprocess.run(
+        [*prefix, "-m", "coopgrid.variation", str(wpath), str(out)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])), **env},
+        capture_output=True, text=True, timeout=3600,
+    )
+    if r.returncode:
+        raise RuntimeError(f"the {label} run failed: {r.stderr[-2000:]}")
+    with open(out, "rb") as f:
+        return {f"{label}:{name}": o for name, o in pickle.load(f).items()}
+
+
 def wrong_answers(task_type: str, canonical: list[bytes]) -> list[Any]:
     """Plausible lies about each task's output (a label changed, an embedding row swapped)."""
     from coopgrid import tasks
@@ -192,3 +244,13 @@ def wrong_answers(task_type: str, canonical: list[bytes]) -> list[Any]:
             emb[0] = emb[-1] if len(emb) > 1 and not np.allclose(emb[0], emb[-1]) else -emb[0]
             lies.append({**out, "emb": emb})
     return lies
+
+
+if __name__ == "__main__":  # a child of run_in_child: python -m coopgrid.variation WORKLOAD OUT
+    import pickle
+    import sys
+
+    _w = Workload.load(sys.argv[1])
+    _res = {rc.name: outputs(_w, rc) for rc in runtime_configs() if rc.name in CHILD_CONFIGS}
+    with open(sys.argv[2], "wb") as _f:
+        pickle.dump(_res, _f)

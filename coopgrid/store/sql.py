@@ -935,12 +935,19 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
         return reissued
 
 def _same_class(task_id: str, job_id: str) -> str:
-    """Homogeneous redundancy, as a condition on a task: in a job of ``:homogeneous``, a task whose replica
-    is held or done by a worker of another platform class than ``:platform_class`` is not for this worker
-    (workers that reported no platform form a class of their own); nor is any task of such a job while no
-    other worker (not kin, not quarantined) shares the class, as nobody could give its result a second opinion."""
+    """Homogeneous redundancy, as a condition on a task of a job in ``:homogeneous``.
+
+    A task whose replica is held or done by a worker of another platform class than
+    ``:platform_class`` is not for this worker (workers that reported no platform form a class
+    of their own), and no task is for a worker alone in its class: nobody could give its results
+    a second opinion. Where no class has two workers at all, the rule cannot be kept and is
+    dropped (a grid of one worker, or of one worker per platform, still gets its work done).
+    """
     return (
-        f" AND ({job_id} NOT IN :homogeneous OR (EXISTS (SELECT 1 FROM workers hp WHERE hp.id NOT IN :kin"
+        f" AND ({job_id} NOT IN :homogeneous"
+        " OR NOT EXISTS (SELECT 1 FROM workers hq WHERE hq.quarantined_at IS NULL"
+        " GROUP BY coalesce(hq.platform_class, '') HAVING count(*) >= 2)"
+        " OR (EXISTS (SELECT 1 FROM workers hp WHERE hp.id NOT IN :kin"
         " AND hp.quarantined_at IS NULL AND coalesce(hp.platform_class, '') = :platform_class)"
         " AND NOT EXISTS (SELECT 1 FROM replicas h JOIN workers hw"
         f" ON hw.id = h.worker_id WHERE h.task_id = {task_id} AND h.state IN (:h_leased, :h_done)"

@@ -149,6 +149,11 @@ class ClassifyTask(TaskType):
     Params = ClassifyParams
     needs_model = True
     accepts = ("array", "bytes")
+    # Labels are compared exactly, and a label mismatch is evidence for slashing; an argmax can
+    # flip between CPUs whose probabilities differ by ~6e-7 (SSE against FMA kernels, measured by
+    # bench/platform_variation.py) when two classes tie that closely. Workers of one platform class
+    # produce identical bits, so replicas stay within one class.
+    homogeneous = True
 
     def split(self, dataset: Dataset, task_size: int, params: BaseModel) -> Iterator[tuple[bytes, int]]:
         if dataset.kind == "bytes":

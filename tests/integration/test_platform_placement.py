@@ -94,3 +94,10 @@ def test_gold_of_a_homogeneous_job_is_only_given_within_its_class(store: SqlStor
     assert {r.job_id for r in other_class.replicas} == {fresh.id}  # no gold from the other class's answer
     same_class = lease(store, e, [decided.id], gold=1)
     assert {r.job_id for r in same_class.replicas} == {fresh.id, decided.id}  # gold from its own class
+
+
+def test_where_no_class_has_two_workers_the_rule_is_dropped_rather_than_stalling_the_job(store: SqlStore) -> None:
+    job = make_job(store, 1, policy=QUORUM_TWO, initial_replicas=2)
+    a, b = worker(store, "a", AVX512), worker(store, "b", SSE)
+    assert lease(store, a, [job.id]) is not None
+    assert lease(store, b, [job.id]) is not None  # else the task would wait forever for a second opinion
