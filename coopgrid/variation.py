@@ -181,7 +181,7 @@ CHILD_CONFIGS = ("all/t1", "disable_all/t1")
 NUMPY_NO_AVX512 = {"NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
 
 
-def isa_variants() -> list[tuple[str, list[str], dict[str, str]]]:
+def isa_variants(qemu_cpus: tuple[str, ...] = ("Haswell", "Nehalem")) -> list[tuple[str, list[str], dict[str, str]]]:
     """Ways to run a child process with fewer vector instructions: (label, command prefix, environment).
 
     ONNX Runtime 1.32 honours no environment variable or session config entry that narrows its
@@ -194,8 +194,7 @@ def isa_variants() -> list[tuple[str, list[str], dict[str, str]]]:
     out = [("numpy-no-avx512", [sys.executable], NUMPY_NO_AVX512)]
     qemu = shutil.which("qemu-x86_64")
     if qemu and _host_arch() == "x86_64":
-        out += [("qemu-haswell", [qemu, "-cpu", "Haswell", sys.executable], {}),
-                ("qemu-nehalem", [qemu, "-cpu", "Nehalem", sys.executable], {})]
+        out += [(f"qemu-{cpu.lower()}", [qemu, "-cpu", cpu, sys.executable], {}) for cpu in qemu_cpus]
     return out
 
 
