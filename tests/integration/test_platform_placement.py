@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import secrets
 
-from coopgrid.platforms import platform_class
+from coopgrid.platforms import describe, platform_class
 from coopgrid.store import SqlStore
 from coopgrid.store.base import WorkerRecord
+from tests.integration.test_api import Grid, Worker, grid, make_grid  # noqa: F401 (fixtures)
 from tests.integration.test_store import LEASE, NO_REPLICATION, QUORUM_TWO, T0, echo_ok, make_job, sig, validate
 
 AVX512 = {"arch": "x86_64", "cpu_flags": ["SSE42", "AVX", "FMA3", "AVX2", "AVX512F"], "ort_version": "1.32.0",
@@ -101,3 +102,16 @@ def test_where_no_class_has_two_workers_the_rule_is_dropped_rather_than_stalling
     a, b = worker(store, "a", AVX512), worker(store, "b", SSE)
     assert lease(store, a, [job.id]) is not None
     assert lease(store, b, [job.id]) is not None  # else the task would wait forever for a second opinion
+
+
+def test_over_the_api_the_platform_is_signed_validated_and_listed(grid: Grid) -> None:
+    w = Worker(grid)
+    bad = w.post("/v1/workers", {"name": "w", "platform": {**AVX512, "cpu_flags": ["AVX2; rm -rf /"]}})
+    assert bad.status_code == 422 and "cpu_flags" in bad.text
+    long = w.post("/v1/workers", {"name": "w", "platform": {**AVX512, "ort_version": "1" * 33}})
+    assert long.status_code == 422 and "ort_version" in long.text
+    ok = w.post("/v1/workers", {"name": "w", "platform": describe().model_dump()})
+    assert ok.status_code == 201 and ok.json()["platform_class"] == platform_class(describe())
+    listed = {x["address"]: x for x in grid.client.get("/v1/workers", headers=grid.headers()).json()}
+    assert listed[w.address]["platform"] == describe().model_dump()
+    assert listed[w.address]["platform_class"] == platform_class(describe())
