@@ -514,10 +514,9 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
             " AND o.state IN (:leased, :done))"  # a replica that failed or expired may go back to its worker
             " AND r.id = (SELECT min(r2.id) FROM replicas r2 WHERE r2.task_id = r.task_id AND r2.state = :ready)"
             + (_same_class("r.task_id", "r.job_id") if homogeneous_jobs else "")
-            +
             # task order, not replica order: replicas added by validation (a second opinion,
             # an audit, a tie-breaker) go out before later tasks' first replicas
-            " ORDER BY r.task_id, r.id LIMIT :n"
+            + " ORDER BY r.task_id, r.id LIMIT :n"
         )
         if self.dialect == "postgresql":
             candidates += " FOR UPDATE SKIP LOCKED"
@@ -934,11 +933,12 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                 self._penalise(conn, worker_id, set(jobs), "timeouts")
         return reissued
 
+
 def _same_class(task_id: str, job_id: str) -> str:
     """Homogeneous redundancy, as a condition on a task of a job in ``:homogeneous``.
 
-    A task whose replica is held or done by a worker of another platform class than
-    ``:platform_class`` is not for this worker (workers that reported no platform form a class
+    A task whose replica is held or done by a (not quarantined) worker of another platform class
+    than ``:platform_class`` is not for this worker (workers that reported no platform form a class
     of their own), and no task is for a worker alone in its class: nobody could give its results
     a second opinion. Where no class has two workers at all, the rule cannot be kept and is
     dropped (a grid of one worker, or of one worker per platform, still gets its work done).
@@ -951,7 +951,7 @@ def _same_class(task_id: str, job_id: str) -> str:
         " AND hp.quarantined_at IS NULL AND coalesce(hp.platform_class, '') = :platform_class)"
         " AND NOT EXISTS (SELECT 1 FROM replicas h JOIN workers hw"
         f" ON hw.id = h.worker_id WHERE h.task_id = {task_id} AND h.state IN (:h_leased, :h_done)"
-        " AND coalesce(hw.platform_class, '') != :platform_class)))"
+        " AND hw.quarantined_at IS NULL AND coalesce(hw.platform_class, '') != :platform_class)))"
     )
 
 
