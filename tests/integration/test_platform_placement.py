@@ -9,7 +9,10 @@ from __future__ import annotations
 import secrets
 
 from coopgrid.platforms import describe, platform_class
+from sqlalchemy import update
+
 from coopgrid.store import SqlStore
+from coopgrid.store import schema
 from coopgrid.store.base import WorkerRecord
 from tests.integration.test_api import Grid, Worker, grid, make_grid  # noqa: F401 (fixtures)
 from tests.integration.test_store import LEASE, NO_REPLICATION, QUORUM_TWO, T0, echo_ok, make_job, sig, validate
@@ -95,6 +98,17 @@ def test_gold_of_a_homogeneous_job_is_only_given_within_its_class(store: SqlStor
     assert {r.job_id for r in other_class.replicas} == {fresh.id}  # no gold from the other class's answer
     same_class = lease(store, e, [decided.id], gold=1)
     assert {r.job_id for r in same_class.replicas} == {fresh.id, decided.id}  # gold from its own class
+
+
+def test_a_quarantined_workers_replica_binds_the_task_to_no_class(store: SqlStore) -> None:
+    job = make_job(store, 1, policy=QUORUM_TWO, initial_replicas=2)
+    a, b = worker(store, "a", AVX512), worker(store, "b", SSE)
+    worker(store, "c", AVX512), worker(store, "d", SSE)
+    assert lease(store, a, [job.id]) is not None
+    assert lease(store, b, [job.id]) is None
+    with store.engine.begin() as conn:  # a is caught lying elsewhere: its word binds nothing now
+        conn.execute(update(schema.workers).where(schema.workers.c.id == a.id).values(quarantined_at=T0))
+    assert lease(store, b, [job.id]) is not None
 
 
 def test_where_no_class_has_two_workers_the_rule_is_dropped_rather_than_stalling_the_job(store: SqlStore) -> None:
