@@ -63,7 +63,7 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="also write every figure here")
     p.add_argument("--no-children", action="store_true", help="this process's configurations only")
     args = p.parse_args()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)
     t0 = time.perf_counter()
     w = workload(args.items, args.task_size)
     runs: dict[str, dict[str, Any]] = {rc.name: outputs(w, rc) for rc in runtime_configs()}

@@ -1,6 +1,6 @@
 """Honest variation: this repo's models run under different runtime settings, and how far apart they land.
 
-Floating-point results of one model on one input differ with the CPU's vector
+Floating-point results of one model on one input may differ with the CPU's vector
 instructions (MLAS and numpy pick kernels by CPUID), ONNX Runtime's graph
 optimisation level (fused operators sum in another order) and thread count.
 A comparator (``TaskType.agree``) must accept every such pair of honest outputs
@@ -39,9 +39,6 @@ class RuntimeConfig:
     threads: int = 1
     optimization: str = "all"
     config: dict[str, str] = field(default_factory=dict)
-
-    def __hash__(self) -> int:
-        return hash(self.name)
 
 
 def runtime_configs() -> list[RuntimeConfig]:
