@@ -1,7 +1,7 @@
 """worker platform: what each worker reported it computes on, and its platform class
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0010
 """
 
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0012'
-down_revision = '0009'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
