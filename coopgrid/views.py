@@ -178,7 +178,7 @@ def workers_table(workers: list[dict[str, Any]]) -> Table:
         table.add_column(col)
     now = time.time()
     for w in workers:
-        label = f"{escape(w['name'] or '-')} {w['address']}"
+        label = f"{escape(w['name'] or '-')} {w['address']}\n[dim]{escape(w.get('platform_class') or 'platform unreported')}[/]"
         state = f"[red]quarantined: {escape(str(w['quarantine_reason']))}[/]" if w.get("quarantined") else "[green]ok[/]"
         common = (escape(w["owner"] or "-"), _ago(w.get("last_seen"), now))
         for r in w.get("reputation") or [None]:

@@ -39,6 +39,7 @@ from coopgrid.coordinator.retention import purge_sealed_jobs
 from coopgrid.errors import (
     BlobNotFound, ChainUnavailable, Conflict, CoopgridError, DatabaseUnavailable, Forbidden, InvalidInput, NotFound,
 )
+from coopgrid.platforms import platform_class
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
 from coopgrid.store.base import JobRecord, ModelRecord
@@ -397,15 +398,18 @@ def create_api(app: App) -> FastAPI:
             # new keys are what costs an attacker nothing: they are what is limited
             registrations_by_network.take(network or "unknown")
             registrations_by_owner.take(reg.owner)
+        platform = reg.platform.model_dump() if reg.platform is not None else None
         record = await run_in_threadpool(
-            app.store.register_worker, address, reg.name, reg.owner, time.time(), network
+            app.store.register_worker, address, reg.name, reg.owner, time.time(), network, platform,
+            platform_class(reg.platform) if reg.platform is not None else None,
         )
         app.auth.forget_worker(address)
         log.info("worker %s (%s, owner %s) %s", address, reg.name or "unnamed", reg.owner or "-",
                  "registered" if new else "registered again",
                  extra={"event": "worker_registered", "worker": address, "worker_name": reg.name, "owner": reg.owner,
                         "new": new})
-        return {"id": record.id, "address": record.address, "name": record.name, "owner": record.owner}
+        return {"id": record.id, "address": record.address, "name": record.name, "owner": record.owner,
+                "platform_class": record.platform_class}
 
     @api.get("/v1/workers", tags=["workers"])
     def list_workers(tok: TokenDep) -> list[dict[str, Any]]:
@@ -423,6 +427,8 @@ def create_api(app: App) -> FastAPI:
                 "quarantined": w.quarantined_at is not None,
                 "quarantine_reason": w.quarantine_reason,
                 "prior_quarantines": w.prior_quarantines,
+                "platform": w.platform,
+                "platform_class": w.platform_class,
                 "reputation": reputation.get(w.id, []),
             }
             for w, accepted in app.store.list_workers()

@@ -122,6 +122,10 @@ workers = Table(
     # quarantined workers that shared this one's owner or network when it first registered:
     # a fresh key is no clean slate for the operator of a quarantined one
     Column("prior_quarantines", Integer, nullable=False, server_default=text("0")),
+    # what it reported at registration (coopgrid.platforms.Platform as JSON) and the class derived from it:
+    # replicas of a task whose type needs homogeneous redundancy stay within one class
+    Column("platform", Text, nullable=True),
+    Column("platform_class", String(128), nullable=True),
 )
 
 #: facts about the grid itself, e.g. its id, which worker signatures bind
