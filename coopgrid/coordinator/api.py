@@ -32,6 +32,7 @@ from coopgrid.coordinator.deps import MAX_ID, Id, Index, TokenDep, signed_addres
 from coopgrid.coordinator.edge import STATE_TOKEN, Edge, error_body, error_headers
 from coopgrid.coordinator.openapi import document
 from coopgrid.coordinator.ratelimit import TokenBuckets
+from coopgrid.coordinator.wakeup import RECHECK
 from coopgrid.errors import ChainUnavailable, Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
@@ -103,6 +104,7 @@ def create_api(app: App) -> FastAPI:
         await run_in_threadpool(app.scheduler.validator.validate)
         for job_id in await run_in_threadpool(app.store.complete_unfinished_jobs):
             await run_in_threadpool(_finalize, job_id)
+        app.scheduler.wakeup.start(asyncio.get_running_loop())
         reaper = asyncio.create_task(_reap_forever())
         stop_sealing = threading.Event()
         sealer_thread = None
@@ -118,6 +120,7 @@ def create_api(app: App) -> FastAPI:
         try:
             yield
         finally:
+            app.scheduler.wakeup.close()
             reaper.cancel()
             stop_sealing.set()
             if sealer_thread is not None:
@@ -219,6 +222,7 @@ def create_api(app: App) -> FastAPI:
             "max_upload_bytes": settings.max_upload_bytes,
             "max_json_bytes": settings.max_json_bytes,
             "max_results_bytes": settings.max_results_bytes,
+            "long_poll_seconds": settings.long_poll_seconds,
         }
 
     # -- tokens -----------------------------------------------------------------
@@ -383,10 +387,41 @@ def create_api(app: App) -> FastAPI:
         leases_by_owner.take(worker.owner)
         leases_by_network.take(worker.network or "")
         req = LeaseRequest.model_validate_json(await request.body() or b"{}")
+        wakeup = app.scheduler.wakeup
+        mark = wakeup.generation
         granted = await run_in_threadpool(app.scheduler.lease, worker, req)
+        wait = min(req.wait, settings.long_poll_seconds)
+        # held requests hold connections: past half of them, idle workers fall back to polling
+        if granted is None and wait > 0 and wakeup.waiting < settings.max_connections // 2:
+            granted = await _long_poll(request, worker, req, mark, wait)
         if granted is None:
             return Response(status_code=204)
         return _json(granted, 201)
+
+    async def _long_poll(request: Request, worker: Any, req: LeaseRequest, mark: int, wait: float) -> Any:
+        """Hold an idle worker's lease request until work may be there, then lease; None when the wait ends."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        # the body is read: what comes next from the client can only be its disconnect
+        gone = asyncio.ensure_future(request.receive())
+        try:
+            while not wakeup_closed() and not gone.done():
+                left = deadline - loop.time()
+                if left <= 0:
+                    return None
+                await app.scheduler.wakeup.wait(mark, min(left, RECHECK), gone)
+                if gone.done():
+                    break  # a worker that left (stopped, cut off) must not be leased work it will never run
+                mark = app.scheduler.wakeup.generation
+                granted = await run_in_threadpool(app.scheduler.lease, worker, req)
+                if granted is not None:
+                    return granted
+            return None
+        finally:
+            gone.cancel()
+
+    def wakeup_closed() -> bool:
+        return app.scheduler.wakeup.closed
 
     @api.post("/v1/leases/{lease_id}/heartbeat", tags=["workers"])
     async def heartbeat(lease_id: Id, request: Request) -> Response:

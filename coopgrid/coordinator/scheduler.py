@@ -25,6 +25,7 @@ from coopgrid.coordinator.access import can_read, unreadable_dataset
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.trust import TrustPolicy, gold_probability
 from coopgrid.coordinator.validation import Validator
+from coopgrid.coordinator.wakeup import Wakeup
 from coopgrid.errors import AuthError, DatasetError, Forbidden, IntegrityError, InvalidInput, JobNotFound, LeaseError
 from coopgrid.identity import recover_batch_signer
 from coopgrid.protocol import ZERO_HASH, LeaseRequest, ResultBatch, ResultRef, b64decode, b64encode, sha256_hex
@@ -79,6 +80,8 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
         self._gold_rate: tuple[float, float] = (0.0, -1.0)  # (rate, when read)
+        #: wakes held lease requests (long polls) when work may have appeared; app.build gives it the database
+        self.wakeup = Wakeup()
 
     # -- submission ---------------------------------------------------------------
 
@@ -160,6 +163,7 @@ class Scheduler:
                        else self.settings.default_min_stake if spec.reward_per_task else 0),
         )
         record = self.store.create_job(job, new_tasks, time.time())
+        self.wakeup.notify(others=True)
         log.info(
             "job %s submitted by %s: %s, %d items in %d tasks", record.id, token.name, record.task_type,
             record.n_items, record.n_tasks,
@@ -303,6 +307,10 @@ class Scheduler:
         self.metrics.count_results(outcome.statuses)
         if outcome.tasks and not outcome.lease_expired:
             outcome.completed_jobs += self.validator.validate(outcome.tasks)
+        if batch.release:
+            self.wakeup.notify(others=True)
+        elif outcome.tasks and self.wakeup.waiting:
+            self.wakeup.notify()  # validation may have issued more replicas (a dispute, an audit)
         if outcome.lease_expired:
             raise LeaseError(
                 f"lease {lease_id} expired at {view.expires_at:.0f} and its replicas were reissued; "
@@ -312,7 +320,10 @@ class Scheduler:
         return outcome
 
     def reap(self) -> int:
-        return self.store.reap_expired(time.time())
+        n = self.store.reap_expired(time.time())
+        if n:
+            self.wakeup.notify(others=True)
+        return n
 
 
 def _checksum(address: str) -> str:
