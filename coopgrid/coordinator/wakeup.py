@@ -40,6 +40,8 @@ class Wakeup:
         self._waiters: set[asyncio.Future[None]] = set()
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
+        #: set while this process listens for other processes' notifications (PostgreSQL only)
+        self.listening = threading.Event()
 
     # -- the event loop's side ----------------------------------------------------------
 
@@ -122,11 +124,13 @@ class Wakeup:
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     delay = 0.5
+                    self.listening.set()
                     self._bump()  # anything posted while not listening is looked for now
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self._bump()
             except Exception as exc:  # the database restarting: listen again once it is back
+                self.listening.clear()
                 log.debug("LISTEN %s: %s; again in %.1fs", CHANNEL, exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
