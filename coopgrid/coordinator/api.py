@@ -402,26 +402,24 @@ def create_api(app: App) -> FastAPI:
         """Hold an idle worker's lease request until work may be there, then lease; None when the wait ends."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        wakeup = app.scheduler.wakeup
         # the body is read: what comes next from the client can only be its disconnect
         gone = asyncio.ensure_future(request.receive())
         try:
-            while not wakeup_closed() and not gone.done():
+            while not wakeup.closed and not gone.done():
                 left = deadline - loop.time()
                 if left <= 0:
                     return None
-                await app.scheduler.wakeup.wait(mark, min(left, RECHECK), gone)
+                await wakeup.wait(mark, min(left, RECHECK), gone)
                 if gone.done():
                     break  # a worker that left (stopped, cut off) must not be leased work it will never run
-                mark = app.scheduler.wakeup.generation
+                mark = wakeup.generation
                 granted = await run_in_threadpool(app.scheduler.lease, worker, req)
                 if granted is not None:
                     return granted
             return None
         finally:
             gone.cancel()
-
-    def wakeup_closed() -> bool:
-        return app.scheduler.wakeup.closed
 
     @api.post("/v1/leases/{lease_id}/heartbeat", tags=["workers"])
     async def heartbeat(lease_id: Id, request: Request) -> Response:

@@ -38,9 +38,10 @@ PORT = 8750
 COORDINATOR = "10.77.1.2"
 WORKERS = {"a1": ("A", "10.77.2.11"), "a2": ("A", "10.77.2.12"), "b1": ("B", "10.77.3.11")}
 GATEWAY = {"A": "10.77.2.1", "B": "10.77.3.1"}
-SECONDS_PER_TASK = 0.25
-SLEEPY = f'''"""TEST FACILITY: an echo task that takes {SECONDS_PER_TASK} s, so a worker can be cut off mid-lease."""
+SLEEPY = '''"""TEST FACILITY: an echo task that sleeps as long as its process's SLEEPY_SECONDS file says."""
+import os
 import time
+from pathlib import Path
 
 from coopgrid.tasks.echo import EchoTask
 
@@ -49,7 +50,7 @@ class SleepyTask(EchoTask):
     name = "sleepy"
 
     def run(self, task_input, model, params):
-        time.sleep({SECONDS_PER_TASK})
+        time.sleep(float(Path(os.environ["SLEEPY_SECONDS"]).read_text()))
         return task_input
 '''
 
@@ -198,10 +199,13 @@ def test_a_job_crosses_networks_through_delay_loss_and_a_host_cut_off(tmp_path):
                       env=env, log=logs / "coordinator.log")
         wait_until("coordinator up", lambda: (data / "coordinator.json").exists(), 60, [coord], logs)
         token = (tmp_path / "token").read_text().strip()
+        for name in WORKERS:
+            (tmp_path / f"{name}.sleep").write_text("0.25")
         workers = {
             name: h.run(name, sys.executable, "-m", "coopgrid", "worker", "--coordinator", url,
                         "--key-file", str(tmp_path / name / "key.json"), "--cache-dir", str(tmp_path / name / "cache"),
-                        "--name", name, "--owner", f"owner-{name}", "--batch", "2", env=env, log=logs / f"{name}.log")
+                        "--name", name, "--owner", f"owner-{name}", "--batch", "2",
+                        env=env | {"SLEEPY_SECONDS": str(tmp_path / f"{name}.sleep")}, log=logs / f"{name}.log")
             for name in WORKERS
         }
         running = [relay, coord, *workers.values()]
@@ -224,6 +228,7 @@ def test_a_job_crosses_networks_through_delay_loss_and_a_host_cut_off(tmp_path):
         wait_until("the job on a clean network done", lambda: done(clean), 60, running, logs)
 
         relay.send_signal(signal.SIGUSR1)  # from now on: 100 ms each way, 5% of frames lost
+        (tmp_path / "a1.sleep").write_text("4")  # a1's leases now last long enough to be cut off in the middle
         rough = submit("delay, loss and a host cut off", 12)
         a1 = db_rows(db, "SELECT id FROM workers WHERE name = 'a1'")[0][0]
         wait_until("a1 holding a lease of the job", lambda: bool(db_rows(
@@ -245,7 +250,8 @@ def test_a_job_crosses_networks_through_delay_loss_and_a_host_cut_off(tmp_path):
                 assert [s for s, _ in agreeing].count("accepted") == 1, (task, agreeing)  # nothing counted twice
                 # the quorum's two replicas ran on two networks
                 assert len({network[w] for _, w in agreeing}) == 2, (task, agreeing)
-        # a1's lease ran out while it was cut off, and its replicas were run by others
+        # a1's lease ran out while it was cut off, and its replicas were run by others (a1 takes 4 s a task:
+        # it was cut off before it could have finished the one it held)
         expired = db_rows(db, "SELECT count(*) FROM replicas WHERE job_id = ? AND worker_id = ? AND state = 3", rough, a1)
         assert expired[0][0] >= 1
     finally:
