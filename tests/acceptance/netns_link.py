@@ -62,6 +62,9 @@ async def relay(delay: float, loss: float, pairs: list[tuple[str, str]]) -> None
                 frame, addr = src.recvfrom(65535)
             except BlockingIOError:
                 return
+            except OSError:  # the link was set down (a host cut off): nothing more comes from it
+                loop.remove_reader(src)
+                return
             if addr[2] == PACKET_OUTGOING:  # what this relay itself sent out on src
                 continue
             if not impaired:
