@@ -53,7 +53,6 @@ from coopgrid.tasks.base import ItemParams, TaskOutput, TaskType, item_errors
 from coopgrid.tasks.common import csv_row
 
 MISSING = {"", "na", "n/a", "nan", "null", "none"}
-_MISSING_VALUES = pa.array(sorted(MISSING))
 FLOAT_REL = 1e-12
 
 
@@ -319,28 +318,26 @@ _PLAIN_NUMBER = r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 def column_numbers(col: pa.ChunkedArray) -> tuple[np.ndarray, int, list[tuple[int, str]]]:
     """A string column's finite numbers, its count of missing values, and (row, reason) of the others.
 
-    One cast for the whole column when every value is a plain number or
-    missing; otherwise the plain ones are cast and only the rest go through
-    :func:`_number` one by one (a word, spaces around a number, ``inf``)."""
-    absent = pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(col)), value_set=_MISSING_VALUES)
-    n_missing = pc.sum(absent).as_py() or 0
-    present = col.filter(pc.invert(absent)) if n_missing else col
+    One cast for the whole column when every value is a plain finite number;
+    otherwise the plain ones are cast and only the rest go through
+    :func:`_number` one by one (missing, a word, spaces around a number, ``inf``)."""
     try:
-        vals = pc.cast(present, pa.float64()).to_numpy()
+        vals = pc.cast(col, pa.float64()).to_numpy()
         if np.isfinite(vals).all():
-            return np.ascontiguousarray(vals, dtype=np.float64), n_missing, []
+            return np.ascontiguousarray(vals, dtype=np.float64), 0, []
     except pa.ArrowInvalid:
         pass
-    plain = pc.and_(pc.match_substring_regex(col, _PLAIN_NUMBER), pc.invert(absent))
-    vals = pc.cast(col.filter(plain), pa.float64()).to_numpy()
-    finite = np.isfinite(vals)  # 1e999 is plain, and infinite
-    rest = pc.and_not(pc.invert(absent), plain)
-    if not finite.all():
-        rest = pc.or_(rest, _mask_at(np.flatnonzero(plain.to_numpy(zero_copy_only=False))[~finite], len(col)))
-    kept = [vals[finite]]
+    plain = np.array(pc.match_substring_regex(col, _PLAIN_NUMBER).to_numpy(zero_copy_only=False), dtype=bool)
+    vals = pc.cast(col.filter(pa.array(plain)), pa.float64()).to_numpy()
+    finite = np.isfinite(vals)
+    if not finite.all():  # 1e999 is plain, and infinite
+        plain[np.flatnonzero(plain)[~finite]] = False
+        vals = vals[finite]
+    rest = ~plain
+    kept = [vals]
+    n_missing = 0
     problems: list[tuple[int, str]] = []
-    rows = np.flatnonzero(rest.to_numpy(zero_copy_only=False))
-    for row, text in zip(rows.tolist(), col.take(pa.array(rows)).to_pylist()):
+    for row, text in zip(np.flatnonzero(rest).tolist(), col.filter(pa.array(rest)).to_pylist()):
         try:
             v = _number(text)
         except ValueError as exc:
@@ -351,12 +348,6 @@ def column_numbers(col: pa.ChunkedArray) -> tuple[np.ndarray, int, list[tuple[in
         else:
             kept.append(np.array([v]))
     return np.concatenate(kept).astype(np.float64, copy=False), n_missing, problems
-
-
-def _mask_at(rows: np.ndarray, n: int) -> pa.Array:
-    mask = np.zeros(n, dtype=bool)
-    mask[rows] = True
-    return pa.array(mask)
 
 
 def csv_block(dataset: Dataset, start: int, stop: int) -> tuple[pa.Buffer, np.ndarray]:
