@@ -193,8 +193,11 @@ class TrustQueries:
                     update(s.tasks).where(s.tasks.c.id == bindparam("tid")).values(state=bindparam("st")),
                     [{"tid": t, "st": st} for t, st in w.task_states.items()],
                 )
-            for task_id, n in w.issued.items():
-                conn.execute(update(s.tasks).where(s.tasks.c.id == task_id).values(issued=s.tasks.c.issued + n))
+            if w.issued:
+                conn.execute(
+                    update(s.tasks).where(s.tasks.c.id == bindparam("tid")).values(issued=s.tasks.c.issued + bindparam("n")),
+                    [{"tid": t, "n": n} for t, n in w.issued.items()],
+                )
             if w.replicas:
                 conn.execute(
                     insert(s.replicas),
@@ -253,11 +256,12 @@ class TrustQueries:
         """The worker passed another check: its provisional results with enough checks since become final."""
         finals = conn.execute(
             text(
-                "UPDATE results SET final = :yes WHERE worker_id = :w AND status = :accepted AND final = :no "
+                # the literal condition is ix_results_provisional's: a bound one would not select that index
+                "UPDATE results SET final = :yes WHERE worker_id = :w AND status = 'accepted' AND final = false "
                 "AND checks_at <= (SELECT max(checks_passed) FROM reputation WHERE worker_id = :w) "
                 "RETURNING task_id, job_id"
             ),
-            {"w": worker_id, "accepted": ResultStatus.ACCEPTED.value, "yes": True, "no": False},
+            {"w": worker_id, "yes": True},
         ).all()
         if finals:
             conn.execute(
