@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from coopgrid.blobs import BlobStore, open_blob_store
 from coopgrid.config import Settings
 from coopgrid.coordinator.auth import Auth
+from coopgrid.coordinator.duties import Duties
 from coopgrid.coordinator.epochs import Sealer
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.scheduler import Scheduler
@@ -42,6 +43,7 @@ class App:
     ledger: Ledger | None
     sealer: Sealer | None
     metrics: Metrics
+    duties: Duties
 
     def close(self) -> None:
         if self.ledger is not None:
@@ -167,6 +169,7 @@ def build(settings: Settings) -> App:
         ledger=ledger,
         sealer=sealer,
         metrics=metrics,
+        duties=Duties(store, settings.duty_ttl),
     )
     metrics.watch(app)
     return app
