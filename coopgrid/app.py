@@ -21,6 +21,7 @@ from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.scheduler import Scheduler
 from coopgrid.coordinator.summary import Summarizer
 from coopgrid.coordinator.validation import Validator
+from coopgrid.coordinator.wakeup import Wakeup
 from coopgrid.errors import ConfigError
 from coopgrid.identity import Identity
 from coopgrid.ledger import Ledger, open_ledger
@@ -156,6 +157,7 @@ def build(settings: Settings) -> App:
     )
     if ledger is not None:
         scheduler.stake_of = _cached_stakes(ledger)
+    scheduler.wakeup = Wakeup(store.engine)  # on PostgreSQL, LISTEN/NOTIFY across coordinator processes
     app = App(
         settings=settings,
         store=store,

@@ -247,6 +247,14 @@ def worker(
     exit_when_idle: Annotated[
         float | None, typer.Option(help="Stop after this many seconds without work (or without an answer).")
     ] = None,
+    long_poll: Annotated[
+        float,
+        typer.Option(
+            min=0, max=30, envvar="COOPGRID_LONG_POLL",
+            help="While idle, seconds each lease request waits at the coordinator for work (a long poll: new "
+            "work starts at once); 0 polls with short sleeps instead.",
+        ),
+    ] = 20.0,
     dishonest: Annotated[
         str | None,
         typer.Option(
@@ -306,7 +314,7 @@ def worker(
     client = WorkerClient(coordinator, identity, stop, give_up_after=exit_when_idle)
     options = WorkerOptions(
         name=name, owner=owner, batch_size=batch, task_types=task_type or [],
-        max_replicas=max_replicas, exit_when_idle=exit_when_idle, behaviour=behaviour,
+        max_replicas=max_replicas, exit_when_idle=exit_when_idle, behaviour=behaviour, long_poll=long_poll,
     )
     if dishonest:
         console.print(f"[bold red]TEST FACILITY: this worker is dishonest ({dishonest}) on purpose[/]")

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         500, ge=0, description="Lease requests all workers of one source network may make per second."
     )
     reap_interval: float = Field(1.0, gt=0, description="Seconds between scans for expired leases.")
+    long_poll_seconds: float = Field(
+        30.0, ge=0, le=30,
+        description="Longest an idle worker's lease request is held waiting for work (its long poll); 0 answers "
+        "at once. Held requests take at most half of max_connections; past that they are answered at once.",
+    )
     duty_ttl: float = Field(
         10.0, gt=0,
         description="Seconds a process leads a periodic duty (reaper, sealer) without renewing it; another process "

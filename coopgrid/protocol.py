@@ -177,6 +177,11 @@ class LeaseRequest(Strict):
     task_types: list[Annotated[str, Field(max_length=50)]] = Field(
         default_factory=list, max_length=64, description="Types this worker can run; empty means all."
     )
+    wait: float = Field(
+        0.0, ge=0, le=30,
+        description="Seconds to hold the request while there is no work (a long poll; the coordinator may "
+        "answer sooner, see long_poll_seconds in GET /v1/info); 0 answers at once.",
+    )
 
 
 class ResultItem(Strict):

@@ -36,6 +36,7 @@ from coopgrid.coordinator.edge import STATE_TOKEN, Edge, error_body, error_heade
 from coopgrid.coordinator.openapi import document
 from coopgrid.coordinator.ratelimit import TokenBuckets
 from coopgrid.coordinator.retention import purge_sealed_jobs
+from coopgrid.coordinator.wakeup import RECHECK
 from coopgrid.errors import (
     BlobNotFound, ChainUnavailable, Conflict, CoopgridError, DatabaseUnavailable, Forbidden, InvalidInput, NotFound,
 )
@@ -112,6 +113,7 @@ def create_api(app: App) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if await run_in_threadpool(app.duties.lead, REAPER):
             await run_in_threadpool(_catch_up)  # results recorded but not validated when the last process stopped
+        app.scheduler.wakeup.start(asyncio.get_running_loop())
         reaper = asyncio.create_task(_reap_forever())
         stop_sealing = threading.Event()
         sealer_thread = None
@@ -130,6 +132,7 @@ def create_api(app: App) -> FastAPI:
         try:
             yield
         finally:
+            app.scheduler.wakeup.close()
             reaper.cancel()
             stop_sealing.set()
             if sealer_thread is not None:
@@ -260,6 +263,7 @@ def create_api(app: App) -> FastAPI:
             "max_upload_bytes": settings.max_upload_bytes,
             "max_json_bytes": settings.max_json_bytes,
             "max_results_bytes": settings.max_results_bytes,
+            "long_poll_seconds": settings.long_poll_seconds,
         }
 
     # -- tokens -----------------------------------------------------------------
@@ -441,10 +445,39 @@ def create_api(app: App) -> FastAPI:
         leases_by_owner.take(worker.owner)
         leases_by_network.take(worker.network or "")
         req = LeaseRequest.model_validate_json(await request.body() or b"{}")
+        wakeup = app.scheduler.wakeup
+        mark = wakeup.generation
         granted = await run_in_threadpool(app.scheduler.lease, worker, req)
+        wait = min(req.wait, settings.long_poll_seconds)
+        # held requests hold connections: past half of them, idle workers fall back to polling
+        if granted is None and wait > 0 and wakeup.waiting < settings.max_connections // 2:
+            granted = await _long_poll(request, worker, req, mark, wait)
         if granted is None:
             return Response(status_code=204)
         return _json(granted, 201)
+
+    async def _long_poll(request: Request, worker: Any, req: LeaseRequest, mark: int, wait: float) -> Any:
+        """Hold an idle worker's lease request until work may be there, then lease; None when the wait ends."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        wakeup = app.scheduler.wakeup
+        # the body is read: what comes next from the client can only be its disconnect
+        gone = asyncio.ensure_future(request.receive())
+        try:
+            while not wakeup.closed and not gone.done():
+                left = deadline - loop.time()
+                if left <= 0:
+                    return None
+                await wakeup.wait(mark, min(left, RECHECK), gone)
+                if gone.done():
+                    break  # a worker that left (stopped, cut off) must not be leased work it will never run
+                mark = wakeup.generation
+                granted = await run_in_threadpool(app.scheduler.lease, worker, req)
+                if granted is not None:
+                    return granted
+            return None
+        finally:
+            gone.cancel()
 
     @api.post("/v1/leases/{lease_id}/heartbeat", tags=["workers"])
     async def heartbeat(lease_id: Id, request: Request) -> Response:

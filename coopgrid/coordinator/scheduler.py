@@ -26,6 +26,7 @@ from coopgrid.coordinator.access import can_read, unreadable_dataset
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.trust import TrustPolicy, gold_probability
 from coopgrid.coordinator.validation import Validator
+from coopgrid.coordinator.wakeup import Wakeup
 from coopgrid.errors import (
     AuthError, CoopgridError, DatasetError, Forbidden, IntegrityError, InvalidInput, JobNotFound, LeaseError,
 )
@@ -90,6 +91,8 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
         self._gold_rate: tuple[float, float] = (0.0, -1.0)  # (rate, when read)
+        #: wakes held lease requests (long polls) when work may have appeared; app.build gives it the database
+        self.wakeup = Wakeup()
 
     # -- submission ---------------------------------------------------------------
 
@@ -153,6 +156,7 @@ class Scheduler:
         )
         new_tasks = self._tasks(spec, task_type, params, dataset, limits, model.manifest if model_hash else None)
         record = self.store.create_job(job, new_tasks, time.time())
+        self.wakeup.notify(others=True)
         log.info(
             "job %s submitted by %s: %s, %d items in %d tasks", record.id, token.name, record.task_type,
             record.n_items, record.n_tasks,
@@ -376,6 +380,10 @@ class Scheduler:
         self.metrics.count_results(outcome.statuses)
         if outcome.tasks and not outcome.lease_expired:
             outcome.completed_jobs += self.validator.validate(outcome.tasks)
+        if batch.release:
+            self.wakeup.notify(others=True)
+        elif outcome.tasks and self.wakeup.waiting:
+            self.wakeup.notify()  # validation may have issued more replicas (a dispute, an audit)
         if outcome.lease_expired:
             raise LeaseError(
                 f"lease {lease_id} expired at {view.expires_at:.0f} and its replicas were reissued; "
@@ -385,7 +393,10 @@ class Scheduler:
         return outcome
 
     def reap(self) -> int:
-        return self.store.reap_expired(time.time())
+        n = self.store.reap_expired(time.time())
+        if n:
+            self.wakeup.notify(others=True)
+        return n
 
 
 def _check_shard(first: Dataset, shard: Dataset, digest: str) -> None:

@@ -157,6 +157,22 @@ class TimedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server, releasing held long polls as it starts to shut down.
+
+    uvicorn waits for requests in flight (up to timeout_graceful_shutdown) before
+    the app's lifespan ends: an idle worker's lease request held for 30 s would
+    make every stop wait, then be cut off. Released, it is answered 204 at once."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets=None):  # type: ignore[no-untyped-def]
+        self._on_shutdown()
+        await super().shutdown(sockets=sockets)
+
+
 def client_key(host: str) -> str:
     """What connections are counted by: the address, or its /64 for IPv6 (one subscriber's share)."""
     if ":" not in host:
@@ -253,7 +269,7 @@ def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        StoppingServer(config, app.scheduler.wakeup.close).run(sockets=[sock])
     finally:
         app.close()
 

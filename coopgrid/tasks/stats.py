@@ -34,13 +34,15 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, field_validator
 
@@ -237,6 +239,141 @@ def csv_columns(records: Sequence[bytes], header: list[str], delimiter: str, col
     """Parse CSV records: per column the values (float64) and missing counts, and the bad rows' reasons.
 
     A malformed row counts nowhere; a bad value is left out of its own column only."""
+    return block_columns(b"\n".join(records), len(records), header, delimiter, columns, lambda: list(records))
+
+
+def block_columns(
+    block: bytes | pa.Buffer, n: int, header: list[str], delimiter: str, columns: list[str],
+    records: Callable[[], Sequence[bytes]], threads: bool = False,
+) -> tuple[dict[str, np.ndarray], dict[str, int], dict[int, str]]:
+    """:func:`csv_columns` of ``n`` records joined by newlines into ``block``.
+
+    pyarrow's CSV reader parses the block in one pass (malformed rows reported
+    through its invalid-row handler, each by its row number; values typed in
+    one cast per column). Records it cannot account for one row each (a quote
+    left open, an empty line) are parsed one by one with the standard library
+    (``records()``), to pin each error on its own row. With ``threads`` the
+    reader uses every core but cannot number rows: the errors are then left out."""
+    parsed = _arrow_table(block, n, header, delimiter, columns, threads)
+    if parsed is None:
+        return _python_columns(records(), header, delimiter, columns)
+    table, errors = parsed
+    good_rows: np.ndarray | None = None  # table row -> record index, made only when a value is bad
+    values: dict[str, np.ndarray] = {}
+    missing: dict[str, int] = {}
+    bad: dict[int, list[str]] = {}
+    for c in columns:
+        values[c], missing[c], problems = column_numbers(table.column(c))
+        if threads:
+            continue
+        if problems and good_rows is None:
+            good_rows = np.delete(np.arange(n), sorted(errors))
+        for row, reason in problems:
+            bad.setdefault(int(good_rows[row]), []).append(f"column {c!r}: {reason}")  # type: ignore[index]
+    if threads:
+        return values, missing, {}
+    for i, reasons in bad.items():
+        errors[i] = "; ".join(reasons)
+    return values, missing, dict(sorted(errors.items()))
+
+
+def _arrow_table(
+    block: bytes | pa.Buffer, n: int, header: list[str], delimiter: str, columns: list[str], threads: bool = False
+) -> tuple[pa.Table, dict[int, str]] | None:
+    """The records' ``columns`` as strings, one row per good record, and the malformed rows' reasons; None
+    when the records do not parse one row each."""
+    width = len(header)
+    malformed: dict[int, str] = {}
+
+    def invalid(row: Any) -> str:
+        if row.number is None and not threads:  # never with one thread; without it no row could be named
+            raise ValueError("a malformed row without a number")
+        at = row.number - 1 if row.number is not None else -1 - len(malformed)
+        malformed[at] = f"bad CSV row: {row.actual_columns} fields, the header has {width}"
+        return "skip"
+
+    if len(set(header)) != width or len(delimiter) != 1:
+        return None
+    try:
+        table = pacsv.read_csv(
+            block if isinstance(block, pa.Buffer) else pa.py_buffer(block),
+            read_options=pacsv.ReadOptions(column_names=header, use_threads=threads),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=invalid),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=columns, column_types=dict.fromkeys(columns, pa.string()),
+                strings_can_be_null=False, quoted_strings_can_be_null=False, check_utf8=True,
+            ),
+        )
+    except (pa.ArrowException, ValueError):
+        return None
+    if table.num_rows + len(malformed) != n:
+        return None
+    return table, malformed
+
+
+#: what pyarrow's cast to float64 reads exactly as Python's float() does; anything else is read by float()
+_PLAIN_NUMBER = r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+
+
+def column_numbers(col: pa.ChunkedArray) -> tuple[np.ndarray, int, list[tuple[int, str]]]:
+    """A string column's finite numbers, its count of missing values, and (row, reason) of the others.
+
+    One cast for the whole column when every value is a plain finite number;
+    otherwise the plain ones are cast and only the rest go through
+    :func:`_number` one by one (missing, a word, spaces around a number, ``inf``)."""
+    try:
+        vals = pc.cast(col, pa.float64()).to_numpy()
+        if np.isfinite(vals).all():
+            return np.ascontiguousarray(vals, dtype=np.float64), 0, []
+    except pa.ArrowInvalid:
+        pass
+    plain = np.array(pc.match_substring_regex(col, _PLAIN_NUMBER).to_numpy(zero_copy_only=False), dtype=bool)
+    vals = pc.cast(col.filter(pa.array(plain)), pa.float64()).to_numpy()
+    finite = np.isfinite(vals)
+    if not finite.all():  # 1e999 is plain, and infinite
+        plain[np.flatnonzero(plain)[~finite]] = False
+        vals = vals[finite]
+    rest = ~plain
+    kept = [vals]
+    n_missing = 0
+    problems: list[tuple[int, str]] = []
+    for row, text in zip(np.flatnonzero(rest).tolist(), col.filter(pa.array(rest)).to_pylist()):
+        try:
+            v = _number(text)
+        except ValueError as exc:
+            problems.append((row, str(exc)))
+            continue
+        if v is None:
+            n_missing += 1
+        else:
+            kept.append(np.array([v]))
+    return np.concatenate(kept).astype(np.float64, copy=False), n_missing, problems
+
+
+def csv_block(dataset: Dataset, start: int, stop: int) -> tuple[pa.Buffer, np.ndarray]:
+    """Records ``start:stop`` of a CSV dataset joined by newlines, and their offsets without the newlines.
+
+    Joined by pyarrow straight from the dataset's buffer, with no Python object per record."""
+    assert dataset.offsets is not None
+    offs = dataset.offsets[start : stop + 1]
+    rel = (offs - offs[0]).astype(np.int64)
+    n = stop - start
+    records = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), n, [None, pa.py_buffer(rel), pa.py_buffer(dataset.x[offs[0] : offs[-1]])]
+    )
+    joined = pc.binary_join(pa.LargeListArray.from_arrays(pa.array([0, n], pa.int64()), records),
+                            pa.scalar(b"\n", pa.large_binary()))
+    ends = np.frombuffer(joined.buffers()[1], dtype=np.int64, count=2)
+    return joined.buffers()[2].slice(int(ends[0]), int(ends[1] - ends[0])), rel
+
+
+def block_records(block: bytes | pa.Buffer, rel: np.ndarray) -> list[bytes]:
+    """The records of a :func:`csv_block`, one by one again."""
+    data = block.to_pybytes() if isinstance(block, pa.Buffer) else block
+    return [data[rel[i] + i : rel[i + 1] + i] for i in range(len(rel) - 1)]
+
+
+def _python_columns(records: Sequence[bytes], header: list[str], delimiter: str, columns: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int], dict[int, str]]:
     values: dict[str, list[float]] = {c: [] for c in columns}
     missing = dict.fromkeys(columns, 0)
     errors: dict[int, str] = {}
@@ -282,15 +419,24 @@ class StatsTask(TaskType):
         if dataset.kind == "bytes" and dataset.media == "csv":
             header = dataset.meta.get("header", [])
             delimiter = dataset.meta.get("delimiter", ",")
-            records = dataset.items()
+            n = len(dataset)
+            block, _ = csv_block(dataset, 0, n)
             if params.columns is None:
-                columns = self._numeric_csv_columns(records, header, delimiter)
+                columns = self._numeric_csv_columns(block, n, header, delimiter, dataset.items)
             else:
                 columns = self._check_columns(params.columns, header)
-            values, _, _ = csv_columns(records, header, delimiter, columns)
+            values, _, _ = block_columns(block, n, header, delimiter, columns, dataset.items, threads=True)
+            del block
             edges = self._edges(params, {c: v for c, v in values.items()})
-            meta = {"format": "csv", "header": header, "delimiter": delimiter}
-            chunks = ((dataset.items(a, b), b - a) for a, b in dataset.ranges(task_size, params.task_bytes))
+            # a task's records travel as one block (and their offsets), parsed by pyarrow in one pass
+            meta = {"format": "csv-block", "header": header, "delimiter": delimiter}
+
+            def csv_chunks() -> Iterator[tuple[list[bytes], int]]:
+                for a, b in dataset.ranges(task_size, params.task_bytes):
+                    blk, rel = csv_block(dataset, a, b)
+                    yield [blk.to_pybytes(), rel.astype("<u8").tobytes()], b - a
+
+            chunks = csv_chunks()
         elif dataset.kind == "table":
             table = dataset.table()
             numeric = numeric_table_columns(table)
@@ -324,11 +470,21 @@ class StatsTask(TaskType):
         return list(wanted)
 
     @staticmethod
-    def _numeric_csv_columns(records: list[bytes], header: list[str], delimiter: str) -> list[str]:
+    def _numeric_csv_columns(
+        block: pa.Buffer, n: int, header: list[str], delimiter: str, records: Callable[[], Sequence[bytes]]
+    ) -> list[str]:
         """Columns whose values are mostly numbers (a stray word is then a bad row, not a text column)."""
+        parsed = _arrow_table(block, n, header, delimiter, header, threads=True)
+        if parsed is not None:
+            out = []
+            for c in header:
+                vals, _, problems = column_numbers(parsed[0].column(c))
+                if len(vals) > 0 and len(vals) > len(problems):
+                    out.append(c)
+            return out
         numbers = dict.fromkeys(header, 0)
         words = dict.fromkeys(header, 0)
-        for row in csv_rows(records, header, delimiter):
+        for row in csv_rows(records(), header, delimiter):
             if isinstance(row, ValueError):
                 continue
             for c, v in row.items():
@@ -356,7 +512,14 @@ class StatsTask(TaskType):
         meta, items = unpack(task_input)
         columns, k, bins = meta["columns"], meta["k"], meta["bins"]
         errors: dict[int, str] = {}
-        if meta["format"] == "csv":
+        if meta["format"] == "csv-block":
+            block, rel = items[0], np.frombuffer(items[1], dtype="<u8").astype(np.int64)
+            n = len(rel) - 1
+            values, missing, errors = block_columns(
+                block, n, meta["header"], meta["delimiter"], columns, lambda: block_records(block, rel)
+            )
+            rows = n - sum(r.startswith("bad CSV") for r in errors.values())  # malformed rows only
+        elif meta["format"] == "csv":  # records one by one (tasks split by earlier versions)
             values, missing, errors = csv_columns(items, meta["header"], meta["delimiter"], columns)
             rows = len(items) - sum(r.startswith("bad CSV") for r in errors.values())  # malformed rows only
         else:

@@ -117,6 +117,11 @@ class WorkerClient:
         return int(self.info.get("max_results_bytes", 16 * 1024 * 1024))
 
     @property
+    def long_poll_seconds(self) -> float:
+        """The longest the coordinator holds an idle lease request (older coordinators: 0, they never do)."""
+        return float(self.info.get("long_poll_seconds", 0.0))
+
+    @property
     def info(self) -> dict[str, Any]:
         if self._info is None:
             self._info = self.request("GET", "/v1/info", signed=False).json()
@@ -126,7 +131,8 @@ class WorkerClient:
         self.http.close()
 
     def request(
-        self, method: str, path: str, body: Any = None, retry: bool = True, signed: bool = True
+        self, method: str, path: str, body: Any = None, retry: bool = True, signed: bool = True,
+        timeout: float | None = None,
     ) -> httpx.Response:
         content = b"" if body is None else orjson.dumps(body)
         attempt = 0
@@ -138,7 +144,10 @@ class WorkerClient:
             if content:
                 headers["content-type"] = "application/json"
             try:
-                response = self.http.request(method, self.base_url + path, content=content, headers=headers)
+                response = self.http.request(
+                    method, self.base_url + path, content=content, headers=headers,
+                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
                 if response.status_code not in RETRY_STATUS:
                     if response.status_code >= 400:
                         raise error_from_response(response)

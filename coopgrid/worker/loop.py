@@ -34,6 +34,8 @@ class WorkerOptions:
     batch_size: int = 256
     task_types: list[str] = field(default_factory=list)
     max_idle_sleep: float = 0.25  # idle polls are cheap (no write); a new job starts sooner
+    #: while idle, seconds a lease request waits at the coordinator for work (0: sleep between polls instead)
+    long_poll: float = 20.0
     #: TEST FACILITY: a dishonest behaviour (see coopgrid.worker.dishonest); honest by default
     behaviour: Behaviour = field(default_factory=Behaviour)
     #: stop after this many replicas (None: run until told to stop); for tests and benchmarks
@@ -117,13 +119,24 @@ class Worker:
             want = self.options.batch_size
             if self.options.max_replicas is not None:
                 want = min(want, self.options.max_replicas - self.stats.replicas)
-            response = self.client.post_json(
-                "/v1/leases", {"max_replicas": want, "task_types": self.options.task_types}
-            )
+            body: dict[str, Any] = {"max_replicas": want, "task_types": self.options.task_types}
+            wait = self._poll_wait(idle_since)
+            asked = time.monotonic()
+            if wait:
+                body["wait"] = wait
+                response = self._long_poll(body, wait)
+            else:
+                response = self.client.post_json("/v1/leases", body)
             if response.status_code == 204:
-                idle_since = idle_since or time.monotonic()
+                first = idle_since is None
+                idle_since = idle_since or asked
                 if self.options.exit_when_idle is not None and time.monotonic() - idle_since > self.options.exit_when_idle:
                     return
+                if first and self._poll_wait(idle_since):
+                    continue  # straight into a long poll
+                if wait and time.monotonic() - asked >= wait / 2:
+                    continue  # held, and nothing came: ask again at once
+                # not held (an older coordinator, one with no room for more held requests): sleep, backing off
                 idle = min(self.options.max_idle_sleep, max(0.02, idle * 2))
                 self.stop.wait(random.uniform(idle / 2, idle))
                 continue
@@ -134,6 +147,40 @@ class Worker:
             with self._active_lock:
                 self._active[lease["lease_id"]] = lease["expires_at"]
             self._outbox.put((lease["lease_id"], self._run_lease(lease)))
+
+    def _poll_wait(self, idle_since: float | None) -> float:
+        """How long the next lease request may wait for work: 0 until idle, or without long polls."""
+        if idle_since is None or not self.options.long_poll:
+            return 0.0
+        wait = min(self.options.long_poll, self.client.long_poll_seconds)
+        if self.options.exit_when_idle is not None:
+            wait = min(wait, self.options.exit_when_idle - (time.monotonic() - idle_since))
+        return round(wait, 3) if wait >= 0.05 else 0.0
+
+    def _long_poll(self, body: dict[str, Any], wait: float) -> Any:
+        """POST /v1/leases held up to ``wait`` seconds, on a thread: a stop must not wait for the answer.
+
+        Stopped meanwhile, the request is abandoned: this process exits, and the
+        coordinator leases nothing to a request whose client has gone."""
+        box: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=1)
+
+        def ask() -> None:
+            try:
+                box.put((self.client.request("POST", "/v1/leases", body, timeout=wait + 15), None))
+            except BaseException as exc:  # handed to the loop, which raises it
+                box.put((None, exc))
+
+        threading.Thread(target=ask, name="long-poll", daemon=True).start()
+        while True:
+            try:
+                response, exc = box.get(timeout=0.1)
+            except queue.Empty:
+                if self.stop.is_set():
+                    raise Stopped() from None
+                continue
+            if exc is not None:
+                raise exc
+            return response
 
     def _run_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
         results, refs, release = [], [], []

@@ -30,9 +30,11 @@ from coopgrid.identity import Identity
 
 class Coordinator:
     def __init__(self, data_dir: Path) -> None:
-        # rate limits off: the fuzzer is one worker key sending as fast as it can
+        # rate limits off: the fuzzer is one worker key sending as fast as it can; and no long polls: a
+        # generated lease request with a wait would be held that long once the one job is leased out
         self.app: App = build(Settings(data_dir=data_dir, ledger="none", worker_requests_per_second=0,
-                                       owner_requests_per_second=0, network_requests_per_second=0))
+                                       owner_requests_per_second=0, network_requests_per_second=0,
+                                       long_poll_seconds=0))
         self.api = create_api(self.app)
         self.client = TestClient(self.api).__enter__()
         self.operator = self.app.auth.ensure_operator()
