@@ -162,6 +162,9 @@ class WorkerRegistration(Strict):
 
     name: str = Field("", max_length=100, description="Free-form label shown in listings.")
     owner: str = Field("", max_length=100, description="Who runs this worker; replicas of one task avoid one owner.")
+    trusted: bool = Field(
+        False, description="Vouched for by the operator: the request must also carry an operator's API token."
+    )
 
 
 class LeaseRequest(Strict):

@@ -16,7 +16,7 @@ from typing import Any
 
 from coopgrid import tasks
 from coopgrid.coordinator.metrics import Metrics
-from coopgrid.coordinator.trust import Candidate, TrustPolicy, decide
+from coopgrid.coordinator.trust import Candidate, TrustPolicy, decide, established
 from coopgrid.store.base import Accept, CandidateRow, Store, TaskCheck, ValidationWrite
 from coopgrid.store.schema import ReplicaKind, ResultStatus, TaskState
 
@@ -110,20 +110,24 @@ class Validator:
             return
 
         if c.state == TaskState.OPEN.value:
-            cands = [Candidate(p.result_id, p.worker_id, p.owner, "pending", read(p), p.run, p.kind) for p in live]
+            cands = [
+                Candidate(p.result_id, p.worker_id, p.owner, "pending", read(p), p.run, p.kind, p.trusted)
+                for p in live
+            ]
             d = decide(policy, cands, c.issued, agree, self.rng, outstanding=c.outstanding)
             if d.accept is not None:
                 accepted = next(p for p in live if p.result_id == d.accept)
                 # a provisional result waits for its worker's later checks, unless none are asked for
                 final = not d.provisional or policy.finality_checks == 0
                 checks_at = None if final else accepted.checks_passed + policy.finality_checks
-                w.accepts.append(Accept(c.task_id, accepted.result_id, final, checks_at))
+                w.accepts.append(Accept(c.task_id, accepted.result_id, final, checks_at, d.rooted))
                 w.task_states[c.task_id] = (TaskState.DONE if final else TaskState.PROVISIONAL).value
                 w.job(c.job_id, done=1)
-                if final:
+                if final or d.valid:  # a quorum (even of newcomers) is a validation; a lone result is not
                     rep(accepted.worker_id).valid += 1
                 for rid in d.valid:
-                    w.statuses[rid] = (ResultStatus.VALID.value, True)
+                    # paid only once the task is final (a newcomer quorum waits for an established opinion)
+                    w.statuses[rid] = (ResultStatus.VALID.value, final)
                     rep(_worker(live, rid)).valid += 1
                 for rid in d.invalid:
                     w.statuses[rid] = (ResultStatus.INVALID.value, False)
@@ -156,26 +160,35 @@ class Validator:
                     r.valid += 1
                     r.gold_passed += 1
                     r.checks += 1
-                else:
+                elif c.rooted:  # the answer came from a root of trust: a lie, or a broken worker
                     w.statuses[p.result_id] = (ResultStatus.INVALID.value, False)
                     r.gold_failed += 1
-            elif provisional:
-                # an audit (or any second opinion) of a result accepted without replication
-                if ok:
-                    w.statuses[p.result_id] = (ResultStatus.VALID.value, True)
-                    w.accepts.append(Accept(c.task_id, c.canonical.result_id, True, None))
-                    w.task_states[c.task_id] = TaskState.DONE.value
-                    rep(p.worker_id).valid += 1
-                    owner = rep(c.canonical.worker_id)
-                    owner.valid += 1
-                    owner.checks += 1
+                elif c.sealed:
+                    # an answer no trusted worker confirmed, on chain already: recorded, nobody punished
+                    w.statuses[p.result_id] = (ResultStatus.INVALID.value, False)
                 else:
-                    # a dispute: the provisional acceptance is withdrawn and a tie-breaker decides
-                    w.statuses[c.canonical.result_id] = (ResultStatus.PENDING.value, False)
-                    w.task_states[c.task_id] = TaskState.OPEN.value
-                    w.job(c.job_id, done=-1)
-                    w.issued[c.task_id] = w.issued.get(c.task_id, 0) + 1
-                    w.replicas.append((c.task_id, c.job_id, ReplicaKind.NORMAL.value))
+                    # ordinary workers decided it, and they may have colluded: a dispute, decided
+                    # again with this result among the candidates and one more replica
+                    w.reopen[c.task_id] = c.job_id
+                    return
+            elif provisional:
+                # an audit (or any second opinion) of a result accepted provisionally
+                if ok:
+                    confirms = established(policy, Candidate(p.result_id, p.worker_id, p.owner, "", None, p.run,
+                                                             p.kind, p.trusted))
+                    w.statuses[p.result_id] = (ResultStatus.VALID.value, confirms)
+                    rep(p.worker_id).valid += 1
+                    if confirms:  # an established worker agrees: final
+                        w.accepts.append(Accept(c.task_id, c.canonical.result_id, True, None, p.trusted))
+                        w.task_states[c.task_id] = TaskState.DONE.value
+                        owner = rep(c.canonical.worker_id)
+                        owner.valid += 1
+                        owner.checks += 1
+                    else:  # another newcomer agreeing proves nothing more: ask again
+                        w.replicas.append((c.task_id, c.job_id, ReplicaKind.AUDIT.value))
+                else:
+                    # a dispute: the provisional acceptance is withdrawn and the task decided again
+                    w.reopen[c.task_id] = c.job_id
                 return
             elif ok:
                 w.statuses[p.result_id] = (ResultStatus.VALID.value, c.canonical.final)

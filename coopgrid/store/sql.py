@@ -130,6 +130,8 @@ def _worker(row: Any) -> WorkerRecord:
         quarantine_reason=row.quarantine_reason,
         network=row.network,
         prior_quarantines=row.prior_quarantines,
+        trusted=bool(row.trusted),
+        partner_quarantines=row.partner_quarantines,
     )
 
 
@@ -254,7 +256,7 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
     # -- workers ----------------------------------------------------------------
 
     def register_worker(
-        self, address: str, name: str, owner: str, now: float, network: str | None = None
+        self, address: str, name: str, owner: str, now: float, network: str | None = None, trusted: bool = False
     ) -> WorkerRecord:
         with self._write() as conn:
             row = conn.execute(select(s.workers).where(s.workers.c.address == address)).first()
@@ -262,7 +264,8 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                 conn.execute(
                     update(s.workers)
                     .where(s.workers.c.id == row.id)
-                    .values(name=name, owner=owner, last_seen=now, network=network)
+                    # vouching is given by registering with an operator token, and kept until quarantine
+                    .values(name=name, owner=owner, last_seen=now, network=network, trusted=row.trusted or trusted)
                 )
             else:
                 lineage = [s.workers.c.network == network] if network else []
@@ -278,7 +281,7 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                 conn.execute(
                     insert(s.workers).values(
                         address=address, name=name, owner=owner, registered_at=now, last_seen=now, network=network,
-                        prior_quarantines=prior,
+                        prior_quarantines=prior, trusted=trusted,
                     )
                 )
             row = conn.execute(select(s.workers).where(s.workers.c.address == address)).one()
@@ -579,26 +582,19 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
         self, conn: Any, worker_id: int, kin: list[int], lease_id: int, k: int, types: list[str], now: float,
         rng: random.Random,
     ) -> int:
-        """Lease ``k`` gold replicas: tasks of running jobs whose final answer is known."""
+        """Lease ``k`` gold replicas: tasks of running jobs whose final answer is known.
+
+        Rooted answers (a trusted worker took part) first: only those can prove a lie; the
+        others, decided by ordinary workers, are disputes when failed (see validation)."""
         # two queries: SQLite answers min() and max() from the index only when asked one at a time
         lo = conn.execute(select(func.min(s.tasks.c.id))).scalar()
         hi = conn.execute(select(func.max(s.tasks.c.id))).scalar()
         if lo is None or hi is None:
             return 0
-        q = (
-            "SELECT t.id, t.job_id FROM tasks t JOIN jobs j ON j.id = t.job_id"
-            " WHERE t.state = :done AND j.state = 'running' AND t.id >= :pivot"
-            + (" AND j.task_type IN :types" if types else "")
-            + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = t.id AND o.worker_id IN :kin)"
-            " ORDER BY t.id LIMIT :k"
-        )
-        stmt = text(q).bindparams(bindparam("kin", expanding=True))
-        if types:
-            stmt = stmt.bindparams(bindparam("types", expanding=True))
-        params = {"done": TaskState.DONE.value, "kin": kin, "k": k, **({"types": types} if types else {})}
-        found = conn.execute(stmt, {**params, "pivot": rng.randint(lo, hi)}).all()
+        pivot = rng.randint(lo, hi)
+        found = self._gold_tasks(conn, kin, k, types, lo, pivot, rooted=True)
         if len(found) < k:
-            found += conn.execute(stmt, {**params, "pivot": lo, "k": k - len(found)}).all()
+            found += self._gold_tasks(conn, kin, k - len(found), types, lo, pivot, rooted=False)
         found = list({t.id: t for t in found}.values())[:k]
         if found:
             conn.execute(
@@ -610,6 +606,27 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                 ],
             )
         return len(found)
+
+    def _gold_tasks(
+        self, conn: Any, kin: list[int], k: int, types: list[str], lo: int, pivot: int, rooted: bool
+    ) -> list[Any]:
+        q = (
+            "SELECT t.id, t.job_id FROM tasks t JOIN jobs j ON j.id = t.job_id"
+            # rooted ones spelled as the partial index ix_tasks_rooted is, so that it serves them
+            + (" WHERE t.state = 'done' AND t.rooted" if rooted else " WHERE t.state = :done")
+            + " AND j.state = 'running' AND t.id >= :pivot"
+            + (" AND j.task_type IN :types" if types else "")
+            + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = t.id AND o.worker_id IN :kin)"
+            " ORDER BY t.id LIMIT :k"
+        )
+        stmt = text(q).bindparams(bindparam("kin", expanding=True))
+        if types:
+            stmt = stmt.bindparams(bindparam("types", expanding=True))
+        params = {"done": TaskState.DONE.value, "kin": kin, "k": k, **({"types": types} if types else {})}
+        found = list(conn.execute(stmt, {**params, "pivot": pivot}).all())
+        if len(found) < k:
+            found += conn.execute(stmt, {**params, "pivot": lo, "k": k - len(found)}).all()
+        return found
 
     def queue_depth(self, active_since: float, cap: int = 1_000_000) -> tuple[int, int]:
         with self._read() as conn:
@@ -674,9 +691,10 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                 raise LeaseError(f"lease {lease_id} is unknown to this coordinator", lease_id=lease_id)
             expired = lease.state == "expired" or lease.expires_at < now
             outcome.lease_expired = expired
-            quarantined = conn.execute(
-                select(s.workers.c.quarantined_at).where(s.workers.c.id == worker_id)
-            ).scalar() is not None
+            me = conn.execute(
+                select(s.workers.c.quarantined_at, s.workers.c.trusted).where(s.workers.c.id == worker_id)
+            ).one()
+            quarantined = me.quarantined_at is not None
             replica_rows = {
                 r.id: r
                 for r in conn.execute(
@@ -720,9 +738,12 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                     won = set(
                         conn.execute(
                             text(
-                                "UPDATE tasks SET state = :done WHERE state = :open AND id IN :ids RETURNING id"
+                                # a trusted worker's answer is a root of trust: fit for gold that quarantines
+                                "UPDATE tasks SET state = :done, rooted = :rooted WHERE state = :open AND id IN :ids "
+                                "RETURNING id"
                             ).bindparams(bindparam("ids", expanding=True)),
-                            {"done": TaskState.DONE.value, "open": TaskState.OPEN.value, "ids": sorted(direct)},
+                            {"done": TaskState.DONE.value, "open": TaskState.OPEN.value, "ids": sorted(direct),
+                             "rooted": bool(me.trusted)},
                         ).scalars()
                     )
             credited: dict[str, int] = {}

@@ -73,7 +73,10 @@ class WorkerClient:
         timeout: float = 30.0,
         backoff_cap: float = 10.0,
         give_up_after: float | None = None,
+        token: str | None = None,
     ) -> None:
+        #: an operator's API token, sent only where asked (registering as a trusted worker)
+        self.token = token
         self.base_url = base_url.rstrip("/")
         #: raise CoordinatorUnavailable once the coordinator has not answered for this long (None: retry for ever)
         self.give_up_after = give_up_after
@@ -103,7 +106,8 @@ class WorkerClient:
         self.http.close()
 
     def request(
-        self, method: str, path: str, body: Any = None, retry: bool = True, signed: bool = True
+        self, method: str, path: str, body: Any = None, retry: bool = True, signed: bool = True,
+        authorized: bool = False,
     ) -> httpx.Response:
         content = b"" if body is None else orjson.dumps(body)
         attempt = 0
@@ -113,6 +117,8 @@ class WorkerClient:
             headers = self.identity.request_headers(method, path, content, self.grid) if signed else {}
             if content:
                 headers["content-type"] = "application/json"
+            if authorized and self.token:
+                headers["authorization"] = f"Bearer {self.token}"
             try:
                 response = self.http.request(method, path, content=content, headers=headers)
                 if response.status_code not in RETRY_STATUS:
@@ -141,5 +147,5 @@ class WorkerClient:
     def get_json(self, path: str) -> Any:
         return self.request("GET", path).json()
 
-    def post_json(self, path: str, body: Any = None) -> httpx.Response:
-        return self.request("POST", path, body if body is not None else {})
+    def post_json(self, path: str, body: Any = None, authorized: bool = False) -> httpx.Response:
+        return self.request("POST", path, body if body is not None else {}, authorized=authorized)

@@ -133,7 +133,8 @@ def test_clusters_use_the_task_types_comparator() -> None:
 
 
 def test_a_quorum_of_agreeing_results_from_different_owners_accepts_the_task() -> None:
-    d = run_decide(FIXED, [cand(1, "x"), cand(2, "x")])
+    # one of them has a record (newcomers alone are only provisional: test_trust_collusion.py)
+    d = run_decide(FIXED, [cand(1, "x", run=10), cand(2, "x")])
     assert (d.accept, d.provisional, d.audit, d.valid, d.invalid, d.more, d.inconclusive) == (
         1, False, False, [2], [], 0, False
     )
