@@ -132,6 +132,10 @@ class Decision:
     more: int = 0  # further normal replicas to issue
     inconclusive: bool = False
     rooted: bool = False  # a trusted worker took part in accepting it: fit for gold that quarantines
+    blame: bool = True  # the invalid results count against their workers (not when outvoted by newcomers)
+    # newcomers' results in a disagreement (decided or not): their runs start again, since a colluder
+    # disagrees with the honest majority far more often than an honest worker does
+    contested: list[int] = field(default_factory=list)
 
 
 def clusters(cands: Sequence[Candidate], agree: Callable[[Any, Any], bool]) -> list[list[Candidate]]:
@@ -164,6 +168,8 @@ def decide(
         return d
     groups = clusters(cands, agree)
     best = groups[0]
+    if len(groups) > 1:
+        d.contested = [c.result_id for c in cands if not established(policy, c)]
     owners = {c.owner or f"#{c.worker_id}" for c in best}
     tied = len(groups) > 1 and len(groups[1]) == len(best)
     if len(best) >= policy.quorum and len(owners) >= policy.quorum and not tied:
@@ -172,9 +178,11 @@ def decide(
         d.invalid = [c.result_id for g in groups[1:] for c in g]
         d.rooted = any(c.trusted for c in best)
         if policy.quorum > 1 and not any(established(policy, c) for c in best):
-            # newcomers agreeing with each other is what a Sybil attack looks like: one more opinion
+            # newcomers agreeing with each other is what a Sybil attack looks like: one more opinion,
+            # and being outvoted by them is no evidence against anyone
             d.provisional = True
             d.audit = True
+            d.blame = False
         return d
     # replicas issued whose results have not come back yet may still complete the quorum
     # (the store counts them; without it, assume every issued replica not answered is out)

@@ -115,6 +115,8 @@ class Validator:
                 for p in live
             ]
             d = decide(policy, cands, c.issued, agree, self.rng, outstanding=c.outstanding)
+            for rid in d.contested:
+                rep(_worker(live, rid)).contested += 1
             if d.accept is not None:
                 accepted = next(p for p in live if p.result_id == d.accept)
                 # a provisional result waits for its worker's later checks, unless none are asked for
@@ -123,15 +125,22 @@ class Validator:
                 w.accepts.append(Accept(c.task_id, accepted.result_id, final, checks_at, d.rooted))
                 w.task_states[c.task_id] = (TaskState.DONE if final else TaskState.PROVISIONAL).value
                 w.job(c.job_id, done=1)
-                if final or d.valid:  # a quorum (even of newcomers) is a validation; a lone result is not
-                    rep(accepted.worker_id).valid += 1
+                # a quorum (even of newcomers) is a validation, a lone result is not; and newcomers
+                # outvoting a dissent earn no record by it (colluders would build theirs that way)
+                # newcomers outvoting a dissent earn no record by it (their runs start again: contested)
+                credit = (final or bool(d.valid)) and (d.blame or not d.invalid)
+                group = [accepted.worker_id] + [_worker(live, rid) for rid in d.valid]
+                if credit:
+                    _credit(w, rep, group, accepted.worker_id)
                 for rid in d.valid:
                     # paid only once the task is final (a newcomer quorum waits for an established opinion)
                     w.statuses[rid] = (ResultStatus.VALID.value, final)
-                    rep(_worker(live, rid)).valid += 1
+                    if credit:
+                        _credit(w, rep, group, _worker(live, rid))
                 for rid in d.invalid:
                     w.statuses[rid] = (ResultStatus.INVALID.value, False)
-                    rep(_worker(live, rid)).invalid += 1
+                    if d.blame:
+                        rep(_worker(live, rid)).invalid += 1
                 if d.audit:
                     w.replicas.append((c.task_id, c.job_id, ReplicaKind.AUDIT.value))
             elif d.more:
@@ -177,14 +186,14 @@ class Validator:
                     confirms = established(policy, Candidate(p.result_id, p.worker_id, p.owner, "", None, p.run,
                                                              p.kind, p.trusted))
                     w.statuses[p.result_id] = (ResultStatus.VALID.value, confirms)
-                    rep(p.worker_id).valid += 1
                     if confirms:  # an established worker agrees: final
+                        rep(p.worker_id).valid += 1
                         w.accepts.append(Accept(c.task_id, c.canonical.result_id, True, None, p.trusted))
                         w.task_states[c.task_id] = TaskState.DONE.value
                         owner = rep(c.canonical.worker_id)
                         owner.valid += 1
                         owner.checks += 1
-                    else:  # another newcomer agreeing proves nothing more: ask again
+                    else:  # another newcomer agreeing proves nothing more (and earns no record): ask again
                         w.replicas.append((c.task_id, c.job_id, ReplicaKind.AUDIT.value))
                 else:
                     # a dispute: the provisional acceptance is withdrawn and the task decided again
@@ -196,6 +205,18 @@ class Validator:
             else:
                 w.statuses[p.result_id] = (ResultStatus.INVALID.value, False)
                 rep(p.worker_id).invalid += 1
+
+
+def _credit(w: ValidationWrite, rep: Any, group: list[int], worker_id: int) -> None:
+    """A validated result; it lengthens the worker's run only if it agreed with a partner not yet
+    counted this round (two keys leasing the same run of tasks would otherwise vouch for each
+    other dozens of times at once)."""
+    r = rep(worker_id)
+    r.valid += 1
+    fresh = [(worker_id, p) for p in group if p != worker_id and (worker_id, p) not in w.pairs]
+    if group != [worker_id] and not fresh:
+        r.repeated += 1
+    w.pairs.update(fresh)
 
 
 def _worker(rows: list[CandidateRow], result_id: int) -> int:

@@ -315,6 +315,8 @@ class RepDelta:
     gold_passed: int = 0
     gold_failed: int = 0
     checks: int = 0
+    contested: int = 0  # decisions among newcomers it took part in that others disputed: the run starts again
+    repeated: int = 0  # of ``valid``, agreements with a partner already counted this round: no run credit
     max_invalid: int = 3
 
 
@@ -332,6 +334,8 @@ class ValidationWrite:
     quarantine: dict[int, str] = field(default_factory=dict)  # worker -> reason
     # decided tasks to decide again (a dispute): their results go back to pending, one replica more
     reopen: dict[int, str] = field(default_factory=dict)  # task -> job
+    #: (worker, partner) agreements credited to a run this round: a run is built from many partners
+    pairs: set[tuple[int, int]] = field(default_factory=set)
 
     def rep(self, worker_id: int, task_type: str, max_invalid: int) -> RepDelta:
         d = self.reputation.setdefault((worker_id, task_type), RepDelta())

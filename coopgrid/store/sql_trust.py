@@ -230,7 +230,7 @@ class TrustQueries:
                 conn.execute(
                     text(
                         "UPDATE reputation SET "
-                        "run = CASE WHEN :bad > 0 THEN 0 ELSE run + :good END, "
+                        "run = CASE WHEN :bad > 0 OR :contested > 0 THEN 0 ELSE run + :good - :repeated END, "
                         "valid = valid + :good, invalid = invalid + :bad, "
                         "gold_passed = gold_passed + :gp, gold_failed = gold_failed + :gf, "
                         "checks_passed = checks_passed + :checks, "
@@ -239,7 +239,8 @@ class TrustQueries:
                         "WHERE worker_id = :w AND task_type = :t"
                     ),
                     {"w": worker_id, "t": task_type, "good": d.valid, "bad": d.invalid, "gp": d.gold_passed,
-                     "gf": d.gold_failed, "checks": d.checks, "lo": QUOTA_MIN, "hi": QUOTA_MAX},
+                     "gf": d.gold_failed, "checks": d.checks, "contested": d.contested, "repeated": d.repeated, "lo": QUOTA_MIN,
+                     "hi": QUOTA_MAX},
                 )
                 if d.checks:
                     checked.add(worker_id)

@@ -228,7 +228,8 @@ def test_outstanding_replicas_counted_by_the_store_take_precedence() -> None:
     # max_replicas reached with nothing out: inconclusive; with one out: wait
     three = [cand(1, "a"), cand(2, "b")]
     assert decide(p, three, 3, exact, rng, outstanding=0).inconclusive
-    assert decide(p, three, 3, exact, rng, outstanding=1) == Decision()
+    # (the two newcomers who disagree are marked contested: test_trust_collusion.py)
+    assert decide(p, three, 3, exact, rng, outstanding=1) == Decision(contested=[1, 2])
 
 
 def test_a_lone_result_is_not_trusted_alone_while_another_replica_is_out() -> None:

@@ -48,6 +48,20 @@ def test_a_quorum_of_newcomers_is_only_provisional_and_audited() -> None:
     assert (d.accept, d.valid, d.provisional, d.audit) == (1, [2], True, True)
 
 
+def test_being_outvoted_by_newcomers_alone_is_no_evidence() -> None:
+    d = run(FIXED, [cand(1, "bad"), cand(2, "good", run=50), cand(3, "bad")])
+    assert (d.accept, d.invalid, d.provisional, d.blame) == (1, [2], True, False)
+    d = run(FIXED, [cand(1, "bad", run=50), cand(2, "good", run=50), cand(3, "bad")])
+    assert (d.accept, d.invalid, d.provisional, d.blame) == (1, [2], False, True)
+
+
+def test_a_disagreement_marks_the_newcomers_in_it_not_the_established() -> None:
+    d = run(FIXED, [cand(1, "bad"), cand(2, "good", run=50)])
+    assert d.accept is None and d.contested == [1]
+    d = run(FIXED, [cand(1, "x"), cand(2, "x")])
+    assert d.contested == []
+
+
 def test_a_quorum_with_one_established_worker_is_final() -> None:
     d = run(FIXED, [cand(1, "x"), cand(2, "x", run=FIXED.trust_run)])
     assert (d.accept, d.provisional, d.audit) == (1, False, False)
