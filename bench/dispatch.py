@@ -21,6 +21,11 @@ What it measures (see bench/README.md for the details):
    same run when ``celery`` is importable; and the issue's reference figures,
    labelled as measured elsewhere.
 
+4. The default trust policy (replicas 2, quorum 2, gold, adaptive) against quorum 1 on
+   one coordinator with four warm workers, ten default jobs in a row, on SQLite and
+   PostgreSQL, with the coordinator's statements and rows written per task
+   (``--policy-only`` runs just this part).
+
 Every process the bench starts is stopped on the way out, also on error or
 Ctrl-C (SIGINT) and SIGTERM.
 """
@@ -30,7 +35,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import getpass
 import importlib.util
+import json
 import os
 import platform
 import shutil
@@ -222,13 +229,18 @@ class Bench:
 
     # processes ------------------------------------------------------------------------
 
-    def start_grid(self, data_dir: Path, ledger: str) -> None:
-        """A coordinator in its own data dir; ``ledger`` is its --ledger, or 'default' for none given."""
+    def start_grid(
+        self, data_dir: Path, ledger: str, extra: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        """A coordinator in its own data dir; ``ledger`` is its --ledger, or 'default' for none given
+        (``extra``, when given, are its options instead)."""
         self.stop_grid()
         self.ledger = ledger
         self.grid = LocalGrid(data_dir)
         self.stack.callback(self.stop_grid)
-        self.grid.start_coordinator(*(() if ledger == "default" else ("--ledger", ledger)))
+        if extra is None:
+            extra = [] if ledger == "default" else ["--ledger", ledger]
+        self.grid.start_coordinator(*extra, env=env)
         self.client = ApiClient(self.grid.url, self.grid.token, timeout=300)
 
     def stop_grid(self) -> None:
@@ -497,6 +509,179 @@ def celery_peer(n: int, log_dir: Path, stack: contextlib.ExitStack, redis_url: s
     return CeleryRun(celery.__version__, n, t1 - t0, t2 - t0)
 
 
+# -- the default trust policy against quorum 1 (issue 13) ------------------------------
+
+POLICY_RATIO_TARGET = 0.9  # default policy ≥ 0.9× quorum 1, warm workers, same run
+POLICY_KEEP_TARGET = 0.95  # the 10th job in a row ≥ 0.95× the 2nd
+
+
+@dataclass
+class PolicyJob:
+    """One echo job of the policy rows, with the coordinator's database work during it."""
+
+    policy: str  # "quorum 1" or "default"
+    rate: float
+    coordinator_cpu: float
+    statements: int
+    rows_written: int
+    tasks: int
+    replicas: int
+
+    @property
+    def statements_per_task(self) -> float:
+        return self.statements / self.tasks
+
+    @property
+    def rows_per_task(self) -> float:
+        return self.rows_written / self.tasks
+
+
+@dataclass
+class PolicySeries:
+    database: str  # "SQLite" or "PostgreSQL"
+    quorum_one: list[PolicyJob]
+    default: list[PolicyJob]
+
+    @property
+    def quorum_one_rate(self) -> float:
+        return float(np.median([j.rate for j in self.quorum_one]))
+
+    @property
+    def default_rate(self) -> float:
+        """Warm: every default job but the first (whose workers were still earning trust)."""
+        return float(np.median([j.rate for j in self.default[1:] or self.default]))
+
+
+def db_totals(path: Path) -> tuple[int, int]:
+    """(statements, rows written) the coordinator has counted so far (COOPGRID_DB_STATS)."""
+    if not path.exists():
+        return 0, 0
+    entries = json.loads(path.read_text())
+    return sum(e["count"] for e in entries), sum(e["rows"] for e in entries)
+
+
+@contextlib.contextmanager
+def fresh_postgres(url: str | None) -> Iterator[str]:
+    """``url`` itself, or a fresh database on 127.0.0.1:5432 created for this run and dropped after it."""
+    if url:
+        yield url
+        return
+    import psycopg
+
+    name = f"coopgrid_bench_{os.getpid()}_{int(time.time())}"
+    user = os.environ.get("PGUSER") or getpass.getuser()
+    admin = {"host": "127.0.0.1", "port": 5432, "user": user, "dbname": "postgres", "autocommit": True}
+    with psycopg.connect(**admin) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{user}@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(**admin) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def policy_series(bench: Bench, data_dir: Path, database: str, url: str | None) -> PolicySeries:
+    """Quorum-1 and default-policy echo jobs on one coordinator, warm workers, as the issue ran them.
+
+    Quorum-1 jobs come before and after the ten default jobs, so both policies see the same
+    machine load and the same grid history on average."""
+    args = bench.args
+    stats = data_dir / "dbstats.json"
+    extra = ([] if args.policy_ledger == "default" else ["--ledger", args.policy_ledger])
+    extra += ["--database-url", url] if url else []
+    bench.start_grid(data_dir, "policy", extra=extra, env={"COOPGRID_DB_STATS": str(stats)})
+    n, batch = args.policy_tasks, args.echo_batches[-1]
+    npz = datasets.load(f"sequence:{n}").to_npz()
+    warm_n = max(3 * args.policy_workers * batch, 200)
+    warm = datasets.load(f"sequence:{warm_n}").to_npz()
+    quorum_one = {"name": "bench policy q1", "task_type": "echo", "task_size": 1, "trust": NO_REPLICATION}
+    default = {"name": "bench policy default", "task_type": "echo", "task_size": 1}  # the coordinator's defaults
+    series = PolicySeries(database, [], [])
+
+    def job(policy: str, spec: dict[str, Any]) -> PolicyJob:
+        time.sleep(args.settle)  # idle between jobs; also lets the stats file catch up (written once a second)
+        s0 = db_totals(stats)
+        run = bench.run_job(f"policy {policy}", spec, npz, n, workers)
+        time.sleep(1.2)
+        s1 = db_totals(stats)
+        if run.summary.get("echo_mismatches"):
+            raise RuntimeError(f"echo returned {run.summary['echo_mismatches']} wrong outputs ({policy})")
+        pj = PolicyJob(policy, run.rate, run.coordinator_cpu, s1[0] - s0[0], s1[1] - s0[1], run.tasks,
+                       int(run.summary.get("replicas_executed") or run.tasks))
+        console.print(
+            f"  {database}, {policy}: {pj.rate:,.0f} tasks/s, coordinator CPU {pj.coordinator_cpu:.2f}s, "
+            f"{pj.statements_per_task:.3f} statements and {pj.rows_per_task:.2f} rows written per task",
+            highlight=False,
+        )
+        return pj
+
+    with console.status(f"policy rows ({database}): starting {args.policy_workers} workers (--batch {batch})…"):
+        workers = bench.start_workers(args.policy_workers, "--batch", str(batch), "--task-type", "echo")
+    try:
+        with console.status(f"policy rows ({database}): warming up…"):
+            bench.warm_up(quorum_one, warm, warm_n, workers)
+        with console.status(f"policy rows ({database}): {n:,}-task echo jobs…"):
+            series.quorum_one += [job("quorum 1", quorum_one) for _ in range(2)]
+            series.default += [job(f"default #{i + 1}", default) for i in range(args.policy_jobs)]
+            series.quorum_one.append(job("quorum 1", quorum_one))
+    finally:
+        stop_procs(workers)
+        bench.stop_grid()
+    return series
+
+
+def policy_report(args: argparse.Namespace, all_series: list[PolicySeries]) -> None:
+    t = Table(
+        title=f"Default trust policy vs quorum 1: {args.policy_tasks:,}-task echo jobs, {args.policy_workers} warm "
+        f"workers (--batch {args.echo_batches[-1]}), --ledger {args.policy_ledger}",
+        title_justify="left",
+    )
+    for col in ("database", "figure", "measured", "target", "verdict", "source"):
+        t.add_column(col, justify="right" if col in ("measured", "target") else "left")
+    for sr in all_series:
+        ratio = sr.default_rate / sr.quorum_one_rate
+        t.add_row(
+            sr.database, "quorum 1 (replicas 1, no adaptive, no gold)", f"{sr.quorum_one_rate:,.0f} tasks/s", "", "",
+            f"this run, median of {len(sr.quorum_one)}: " + ", ".join(f"{j.rate:,.0f}" for j in sr.quorum_one),
+        )
+        t.add_row(
+            sr.database, "default policy, warm (jobs 2..)", f"{sr.default_rate:,.0f} tasks/s", "", "",
+            f"this run, median of {max(len(sr.default) - 1, 1)}",
+        )
+        t.add_row(
+            sr.database, "[bold]default / quorum 1", f"[bold]{ratio:.2f}×", f"≥{POLICY_RATIO_TARGET}×",
+            "[green]met" if ratio >= POLICY_RATIO_TARGET else "[red]missed", "same run",
+        )
+        if len(sr.default) >= 2:
+            last, second = sr.default[-1], sr.default[1]
+            keep = last.rate / second.rate
+            t.add_row(
+                sr.database, f"[bold]job {len(sr.default)} / job 2 in a row", f"[bold]{keep:.2f}×",
+                f"≥{POLICY_KEEP_TARGET}×", "[green]met" if keep >= POLICY_KEEP_TARGET else "[red]missed",
+                "default jobs: " + ", ".join(f"{j.rate:,.0f}" for j in sr.default),
+            )
+    console.print(t)
+
+    t = Table(title="Per-task database work of the coordinator (issue 11): per accepted task, "
+              "counted by SQLAlchemy cursor events (COOPGRID_DB_STATS)", title_justify="left")
+    for col in ("database", "policy", "statements", "rows written", "replicas", "coordinator CPU ms", "jobs"):
+        t.add_column(col, justify="left" if col in ("database", "policy") else "right")
+    for sr in all_series:
+        for label, jobs in (("quorum 1", sr.quorum_one), ("default, warm", sr.default[1:] or sr.default)):
+            tasks = sum(j.tasks for j in jobs)
+            t.add_row(
+                sr.database, label, f"{sum(j.statements for j in jobs) / tasks:.3f}",
+                f"{sum(j.rows_written for j in jobs) / tasks:.2f}", f"{sum(j.replicas for j in jobs) / tasks:.3f}",
+                f"{1000 * sum(j.coordinator_cpu for j in jobs) / tasks:.3f}", str(len(jobs)),
+            )
+    console.print(t)
+    console.print(
+        "[dim]statements: every statement the coordinator ran during the jobs (reads included; executemany counts "
+        "once); rows written: INSERT/UPDATE/DELETE row counts; both divided by the jobs' tasks.",
+        highlight=False,
+    )
+
+
 # -- the report ------------------------------------------------------------------------
 
 
@@ -659,6 +844,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="py-spy record the coordinator during each measured job into DIR")
     p.add_argument("--keep", action="store_true", help="keep the coordinator's temp data dir (logs, SQLite)")
+    p.add_argument("--policy-only", action="store_true",
+                   help="run only the default-policy rows (default policy vs quorum 1, jobs in a row, database work)")
+    p.add_argument("--no-policy", action="store_true", help="skip the default-policy rows")
+    p.add_argument("--policy-db", default="sqlite,postgresql",
+                   help="databases for the policy rows, comma-separated: sqlite, postgresql")
+    p.add_argument("--database-url", default=None,
+                   help="PostgreSQL for the policy rows (default: a fresh database on 127.0.0.1:5432, dropped after)")
+    p.add_argument("--policy-tasks", type=int, default=20_000, help="echo tasks per policy job")
+    p.add_argument("--policy-jobs", type=int, default=10, help="default-policy jobs in a row on one coordinator")
+    p.add_argument("--policy-workers", type=int, default=4, help="worker processes for the policy rows")
+    p.add_argument("--policy-ledger", default="none",
+                   help="coordinator --ledger for the policy rows (sealing costs both policies the same)")
     args = p.parse_args(argv)
     try:
         args.echo_batches = [int(b) for b in args.echo_batch.split(",") if b.strip()]
@@ -671,6 +868,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--ledger takes default, embedded, rpc or none, separated by commas")
     if args.repeat < 1:
         p.error("--repeat needs at least 1")
+    args.policy_dbs = [d.strip() for d in args.policy_db.split(",") if d.strip()]
+    if any(d not in ("sqlite", "postgresql") for d in args.policy_dbs):
+        p.error("--policy-db takes sqlite and/or postgresql, separated by commas")
+    if args.policy_only and args.no_policy:
+        p.error("--policy-only and --no-policy exclude each other")
+    if args.policy_jobs < 2 or args.policy_tasks < 1 or args.policy_workers < 1:
+        p.error("--policy-jobs needs at least 2 (the 10th/2nd figure), --policy-tasks and --policy-workers at least 1")
+    if args.policy_only:
+        args.no_echo = args.no_classify = args.no_celery = True
+    if args.policy_ledger not in ("default", "embedded", "rpc", "none"):
+        p.error("--policy-ledger takes default, embedded, rpc or none")
     return args
 
 
@@ -688,6 +896,7 @@ def main(argv: list[str] | None = None) -> int:
     classify_run: GridRun | None = None
     ort_runs: list[OrtRun] = []
     celery: CeleryRun | str | None = None
+    policy: list[PolicySeries] = []
     started = time.perf_counter()
     args.load_before = os.getloadavg()
     try:
@@ -709,7 +918,7 @@ def main(argv: list[str] | None = None) -> int:
 
             bench = Bench(args, stack)
             for i, ledger in enumerate(args.ledgers):
-                if args.no_echo and i:
+                if (args.no_echo and i) or (args.no_echo and args.no_classify):
                     break
                 with console.status(f"starting a coordinator (ledger {ledger})…"):
                     bench.start_grid(data_dir / f"grid-{ledger}", ledger)
@@ -723,6 +932,14 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.no_classify and i == 0:
                     classify_run = bench.classify(onnx, model_spec, x_npz, args.digits)
                 bench.stop_grid()  # every grid process is down before the next grid or the peer runs
+
+            if not args.no_policy:
+                for db in args.policy_dbs:
+                    if db == "sqlite":
+                        policy.append(policy_series(bench, data_dir / "policy-sqlite", "SQLite", None))
+                    else:
+                        with fresh_postgres(args.database_url) as url:
+                            policy.append(policy_series(bench, data_dir / "policy-postgresql", "PostgreSQL", url))
 
             if not args.no_celery and not args.no_echo:
                 with console.status(f"Celery + Redis: {args.celery_tasks:,} tasks…"):
@@ -744,6 +961,8 @@ def main(argv: list[str] | None = None) -> int:
         if ok and not args.keep:
             shutil.rmtree(data_dir, ignore_errors=True)
     report(args, echo_runs, celery, classify_run, ort_runs)
+    if policy:
+        policy_report(args, policy)
     console.print(f"[dim]whole run {time.perf_counter() - started:.0f}s" + (f"; data kept in {data_dir}" if args.keep else ""))
     return 0
 

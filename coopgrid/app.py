@@ -12,7 +12,7 @@ import os
 import secrets
 from dataclasses import dataclass
 
-from coopgrid.blobs import BlobStore
+from coopgrid.blobs import BlobStore, open_blob_store
 from coopgrid.config import Settings
 from coopgrid.coordinator.auth import Auth
 from coopgrid.coordinator.epochs import Sealer
@@ -140,7 +140,7 @@ def _cached_stakes(ledger: Ledger, ttl: float = 10.0):
 def build(settings: Settings) -> App:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = SqlStore.open(settings.resolved_database_url())
-    blobs = BlobStore(settings.blob_dir)
+    blobs = open_blob_store(settings.blob_store, settings.data_dir, settings.s3_endpoint_url)
     registry = ModelRegistry(store, blobs)
     summarizer = Summarizer(store, blobs)
     ledger = sealer = None

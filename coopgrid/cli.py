@@ -87,6 +87,26 @@ def coordinator(
         str | None, typer.Option(envvar="COOPGRID_DATABASE_URL", help="Default: SQLite in the data dir.")
     ] = None,
     lease_seconds: Annotated[float, typer.Option(envvar="COOPGRID_LEASE_SECONDS")] = 60.0,
+    blob_store: Annotated[
+        str | None,
+        typer.Option(
+            envvar="COOPGRID_BLOB_STORE",
+            help="Where blobs live: a directory every coordinator mounts, or s3://BUCKET[/PREFIX] (credentials "
+            "as boto3 reads them: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE...). Default: the data dir.",
+        ),
+    ] = None,
+    s3_endpoint_url: Annotated[
+        str | None,
+        typer.Option(envvar="AWS_ENDPOINT_URL", help="Endpoint of an S3-compatible store for an s3:// --blob-store."),
+    ] = None,
+    blob_url_seconds: Annotated[
+        int,
+        typer.Option(
+            envvar="COOPGRID_BLOB_URL_SECONDS",
+            help="Workers fetch inputs from an s3:// blob store through presigned URLs valid this long; 0: through "
+            "the coordinator.",
+        ),
+    ] = 300,
     operator_token_file: Annotated[
         Path | None, typer.Option(help="Write the first operator token here (mode 0600) instead of printing it.")
     ] = None,
@@ -126,6 +146,7 @@ def coordinator(
     try:
         settings = Settings(
             data_dir=data_dir, host=host, port=port, database_url=database_url, lease_seconds=lease_seconds,
+            blob_store=blob_store, s3_endpoint_url=s3_endpoint_url, blob_url_seconds=blob_url_seconds,
             ledger=ledger, rpc_url=rpc_url, contract=contract, chain_id=chain_id,
             seal_every_results=seal_every_results, seal_every_seconds=seal_every_seconds,
             separate_networks=separate_networks, metrics_public=metrics_public,

@@ -27,6 +27,19 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default is SQLite in the data dir (postgresql+psycopg://... scales out)."
     )
+    blob_store: str | None = Field(
+        None,
+        description="Where blobs live: default the data dir; a directory every coordinator mounts; or "
+        "s3://BUCKET[/PREFIX] (endpoint and credentials as boto3 reads them: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID...).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="The S3-compatible endpoint of an s3:// blob store (default: boto3's, e.g. AWS_ENDPOINT_URL)."
+    )
+    blob_url_seconds: int = Field(
+        300, ge=0, le=7 * 24 * 3600,
+        description="Leases carry presigned URLs of their input blobs (s3:// blob stores) valid this long, at most "
+        "the lease's own time; workers fetch from the store itself. 0: workers fetch every input from the coordinator.",
+    )
     host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
     port: int = Field(8750, ge=0, le=65535, description="Port the HTTP API listens on (0 picks a free one).")
     lease_seconds: float = Field(60.0, gt=0, description="How long a worker holds leased replicas without a heartbeat.")

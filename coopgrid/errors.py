@@ -22,6 +22,7 @@ Driver and RPC errors are wrapped at the edge and kept as ``__cause__``.
      │    └── LeaseError          unknown, expired or foreign lease
      ├── IntegrityError           bytes that do not hash to what they claim
      ├── CoordinatorUnavailable   the worker/CLI cannot reach the coordinator
+     ├── BlobStoreError           the blob store (e.g. an object store) failed or cannot be reached
      ├── SealingError             an epoch's content cannot be sealed (its jobs are held)
      └── LedgerError              (ledger section below)
 """
@@ -125,6 +126,12 @@ class IntegrityError(CoopgridError):
 
 class CoordinatorUnavailable(CoopgridError):
     """The coordinator cannot be reached; is `coopgrid coordinator` running?"""
+
+    status_code = 503
+
+
+class BlobStoreError(CoopgridError):
+    """The blob store failed or cannot be reached; try again, and check the store (--blob-store)."""
 
     status_code = 503
 

@@ -1,8 +1,9 @@
-"""Shared fixtures. Every test gets its own data dir; nothing is shared between tests."""
+"""Shared fixtures. Every test gets its own data dir (and its own bucket on the one S3 server process)."""
 
 import pytest
 
 from coopgrid.registry.train import TrainedModel, train_digits
+from tests.s3_server import s3_server  # noqa: F401  (fixture: a moto S3 server process on loopback)
 
 
 @pytest.fixture(scope="session")

@@ -22,17 +22,18 @@ import orjson
 from fastapi import FastAPI, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coopgrid import __version__
 from coopgrid.app import App
+from coopgrid.blobs.base import CHUNK, checked_name
 from coopgrid.coordinator.dashboard import install as install_dashboard
 from coopgrid.coordinator.deps import MAX_ID, Id, Index, TokenDep, signed_address
 from coopgrid.coordinator.edge import STATE_TOKEN, Edge, error_body, error_headers
 from coopgrid.coordinator.openapi import document
 from coopgrid.coordinator.ratelimit import TokenBuckets
-from coopgrid.errors import ChainUnavailable, Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
+from coopgrid.errors import BlobNotFound, ChainUnavailable, Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
 from coopgrid.store.base import JobRecord, ModelRecord
@@ -269,10 +270,19 @@ def create_api(app: App) -> FastAPI:
         who = request.scope.get("state", {}).get(STATE_TOKEN)
         if who is None:
             who = await worker_of(request)
-        path = app.blobs.path(digest)  # a malformed hash is 422 before anything is looked up
-        if not await run_in_threadpool(can_read, app.store, who, digest, time.time()) or not path.exists():
+        checked_name(digest)  # a malformed hash is 422 before anything is looked up
+        if not await run_in_threadpool(can_read, app.store, who, digest, time.time()):
             raise unreadable(digest)
-        return FileResponse(path, media_type="application/octet-stream")
+        path = app.blobs.local_path(digest)
+        if path is not None:
+            if not path.exists():
+                raise unreadable(digest)
+            return FileResponse(path, media_type="application/octet-stream")
+        try:  # an object store: streamed through, never held whole
+            body = await run_in_threadpool(app.blobs.open, digest)
+        except BlobNotFound:
+            raise unreadable(digest) from None
+        return StreamingResponse(_chunks(body), media_type="application/octet-stream")
 
     # -- models -------------------------------------------------------------------
 
@@ -292,7 +302,10 @@ def create_api(app: App) -> FastAPI:
     @api.get("/v1/worker/models/{ref}", tags=["workers"], include_in_schema=True)
     async def worker_get_model(ref: str, request: Request) -> dict[str, Any]:
         await worker_of(request)
-        return model_view(await run_in_threadpool(app.registry.resolve, ref))
+        model = await run_in_threadpool(app.registry.resolve, ref)
+        # a published model is public (access.py): any worker may have a URL of the store's copy
+        url = await run_in_threadpool(app.scheduler.blob_url, model.hash)
+        return {**model_view(model), **({"url": url} if url else {})}
 
     # -- jobs -------------------------------------------------------------------
 
@@ -555,3 +568,8 @@ def _address(text: str) -> str:
         raise InvalidInput(f"{text!r} is not an Ethereum address (0x and 40 hex characters)")
     return to_checksum_address(text)
 
+
+def _chunks(body: Any) -> Any:
+    """A blob's stream in chunks (starlette runs a plain iterator in its thread pool), closed at the end."""
+    with body:
+        yield from iter(lambda: body.read(CHUNK), b"")

@@ -52,6 +52,11 @@ class Metrics:
             ["outcome"], registry=r,
         )
         self.quarantines = Counter("coopgrid_quarantines", "Workers quarantined.", registry=r)
+        self.blob_urls = Counter(
+            "coopgrid_blob_urls", "Presigned blob URLs handed to workers (task inputs in leases, models), which fetch "
+            "those blobs from the blob store instead of through the coordinator.",
+            registry=r,
+        )
         # one histogram, status included: its _count is the request counter, one observation per request
         self.latency = Histogram(
             "coopgrid_http_request_duration_seconds",

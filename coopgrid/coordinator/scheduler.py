@@ -25,7 +25,9 @@ from coopgrid.coordinator.access import can_read, unreadable_dataset
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.trust import TrustPolicy, gold_probability
 from coopgrid.coordinator.validation import Validator
-from coopgrid.errors import AuthError, DatasetError, Forbidden, IntegrityError, InvalidInput, JobNotFound, LeaseError
+from coopgrid.errors import (
+    AuthError, CoopgridError, DatasetError, Forbidden, IntegrityError, InvalidInput, JobNotFound, LeaseError,
+)
 from coopgrid.identity import recover_batch_signer
 from coopgrid.protocol import ZERO_HASH, LeaseRequest, ResultBatch, ResultRef, b64decode, b64encode, sha256_hex
 from coopgrid.registry import ModelRegistry
@@ -215,6 +217,7 @@ class Scheduler:
             return None
         self.metrics.leases.inc()
         self.metrics.leased_replicas.inc(len(lease.replicas))
+        urls = self._input_urls(lease.replicas)
         return {
             "lease_id": lease.id,
             "expires_at": lease.expires_at,
@@ -232,10 +235,41 @@ class Scheduler:
                     "input_hash": r.input_hash,
                     "input": b64encode(r.input_data) if r.input_data is not None else None,
                     "n_items": r.n_items,
+                    **({"input_url": urls[r.input_hash]} if r.input_hash in urls else {}),
                 }
                 for r in lease.replicas
             ],
         }
+
+    def _input_urls(self, replicas: Any) -> dict[str, str]:
+        """Presigned URLs of a lease's input blobs, for a blob store that gives them (an object store).
+
+        Only the blobs of this lease (coordinator/access.py's rule for workers), and valid no longer
+        than the lease: the worker fetches from the store itself and still checks each sha256. A
+        store that cannot presign leaves the worker on the coordinator's GET /v1/blobs path."""
+        urls: dict[str, str] = {}
+        for r in replicas:
+            if r.input_data is None and r.input_hash not in urls:
+                url = self.blob_url(r.input_hash)
+                if url is None:
+                    return {}
+                urls[r.input_hash] = url
+        return urls
+
+    def blob_url(self, digest: str) -> str | None:
+        """A presigned URL of a blob a worker may read now (the caller checked that), or None:
+        the blob store gives none, or URLs are off (blob_url_seconds=0)."""
+        seconds = int(min(self.settings.blob_url_seconds, self.settings.lease_seconds))
+        if seconds < 1:
+            return None
+        try:
+            url = self.blobs.url(digest, seconds)
+        except CoopgridError:
+            log.warning("cannot presign a blob URL; workers fetch blobs through the coordinator", exc_info=True)
+            return None
+        if url is not None:
+            self.metrics.blob_urls.inc()
+        return url
 
     #: the worker's active stake (set by app.build when there is a ledger): address -> base units
     stake_of: Any = None

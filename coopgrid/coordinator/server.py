@@ -231,6 +231,8 @@ def serve(
     info.with_suffix(".tmp").write_text(json.dumps({"url": url, "pid": os.getpid()}))
     info.with_suffix(".tmp").replace(info)
     announce(f"coordinator listening on {url} (API docs at {url}/docs), data in {settings.data_dir}")
+    if settings.blob_store:
+        announce(f"blobs in the {app.blobs.description}")
     config = uvicorn.Config(
         create_api(app),
         http=protocol_for(settings),

@@ -190,6 +190,7 @@ class Validator:
                         rep(p.worker_id).valid += 1
                         w.accepts.append(Accept(c.task_id, c.canonical.result_id, True, None, p.trusted))
                         w.task_states[c.task_id] = TaskState.DONE.value
+                        w.finalized.append(c.task_id)
                         owner = rep(c.canonical.worker_id)
                         owner.valid += 1
                         owner.checks += 1

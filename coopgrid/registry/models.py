@@ -48,7 +48,7 @@ class ModelRegistry:
         existing = self.store.get_model(spec.sha256)
         if existing:
             return existing
-        size = self.blobs.path(spec.sha256).stat().st_size
+        size = self.blobs.size(spec.sha256)
         version = self.store.next_model_version(spec.name)
         manifest = {**spec.model_dump(), "version": version, "size": size}
         return self.store.add_model(

@@ -334,6 +334,7 @@ class ValidationWrite:
     quarantine: dict[int, str] = field(default_factory=dict)  # worker -> reason
     # decided tasks to decide again (a dispute): their results go back to pending, one replica more
     reopen: dict[int, str] = field(default_factory=dict)  # task -> job
+    finalized: list[int] = field(default_factory=list)  # provisional tasks made final by an agreeing audit
     #: (worker, partner) agreements credited to a run this round: a run is built from many partners
     pairs: set[tuple[int, int]] = field(default_factory=set)
 

@@ -295,6 +295,15 @@ Index("ix_results_epoch", results.c.epoch)
 Index("ix_results_task", results.c.task_id)
 Index("ix_results_worker_final", results.c.worker_id, results.c.final)
 Index("ix_results_replica", results.c.replica_id)
+# provisional results by worker and the checks they wait for: finality bookkeeping reads only these,
+# however many final results the worker has piled up
+Index(
+    "ix_results_provisional",
+    results.c.worker_id,
+    results.c.checks_at,
+    sqlite_where=text("status = 'accepted' AND final = false"),
+    postgresql_where=text("status = 'accepted' AND final = false"),
+)
 
 
 # Sealed results a quarantined worker helped decide: on chain already, so reported, not reopened.

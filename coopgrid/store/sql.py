@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from coopgrid.errors import ConfigError, Conflict, JobNotFound, LeaseError
 from coopgrid.store import schema as s
+from coopgrid.store.dbstats import maybe_attach
 from coopgrid.store.base import (
     AcceptedOutput,
     IncomingResult,
@@ -70,9 +71,12 @@ def open_engine(url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        maybe_attach(engine)
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        engine = create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        maybe_attach(engine)
+        return engine
     raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql+psycopg://...")
 
 
@@ -584,49 +588,68 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
     ) -> int:
         """Lease ``k`` gold replicas: tasks of running jobs whose final answer is known.
 
-        Rooted answers (a trusted worker took part) first: only those can prove a lie; the
-        others, decided by ordinary workers, are disputes when failed (see validation)."""
-        # two queries: SQLite answers min() and max() from the index only when asked one at a time
-        lo = conn.execute(select(func.min(s.tasks.c.id))).scalar()
-        hi = conn.execute(select(func.max(s.tasks.c.id))).scalar()
-        if lo is None or hi is None:
-            return 0
-        pivot = rng.randint(lo, hi)
-        found = self._gold_tasks(conn, kin, k, types, lo, pivot, rooted=True)
-        if len(found) < k:
-            found += self._gold_tasks(conn, kin, k - len(found), types, lo, pivot, rooted=False)
-        found = list({t.id: t for t in found}.values())[:k]
+        Each running job's tasks are searched within their own id range (from a random
+        pivot, then wrapping), so the cost depends on the running jobs, never on how many
+        finished jobs' tasks the grid has piled up. Rooted answers (a trusted worker took
+        part) first: only those can prove a lie; the others, decided by ordinary workers,
+        are disputes when failed (see validation)."""
+        running = select(s.jobs.c.id).where(s.jobs.c.state == JobState.RUNNING.value)
+        if types:
+            running = running.where(s.jobs.c.task_type.in_(types))
+        job_ids = sorted(conn.execute(running).scalars())
+        rng.shuffle(job_ids)
+        # the id range is walked on ix_tasks_done (only done tasks); SQLite would rather walk every
+        # task of the job on (job_id, idx), which the unary + keeps it from doing
+        same_job = "+t.job_id = :job" if self.dialect == "sqlite" else "t.job_id = :job"
+        tail = (
+            " AND t.id >= :lo AND t.id <= :hi"
+            f" AND {same_job}"
+            " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = t.id AND o.worker_id IN :kin)"
+            " ORDER BY t.id LIMIT :k"
+        )
+        # rooted ones spelled as the partial index ix_tasks_rooted is, so that it alone is walked
+        stmts = [
+            text("SELECT t.id, t.job_id FROM tasks t WHERE t.state = 'done' AND t.rooted" + tail)
+            .bindparams(bindparam("kin", expanding=True)),
+            text("SELECT t.id, t.job_id FROM tasks t WHERE t.state = :done" + tail)
+            .bindparams(bindparam("kin", expanding=True)),
+        ]
+        found: dict[int, Any] = {}
+        ranges = {job_id: self._task_id_range(conn, job_id) for job_id in job_ids}
+        for stmt in stmts:
+            for job_id in job_ids:
+                lo, hi = ranges[job_id]
+                if lo is None or hi is None:
+                    continue
+                pivot = rng.randint(lo, hi)
+                params = {"done": TaskState.DONE.value, "kin": kin, "job": job_id}
+                for a, b in ((pivot, hi), (lo, pivot - 1)):
+                    if len(found) >= k:
+                        break
+                    for t in conn.execute(stmt, {**params, "lo": a, "hi": b, "k": k - len(found)}):
+                        found[t.id] = t
+                if len(found) >= k:
+                    break
+            if len(found) >= k:
+                break
         if found:
             conn.execute(
                 insert(s.replicas),
                 [
                     {"task_id": t.id, "job_id": t.job_id, "state": int(ReplicaState.LEASED), "worker_id": worker_id,
                      "lease_id": lease_id, "created_at": now, "kind": ReplicaKind.GOLD.value}
-                    for t in found
+                    for t in found.values()
                 ],
             )
         return len(found)
 
-    def _gold_tasks(
-        self, conn: Any, kin: list[int], k: int, types: list[str], lo: int, pivot: int, rooted: bool
-    ) -> list[Any]:
-        q = (
-            "SELECT t.id, t.job_id FROM tasks t JOIN jobs j ON j.id = t.job_id"
-            # rooted ones spelled as the partial index ix_tasks_rooted is, so that it serves them
-            + (" WHERE t.state = 'done' AND t.rooted" if rooted else " WHERE t.state = :done")
-            + " AND j.state = 'running' AND t.id >= :pivot"
-            + (" AND j.task_type IN :types" if types else "")
-            + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = t.id AND o.worker_id IN :kin)"
-            " ORDER BY t.id LIMIT :k"
-        )
-        stmt = text(q).bindparams(bindparam("kin", expanding=True))
-        if types:
-            stmt = stmt.bindparams(bindparam("types", expanding=True))
-        params = {"done": TaskState.DONE.value, "kin": kin, "k": k, **({"types": types} if types else {})}
-        found = list(conn.execute(stmt, {**params, "pivot": pivot}).all())
-        if len(found) < k:
-            found += conn.execute(stmt, {**params, "pivot": lo, "k": k - len(found)}).all()
-        return found
+    @staticmethod
+    def _task_id_range(conn: Any, job_id: str) -> tuple[int | None, int | None]:
+        """Lowest and highest task id of a job: a job's tasks are inserted in idx order, so two index probes."""
+        q = select(s.tasks.c.id).where(s.tasks.c.job_id == job_id)
+        lo = conn.execute(q.order_by(s.tasks.c.idx).limit(1)).scalar()
+        hi = conn.execute(q.order_by(s.tasks.c.idx.desc()).limit(1)).scalar()
+        return lo, hi
 
     def queue_depth(self, active_since: float, cap: int = 1_000_000) -> tuple[int, int]:
         with self._read() as conn:

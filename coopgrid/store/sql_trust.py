@@ -199,12 +199,15 @@ class TrustQueries:
                     update(s.tasks).where(s.tasks.c.id == bindparam("tid")).values(state=bindparam("st")),
                     [{"tid": t, "st": st} for t, st in w.task_states.items()],
                 )
-                self._finalize_partners(conn, [t for t, st in w.task_states.items() if st == TaskState.DONE.value])
+            self._finalize_partners(conn, w.finalized)
             rooted = sorted({a.task_id for a in w.accepts if a.rooted})
             if rooted:
                 conn.execute(update(s.tasks).where(s.tasks.c.id.in_(rooted)).values(rooted=True))
-            for task_id, n in w.issued.items():
-                conn.execute(update(s.tasks).where(s.tasks.c.id == task_id).values(issued=s.tasks.c.issued + n))
+            if w.issued:
+                conn.execute(
+                    update(s.tasks).where(s.tasks.c.id == bindparam("tid")).values(issued=s.tasks.c.issued + bindparam("n")),
+                    [{"tid": t, "n": n} for t, n in w.issued.items()],
+                )
             if w.replicas:
                 conn.execute(
                     insert(s.replicas),
@@ -239,8 +242,8 @@ class TrustQueries:
                         "WHERE worker_id = :w AND task_type = :t"
                     ),
                     {"w": worker_id, "t": task_type, "good": d.valid, "bad": d.invalid, "gp": d.gold_passed,
-                     "gf": d.gold_failed, "checks": d.checks, "contested": d.contested, "repeated": d.repeated, "lo": QUOTA_MIN,
-                     "hi": QUOTA_MAX},
+                     "gf": d.gold_failed, "checks": d.checks, "contested": d.contested, "repeated": d.repeated,
+                     "lo": QUOTA_MIN, "hi": QUOTA_MAX},
                 )
                 if d.checks:
                     checked.add(worker_id)
@@ -265,11 +268,12 @@ class TrustQueries:
         """The worker passed another check: its provisional results with enough checks since become final."""
         finals = conn.execute(
             text(
-                "UPDATE results SET final = :yes WHERE worker_id = :w AND status = :accepted AND final = :no "
+                # the literal condition is ix_results_provisional's: a bound one would not select that index
+                "UPDATE results SET final = :yes WHERE worker_id = :w AND status = 'accepted' AND final = false "
                 "AND checks_at <= (SELECT max(checks_passed) FROM reputation WHERE worker_id = :w) "
                 "RETURNING task_id, job_id"
             ),
-            {"w": worker_id, "accepted": ResultStatus.ACCEPTED.value, "yes": True, "no": False},
+            {"w": worker_id, "yes": True},
         ).all()
         if finals:
             conn.execute(

@@ -193,7 +193,7 @@ class Worker:
             params = task_type.validate_params(job["params"])
             model = self.runtime.model(job["task_type"], job["model_hash"])
             inline = b64decode(replica["input"]) if replica["input"] is not None else None
-            data = self.runtime.task_input(replica["input_hash"], inline)
+            data = self.runtime.task_input(replica["input_hash"], inline, replica.get("input_url"))
             result = self.options.behaviour.output(replica["input_hash"], lambda: task_type.run(data, model, params))
             output = task_type.canonical(result)
             return sha256_hex(output), output, None

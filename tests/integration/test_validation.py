@@ -354,6 +354,26 @@ def test_a_result_dropped_by_quarantine_is_not_waited_for(grid: Grid) -> None:
 # -- gold ---------------------------------------------------------------------------------------
 
 
+def test_gold_comes_from_running_jobs_whatever_the_grid_finished_before(grid: Grid) -> None:
+    """Gold is searched within each running job's own tasks: a finished job's many done tasks
+    are neither offered nor in the way, and every done task of a running job can be found,
+    wherever the random starting point falls."""
+    ann = grid.worker("ann")
+    old = grid.job(40, NO_REPLICATION)
+    grid.work(ann, 40)
+    grid.store.finish_job(old.id, {}, "00" * 32, grid.tick())
+    known = grid.job(3, NO_REPLICATION)
+    grid.work(ann, 3)
+    later = grid.job(20, QUORUM)
+    for seed in range(6):
+        hal = grid.worker(f"hal{seed}")
+        lease = grid.store.lease(hal.id, 1, [], LEASE, grid.tick(), gold=3, rng=random.Random(seed))
+        assert lease is not None
+        gold = sorted(r.task_index for r in lease.replicas if r.job_id != later.id)
+        assert {r.job_id for r in lease.replicas} == {known.id, later.id}, seed
+        assert gold == [0, 1, 2], seed
+
+
 def test_gold_replicas_test_workers_passing_counts_failing_quarantines(grid: Grid) -> None:
     known = grid.job(2, NO_REPLICATION)
     ann, ann_too = grid.worker("ann", "acme", trusted=True), grid.worker("ann_too", "acme")
