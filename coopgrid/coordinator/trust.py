@@ -133,8 +133,9 @@ class Decision:
     inconclusive: bool = False
     rooted: bool = False  # a trusted worker took part in accepting it: fit for gold that quarantines
     blame: bool = True  # the invalid results count against their workers (not when outvoted by newcomers)
-    # newcomers' results in a disagreement (decided or not): their runs start again, since a colluder
-    # disagrees with the honest majority far more often than an honest worker does
+    # newcomers' results in a disagreement (decided or not): a newcomer with more of them than
+    # agreements in a round starts its run again, since a colluder disagrees with the honest
+    # majority far more often than it agrees, and an honest worker the other way round
     contested: list[int] = field(default_factory=list)
 
 

@@ -186,7 +186,7 @@ class Validator:
                     confirms = established(policy, Candidate(p.result_id, p.worker_id, p.owner, "", None, p.run,
                                                              p.kind, p.trusted))
                     w.statuses[p.result_id] = (ResultStatus.VALID.value, confirms)
-                    if confirms:  # an established worker agrees: final
+                    if confirms:  # a worker with a record agrees: final
                         rep(p.worker_id).valid += 1
                         w.accepts.append(Accept(c.task_id, c.canonical.result_id, True, None, p.trusted))
                         w.task_states[c.task_id] = TaskState.DONE.value
@@ -194,8 +194,8 @@ class Validator:
                         owner = rep(c.canonical.worker_id)
                         owner.valid += 1
                         owner.checks += 1
-                    else:  # another newcomer agreeing proves nothing more (and earns no record): ask again
-                        w.replicas.append((c.task_id, c.job_id, ReplicaKind.AUDIT.value))
+                    # another newcomer agreeing proves nothing more and earns no record; the task waits
+                    # for its worker's later checks (asking again would only feed newcomers audits)
                 else:
                     # a dispute: the provisional acceptance is withdrawn and the task decided again
                     w.reopen[c.task_id] = c.job_id

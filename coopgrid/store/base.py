@@ -315,7 +315,8 @@ class RepDelta:
     gold_passed: int = 0
     gold_failed: int = 0
     checks: int = 0
-    contested: int = 0  # decisions among newcomers it took part in that others disputed: the run starts again
+    # disagreements it took part in as a newcomer: more of them than agreements in a round restarts its run
+    contested: int = 0
     repeated: int = 0  # of ``valid``, agreements with a partner already counted this round: no run credit
     max_invalid: int = 3
 

@@ -233,7 +233,7 @@ class TrustQueries:
                 conn.execute(
                     text(
                         "UPDATE reputation SET "
-                        "run = CASE WHEN :bad > 0 OR :contested > 0 THEN 0 ELSE run + :good - :repeated END, "
+                        "run = CASE WHEN :bad > 0 OR :contested > :good THEN 0 ELSE run + :good - :repeated END, "
                         "valid = valid + :good, invalid = invalid + :bad, "
                         "gold_passed = gold_passed + :gp, gold_failed = gold_failed + :gf, "
                         "checks_passed = checks_passed + :checks, "
