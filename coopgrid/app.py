@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from coopgrid.blobs import BlobStore, open_blob_store
 from coopgrid.config import Settings
 from coopgrid.coordinator.auth import Auth
+from coopgrid.coordinator.duties import Duties
 from coopgrid.coordinator.epochs import Sealer
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.scheduler import Scheduler
@@ -41,6 +42,7 @@ class App:
     ledger: Ledger | None
     sealer: Sealer | None
     metrics: Metrics
+    duties: Duties
 
     def close(self) -> None:
         if self.ledger is not None:
@@ -165,6 +167,7 @@ def build(settings: Settings) -> App:
         ledger=ledger,
         sealer=sealer,
         metrics=metrics,
+        duties=Duties(store, settings.duty_ttl),
     )
     metrics.watch(app)
     return app

@@ -33,6 +33,10 @@ err = Console(stderr=True, soft_wrap=True)  # messages hold paths and ids to pas
 Coordinator = Annotated[str, typer.Option("--coordinator", "-c", envvar="COOPGRID_COORDINATOR", help="Coordinator URL.")]
 TokenOpt = Annotated[str | None, typer.Option("--token", envvar="COOPGRID_TOKEN", help="API token.", show_default=False)]
 DEFAULT_URL = "http://127.0.0.1:8750"
+Coordinators = Annotated[str, typer.Option(
+    "--coordinator", "-c", envvar="COOPGRID_COORDINATOR",
+    help="Coordinator URL; several of one grid comma-separated (URL1,URL2): the worker fails over between them.",
+)]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -122,6 +126,11 @@ def coordinator(
     ] = False,
     seal_every_results: Annotated[int, typer.Option(envvar="COOPGRID_SEAL_EVERY_RESULTS")] = 10_000,
     seal_every_seconds: Annotated[float, typer.Option(envvar="COOPGRID_SEAL_EVERY_SECONDS")] = 60.0,
+    retention_seconds: Annotated[
+        float,
+        typer.Option(envvar="COOPGRID_RETENTION_SECONDS",
+                     help="Archive a sealed job's per-replica rows to Parquet and purge them this long after it ends."),
+    ] = 7 * 86400.0,
     metrics_public: Annotated[
         bool, typer.Option(envvar="COOPGRID_METRICS_PUBLIC", help="Serve /metrics without a token (default: operator token).")
     ] = False,
@@ -149,7 +158,7 @@ def coordinator(
             blob_store=blob_store, s3_endpoint_url=s3_endpoint_url, blob_url_seconds=blob_url_seconds,
             ledger=ledger, rpc_url=rpc_url, contract=contract, chain_id=chain_id,
             seal_every_results=seal_every_results, seal_every_seconds=seal_every_seconds,
-            separate_networks=separate_networks, metrics_public=metrics_public,
+            retention_seconds=retention_seconds, separate_networks=separate_networks, metrics_public=metrics_public,
         )
     except ValidationError as exc:
         fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
@@ -160,12 +169,64 @@ def coordinator(
     serve(settings, operator_token_file, announce=announce)
 
 
+@app.command()
+def sealer(
+    database_url: Annotated[
+        str, typer.Option(envvar="COOPGRID_DATABASE_URL", help="The grid's PostgreSQL database (shared with its coordinators).")
+    ],
+    data_dir: Annotated[Path, typer.Option(envvar="COOPGRID_DATA_DIR", help="The coordinator key and ledger address.")] = Path(
+        "coopgrid-data"
+    ),
+    blob_store: Annotated[
+        str | None,
+        typer.Option(envvar="COOPGRID_BLOB_STORE", help="The grid's blob store (as the coordinators'): sealed trees go there."),
+    ] = None,
+    s3_endpoint_url: Annotated[
+        str | None,
+        typer.Option(envvar="AWS_ENDPOINT_URL", help="Endpoint of an S3-compatible store for an s3:// --blob-store."),
+    ] = None,
+    ledger: Annotated[str, typer.Option(envvar="COOPGRID_LEDGER", help="rpc (or embedded: a chain in the data dir).")] = "rpc",
+    rpc_url: Annotated[str | None, typer.Option(envvar="COOPGRID_RPC_URL", help="JSON-RPC endpoint for --ledger rpc.")] = None,
+    contract: Annotated[str | None, typer.Option(envvar="COOPGRID_CONTRACT", help="Ledger contract address.")] = None,
+    chain_id: Annotated[int, typer.Option(envvar="COOPGRID_CHAIN_ID", help="The chain the ledger must be on.")] = 31337,
+    seal_every_results: Annotated[int, typer.Option(envvar="COOPGRID_SEAL_EVERY_RESULTS")] = 10_000,
+    seal_every_seconds: Annotated[float, typer.Option(envvar="COOPGRID_SEAL_EVERY_SECONDS")] = 60.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lines too.")] = False,
+) -> None:
+    """Seal accepted results into epochs on chain, on its own, beside the grid's coordinators.
+
+    One process of the grid seals at a time (this one, or a coordinator with a ledger): whichever holds the
+    sealer lease in the database; another takes over when it dies."""
+    from pydantic import ValidationError
+
+    from coopgrid import logs
+    from coopgrid.config import Settings
+    from coopgrid.coordinator.server import seal_forever
+
+    logs.setup(logging.INFO if verbose else logging.WARNING, "text",
+               coopgrid_level=logging.DEBUG if verbose else logging.INFO)
+    if not database_url.startswith("postgresql"):
+        fail("--database-url: `coopgrid sealer` runs beside coordinators sharing a PostgreSQL database "
+             "(postgresql+psycopg://USER@HOST/DB); with SQLite the coordinator seals by itself")
+    if ledger == "none":
+        fail("--ledger none: a sealer needs a ledger (rpc with --rpc-url, or embedded)")
+    try:
+        settings = Settings(
+            data_dir=data_dir, database_url=database_url, ledger=ledger, rpc_url=rpc_url, contract=contract,
+            chain_id=chain_id, seal_every_results=seal_every_results, seal_every_seconds=seal_every_seconds,
+            blob_store=blob_store, s3_endpoint_url=s3_endpoint_url,
+        )
+    except ValidationError as exc:
+        fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    seal_forever(settings, announce=lambda m: console.print(m, highlight=False, soft_wrap=True))
+
+
 # -- worker -------------------------------------------------------------------------
 
 
 @app.command()
 def worker(
-    coordinator: Coordinator = DEFAULT_URL,
+    coordinator: Coordinators = DEFAULT_URL,
     key_file: Annotated[
         Path,
         typer.Option(
@@ -225,7 +286,8 @@ def worker(
         behaviour = parse_behaviour(dishonest)
     except ValueError as exc:
         fail(f"--dishonest: {exc}")
-    coordinator = check_url(coordinator)
+    # several coordinators of one grid (URL1,URL2,...): the worker fails over between them
+    coordinator = ",".join(check_url(url) for url in coordinator.split(",") if url.strip()) or check_url(coordinator)
     installed = sorted({ep.name for ep in entry_points(group=GROUP)})
     unknown = [t for t in task_type or [] if t not in installed]
     if unknown:
@@ -407,6 +469,11 @@ def submit(
     ] = None,
     wait: Annotated[bool, typer.Option(help="Show progress until the job is done.")] = True,
     output: Annotated[Path | None, typer.Option(help="Save the job's Parquet output here when done.")] = None,
+    shard_bytes: Annotated[
+        int | None,
+        typer.Option(min=1024, help="Upload the dataset in shards of at most this many bytes (default: the "
+                                    "coordinator's upload limit)."),
+    ] = None,
     replicas: Annotated[int | None, typer.Option(help="Trust: initial replicas per task.", rich_help_panel="Trust")] = None,
     quorum: Annotated[int | None, typer.Option(help="Trust: agreeing results needed.", rich_help_panel="Trust")] = None,
     max_replicas: Annotated[int | None, typer.Option(help="Trust: give up after this many.", rich_help_panel="Trust")] = None,
@@ -423,7 +490,7 @@ def submit(
     from different workers, gold tests, adaptive replication for proven workers.
     A trusted private grid can use --replicas 1 --quorum 1 --no-adaptive --gold-rate 0.
     """
-    from coopgrid import datasets
+    from coopgrid.dataset_shards import shards
     from coopgrid.views import job_failed, summary_table, watch
 
     if output is not None:
@@ -432,8 +499,11 @@ def submit(
         manifest = client.model(model) if model else None
         if manifest is not None:
             model = manifest["hash"]  # a unique hash prefix, resolved
-        data = datasets.load_for_task(dataset, task_type, manifest)
-        digest = client.put_blob(data.to_npz())
+        # a dataset above one upload goes in shards, each its own blob, split by the coordinator in turn
+        def limit() -> int:
+            return shard_bytes or int(client.json("GET", "/v1/info")["max_upload_bytes"])
+
+        digest, *more = [client.put_blob(data) for data in shards(dataset, task_type, manifest, limit)]
         trust = {
             k: v
             for k, v in {"replicas": replicas, "quorum": quorum, "max_replicas": max_replicas,
@@ -449,7 +519,7 @@ def submit(
             funder = _identity(key_file)
         job = client.submit(
             {
-                "name": name, "task_type": task_type, "model": model, "dataset": digest,
+                "name": name, "task_type": task_type, "model": model, "dataset": digest, "shards": more,
                 "task_size": task_size, "reward_per_task": reward, "params": _params(param or []), "trust": trust,
                 "funder": funder.address if funder else None, "min_stake": min_stake,
             }

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         500, ge=0, description="Lease requests all workers of one source network may make per second."
     )
     reap_interval: float = Field(1.0, gt=0, description="Seconds between scans for expired leases.")
+    duty_ttl: float = Field(
+        10.0, gt=0,
+        description="Seconds a process leads a periodic duty (reaper, sealer) without renewing it; another process "
+        "of the grid takes over that long after it dies.",
+    )
     auth_skew_seconds: float = Field(300.0, gt=0, description="How old a worker's signed request may be.")
     chain_id: int = Field(31337, description="Chain id: of the EIP-712 domain workers sign, and of the ledger's chain.")
     ledger: str = Field("embedded", pattern="^(embedded|rpc|none)$", description="embedded, rpc, or none.")
@@ -117,6 +122,11 @@ class Settings(BaseSettings):
         False,
         description="Replicas of a task never go to two workers of one /24 (IPv4) or /48 (IPv6) network; "
         "off for loopback deployments such as the demo.",
+    )
+    retention_seconds: float = Field(
+        7 * 86400.0, ge=0,
+        description="A finished job's task, replica and result rows move to a Parquet archive (blob) and leave the "
+                    "database this long after its results are sealed in committed epochs; proofs still work.",
     )
     seal_every_results: int = Field(10_000, ge=1, description="Seal an epoch once this many results wait.")
     seal_every_seconds: float = Field(60.0, gt=0, description="Seal an epoch once the oldest waiting result is this old.")

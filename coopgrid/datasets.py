@@ -77,6 +77,8 @@ class Dataset:
     #: what ``bytes`` items are: image, text, csv (free-form for plugins)
     media: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    #: a shard of a larger job's dataset: where its items start, for their default ids (never stored)
+    id_offset: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -113,10 +115,12 @@ class Dataset:
             return int(self.meta["rows"])
         return len(self.x)
 
-    def item_ids(self) -> list[str]:
+    def item_ids(self, start: int = 0, stop: int | None = None) -> list[str]:
+        """The ids of items ``start`` to ``stop`` (default: all), a shard's continuing its job's numbering."""
+        stop = len(self) if stop is None else stop
         if self.ids is not None:
-            return [str(i) for i in self.ids]
-        return [f"item-{i}" for i in range(len(self))]
+            return [str(i) for i in self.ids[start:stop]]
+        return [f"item-{self.id_offset + i}" for i in range(start, stop)]
 
     # -- bytes items ------------------------------------------------------------
 

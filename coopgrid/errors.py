@@ -7,6 +7,7 @@ Driver and RPC errors are wrapped at the edge and kept as ``__cause__``.
 
     CoopgridError
      ├── ConfigError              bad settings or a data dir we cannot use
+     │    └── DatabaseUnavailable the database is down or restarting: retry (HTTP 503)
      ├── NotFound                 unknown job / model / blob / worker
      │    ├── JobNotFound
      │    ├── ModelNotFound
@@ -126,6 +127,12 @@ class IntegrityError(CoopgridError):
 
 class CoordinatorUnavailable(CoopgridError):
     """The coordinator cannot be reached; is `coopgrid coordinator` running?"""
+
+    status_code = 503
+
+
+class DatabaseUnavailable(ConfigError):
+    """The database cannot be reached or failed mid-request; retry shortly (a restart or failover is brief)."""
 
     status_code = 503
 

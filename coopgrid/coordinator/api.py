@@ -24,16 +24,21 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import OperationalError
 
 from coopgrid import __version__
 from coopgrid.app import App
 from coopgrid.blobs.base import CHUNK, checked_name
 from coopgrid.coordinator.dashboard import install as install_dashboard
+from coopgrid.coordinator.duties import REAPER, SEALER
 from coopgrid.coordinator.deps import MAX_ID, Id, Index, TokenDep, signed_address
 from coopgrid.coordinator.edge import STATE_TOKEN, Edge, error_body, error_headers
 from coopgrid.coordinator.openapi import document
 from coopgrid.coordinator.ratelimit import TokenBuckets
-from coopgrid.errors import BlobNotFound, ChainUnavailable, Conflict, CoopgridError, Forbidden, InvalidInput, NotFound
+from coopgrid.coordinator.retention import purge_sealed_jobs
+from coopgrid.errors import (
+    BlobNotFound, ChainUnavailable, Conflict, CoopgridError, DatabaseUnavailable, Forbidden, InvalidInput, NotFound,
+)
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
 from coopgrid.store.base import JobRecord, ModelRecord
@@ -70,6 +75,7 @@ def job_view(app: App, job: JobRecord, counts: bool = True) -> dict[str, Any]:
         "task_type": job.task_type,
         "model": job.model_hash,
         "dataset": job.dataset_hash,
+        "dataset_shards": list(job.shards),  # a dataset above one upload: its further shards, in order
         "items": job.n_items,
         "tasks": job.n_tasks,
         "task_size": job.task_size,
@@ -86,6 +92,9 @@ def job_view(app: App, job: JobRecord, counts: bool = True) -> dict[str, Any]:
         "summary": job.summary,
         "output": job.output_hash,
         "seal_error": job.seal_error,
+        # retention: its task, replica and result rows were archived here and purged
+        "archive": job.archive_hash,
+        "archived_at": job.archived_at,
     }
     if counts:
         view["replicas"] = app.store.replica_counts(job.id)
@@ -103,20 +112,21 @@ def create_api(app: App) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # results recorded but not validated when the last process stopped
-        await run_in_threadpool(app.scheduler.validator.validate)
-        for job_id in await run_in_threadpool(app.store.complete_unfinished_jobs):
-            await run_in_threadpool(_finalize, job_id)
+        if await run_in_threadpool(app.duties.lead, REAPER):
+            await run_in_threadpool(_catch_up)  # results recorded but not validated when the last process stopped
         reaper = asyncio.create_task(_reap_forever())
         stop_sealing = threading.Event()
         sealer_thread = None
         if app.sealer is not None:
-            try:
-                await run_in_threadpool(app.sealer.reconcile)
-            except CoopgridError as exc:  # the sealing loop retries; serving must not wait for the chain
-                log.warning("could not reconcile with the chain yet: %s", exc.message)
+            sealing = await run_in_threadpool(app.duties.lead, SEALER)
+            if sealing:
+                try:
+                    await run_in_threadpool(app.sealer.reconcile)
+                except CoopgridError as exc:  # the sealing loop retries; serving must not wait for the chain
+                    log.warning("could not reconcile with the chain yet: %s", exc.message)
             sealer_thread = threading.Thread(
-                target=app.sealer.run, args=(stop_sealing,), name="sealer", daemon=True
+                target=app.sealer.run, args=(stop_sealing,),
+                kwargs={"lead": lambda: app.duties.lead(SEALER), "leading": sealing}, name="sealer", daemon=True,
             )
             sealer_thread.start()
         try:
@@ -126,6 +136,7 @@ def create_api(app: App) -> FastAPI:
             stop_sealing.set()
             if sealer_thread is not None:
                 await run_in_threadpool(sealer_thread.join, 10)
+            await run_in_threadpool(app.duties.release)
 
     def _finalize(job_id: str) -> None:
         """Reduce a complete job; a reducer that fails is logged, and never stops the coordinator."""
@@ -134,19 +145,41 @@ def create_api(app: App) -> FastAPI:
         except Exception:
             log.exception("reducing job %s failed; its results stay in the store", job_id)
 
+    def _catch_up() -> None:
+        """Validate every task with pending results and reduce every complete job still running: what a
+        process that stopped (or was killed) between recording and validating, or completing and reducing, left."""
+        app.scheduler.validator.validate()
+        for job_id in app.store.complete_unfinished_jobs():
+            _finalize(job_id)
+        if app.store.shared:
+            app.store.purge_nonces(time.time())
+
+    def _retain() -> None:
+        """The retention duty: archive and purge the rows of jobs sealed longer ago than retention_seconds."""
+        try:
+            purge_sealed_jobs(app.store, app.blobs, settings.retention_seconds, sealed=app.sealer is not None)
+        except Exception:  # the next round retries; serving goes on
+            log.exception("archiving finished jobs failed")
+
     async def _reap_forever() -> None:
         rounds = 0
         while True:
             await asyncio.sleep(settings.reap_interval)
             rounds += 1
             try:
+                if not await run_in_threadpool(app.duties.lead, REAPER):
+                    continue  # another process of the grid reaps
                 n = await run_in_threadpool(app.scheduler.reap)
                 if n:
                     log.info("reissued %d replicas from expired leases", n)
                 if rounds % 30 == 0:
                     # a safety net: validate every task with pending results, so none can wait forever
-                    for job_id in await run_in_threadpool(app.scheduler.validator.validate):
-                        await run_in_threadpool(_finalize, job_id)
+                    await run_in_threadpool(_catch_up)
+                if rounds % 30 == 15:
+                    await run_in_threadpool(_retain)
+            except (DatabaseUnavailable, OperationalError) as exc:  # restarting, failing over: the next round
+                log.warning("reaping expired leases failed: the database is unavailable (%s)",
+                            getattr(exc, "orig", None) or exc)
             except Exception:  # keep reaping; the next round may succeed
                 log.exception("reaping expired leases failed")
 
@@ -185,6 +218,12 @@ def create_api(app: App) -> FastAPI:
     @api.exception_handler(CoopgridError)
     async def _coopgrid_error(_: Request, exc: CoopgridError) -> JSONResponse:
         return _error(exc)
+
+    @api.exception_handler(OperationalError)
+    async def _database_down(_: Request, exc: OperationalError) -> JSONResponse:
+        # the database restarting, or failing over: a 503 that workers and clients retry, not a bare 500
+        log.warning("the database failed mid-request: %s", exc.orig)
+        return _error(DatabaseUnavailable())
 
     def _problems(errors: Any) -> JSONResponse:
         # never echo the input back: it may be bytes, huge (a whole list too long), or not text at all
@@ -474,7 +513,14 @@ def create_api(app: App) -> FastAPI:
     def seal_now(tok: TokenDep) -> dict[str, Any]:
         """Seal every accepted result not in an epoch yet, now, and wait for the chain."""
         app.auth.require_operator(tok)
-        done = sealer().step(force=True)
+        seal = sealer()
+        if not app.duties.lead(SEALER):
+            holder = app.store.duty_holders(time.time()).get(SEALER, "another process")
+            raise Conflict(
+                f"another process of this grid seals epochs ({holder}); ask it (or `coopgrid sealer`'s "
+                f"host), or wait: it seals every {settings.seal_every_seconds:g}s", holder=holder,
+            )
+        done = seal.step(force=True)
         return {"committed": [{"number": e.number, "state": e.state, "results": e.result_count,
                                "tx_hash": e.tx_hash, "block_number": e.block_number} for e in done]}
 

@@ -33,9 +33,8 @@ def hash_secret(secret: str) -> str:
 class NonceCache:
     """The nonces of signed requests seen within the clock window, per worker.
 
-    Kept in the process: a grid of several coordinator processes on one
-    database would need them in the database (see the scale-out notes). The
-    number a key may hold is bounded, so a key cannot grow it without limit;
+    Kept in the process, for a store only this process uses (SQLite); on a
+    shared database they live in it (:class:`SharedNonces`). The number a key may hold is bounded, so a key cannot grow it without limit;
     the per-key request rate limits keep honest workers far below it."""
 
     def __init__(self, window: float, per_key: int = 20_000) -> None:
@@ -72,11 +71,29 @@ class NonceCache:
                 del self._per_address[key[0]]
 
 
+class SharedNonces:
+    """The nonces of signed requests in the database, for a grid of several coordinator processes:
+    a request replayed to another process of the grid is refused as it would be by this one.
+    Expired ones are purged by the process leading the periodic duties (:mod:`coopgrid.coordinator.duties`)."""
+
+    def __init__(self, store: Store, window: float) -> None:
+        self.store = store
+        self.window = window
+
+    def remember(self, address: str, nonce: str, now: float | None = None) -> None:
+        """Record (address, nonce); AuthError if any process of the grid saw it within the window."""
+        now = time.time() if now is None else now
+        if not self.store.remember_nonce(address, nonce, now + 2 * self.window):
+            raise AuthError("this signed request was already used (a replay?); sign every request afresh")
+
+
 class Auth:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self.nonces = NonceCache(settings.auth_skew_seconds)
+        self.nonces: NonceCache | SharedNonces = (
+            SharedNonces(store, settings.auth_skew_seconds) if store.shared else NonceCache(settings.auth_skew_seconds)
+        )
         self._workers: dict[str, WorkerRecord] = {}
 
     @property
@@ -119,6 +136,13 @@ class Auth:
         """Create the first operator token if there is none; returns its secret then."""
         if self.store.count_tokens("operator"):
             return None
+        if self.store.shared:
+            # coordinators of one grid starting at once: the one that claims this makes the token, once
+            # (the claim lapses after a minute, should that process die before making it)
+            if not self.store.hold_duty("first-operator-token", secrets.token_hex(8), 60, time.time()):
+                return None
+            if self.store.count_tokens("operator"):
+                return None
         return self.issue("operator", "operator")[1]
 
     def token(self, authorization: str | None) -> Token:

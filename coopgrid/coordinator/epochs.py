@@ -31,6 +31,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from coopgrid.blobs import BlobStore
@@ -100,11 +101,22 @@ class Sealer:
 
     # -- the loop ---------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
-        """Seal and commit until ``stop`` is set; back off while the chain is down."""
+    def run(self, stop: threading.Event, lead: Callable[[], bool] | None = None, leading: bool = True) -> None:
+        """Seal and commit until ``stop`` is set; back off while the chain is down.
+
+        ``lead``: whether this process is the grid's sealer now (asked every round; several processes
+        share a database); ``leading``: whether it was when the loop starts. A process that becomes the
+        sealer reconciles with the chain first, as at start: the last one may have died mid-commit."""
         delay = 1.0
         while not stop.wait(delay):
             try:
+                if lead is not None:
+                    was, leading = leading, lead()
+                    if not leading:
+                        delay = 1.0
+                        continue
+                    if not was:
+                        self.reconcile()
                 self.step()
                 delay = 1.0
             except ChainUnavailable as exc:
@@ -365,6 +377,12 @@ class Sealer:
     def result_proof(self, job_id: str, task_index: int) -> dict[str, Any] | None:
         """Everything needed to check one task's accepted result on chain, or None if not committed."""
         r = self.store.sealed_result(job_id, task_index)
+        if r is None:  # a job past its retention: its rows are in its archive now
+            job = self.store.get_job(job_id)
+            if job is not None and job.archive_hash:
+                from coopgrid.coordinator.retention import archived_result
+
+                r = archived_result(self.blobs, job, task_index)
         if r is None or r.epoch is None:
             return None
         e = self.store.get_epoch(r.epoch)

@@ -12,7 +12,8 @@ import logging
 import random
 import secrets
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -35,6 +36,9 @@ from coopgrid.store.base import IncomingResult, JobRecord, NewJob, NewTask, Reco
 
 log = logging.getLogger(__name__)
 
+#: most further shards one job may name (each at most one upload)
+MAX_SHARDS = 10_000
+
 
 class JobSpec(BaseModel):
     """POST /v1/jobs."""
@@ -45,6 +49,11 @@ class JobSpec(BaseModel):
     task_type: str = Field(min_length=1, max_length=50)
     model: str | None = Field(None, max_length=120, description="Model hash, name, or name:version.")
     dataset: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the dataset .npz, uploaded as a blob.")
+    shards: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=list, max_length=MAX_SHARDS,
+        description="A dataset larger than one upload: the sha256 of each further shard (.npz blobs of the same "
+                    "kind), in item order after `dataset`.",
+    )
     task_size: int = Field(256, ge=1, le=1_000_000, description="Items per task (work unit).")
     reward_per_task: int = Field(
         0, ge=0, lt=REWARD_CEILING, description="Reward token base units per accepted task (bounded by the coordinator)."
@@ -117,33 +126,13 @@ class Scheduler:
         elif spec.model:
             raise InvalidInput(f"{spec.task_type!r} jobs take no model")
         # a hash learnt from someone else's job is refused exactly like one never uploaded
-        if not can_read(self.store, token, spec.dataset, time.time()) or not self.blobs.exists(spec.dataset):
-            raise unreadable_dataset(spec.dataset)
+        for digest in [spec.dataset, *spec.shards]:
+            if not can_read(self.store, token, digest, time.time()) or not self.blobs.exists(digest):
+                raise unreadable_dataset(digest)
         limits = DatasetLimits(self.settings.max_dataset_bytes, self.settings.max_dataset_items)
         dataset = Dataset.from_npz(self.blobs.get(spec.dataset), limits)
         if model_hash is not None:
             task_type.check_input(dataset, model.manifest)
-        new_tasks = []
-        first = 0
-        try:
-            for data, n in task_type.split(dataset, spec.task_size, params):
-                digest = sha256_hex(data)
-                if len(data) <= self.settings.inline_input_bytes:
-                    new_tasks.append(NewTask(digest, data, first, n))
-                else:
-                    self.blobs.put(data)
-                    new_tasks.append(NewTask(digest, None, first, n))
-                first += n
-        except (ValueError, TypeError) as exc:
-            raise DatasetError(f"cannot split the dataset into {spec.task_type!r} tasks: {exc}") from exc
-        most = spec.reward_per_task * len(new_tasks)  # what the job can spend at most (R per accepted task)
-        if most > self.settings.max_job_reward:
-            raise InvalidInput(
-                f"{len(new_tasks)} tasks at {spec.reward_per_task} each could spend {most}, above this "
-                f"coordinator's bound of {self.settings.max_job_reward} per job (max_job_reward); "
-                "lower the reward or split the job",
-                limit=str(self.settings.max_job_reward),
-            )
         job = NewJob(
             id=secrets.token_hex(32),
             owner_token_id=token.id,
@@ -152,7 +141,7 @@ class Scheduler:
             model_hash=model_hash,
             params=params.model_dump(mode="json"),
             dataset_hash=spec.dataset,
-            n_items=len(dataset),
+            n_items=0 if spec.shards else len(dataset),  # a sharded job's items are counted as it streams in
             task_size=spec.task_size,
             reward_per_task=spec.reward_per_task,
             policy=spec.trust.model_dump(),
@@ -160,7 +149,9 @@ class Scheduler:
             funder=_checksum(spec.funder) if spec.reward_per_task else None,
             min_stake=(spec.min_stake if spec.min_stake is not None
                        else self.settings.default_min_stake if spec.reward_per_task else 0),
+            shards=tuple(spec.shards),
         )
+        new_tasks = self._tasks(spec, task_type, params, dataset, limits, model.manifest if model_hash else None)
         record = self.store.create_job(job, new_tasks, time.time())
         log.info(
             "job %s submitted by %s: %s, %d items in %d tasks", record.id, token.name, record.task_type,
@@ -169,6 +160,44 @@ class Scheduler:
                    "items": record.n_items, "tasks": record.n_tasks},
         )
         return record
+
+    def _tasks(
+        self, spec: JobSpec, task_type: Any, params: BaseModel, first: Dataset, limits: DatasetLimits,
+        manifest: dict[str, Any] | None,
+    ) -> Iterator[NewTask]:
+        """The job's tasks as they are split, shard after shard: one shard is decoded at a time."""
+        n_tasks = offset = 0
+        for digest in [spec.dataset, *spec.shards]:
+            if digest == spec.dataset and offset == 0:
+                dataset = first
+            else:
+                dataset = Dataset.from_npz(self.blobs.get(digest), limits)
+                _check_shard(first, dataset, digest)
+                if manifest is not None:
+                    task_type.check_input(dataset, manifest)
+            start = offset
+            try:
+                for data, n in task_type.split(dataset, spec.task_size, params):
+                    digest_in = sha256_hex(data)
+                    if len(data) <= self.settings.inline_input_bytes:
+                        yield NewTask(digest_in, data, offset, n)
+                    else:
+                        self.blobs.put(data)
+                        yield NewTask(digest_in, None, offset, n)
+                    offset += n
+                    n_tasks += 1
+                    most = spec.reward_per_task * n_tasks  # what the job can spend at most (R per accepted task)
+                    if most > self.settings.max_job_reward:
+                        raise InvalidInput(
+                            f"{n_tasks} tasks (or more) at {spec.reward_per_task} each could spend {most}, above "
+                            f"this coordinator's bound of {self.settings.max_job_reward} per job (max_job_reward); "
+                            "lower the reward or split the job",
+                            limit=str(self.settings.max_job_reward),
+                        )
+            except (ValueError, TypeError) as exc:
+                raise DatasetError(f"cannot split the dataset into {spec.task_type!r} tasks: {exc}") from exc
+            offset = start + len(dataset)  # the next shard's items follow this one's, whatever split yielded
+            del dataset
 
     def job_for(self, job_id: str, token: Token) -> JobRecord:
         """The job if ``token`` may see it; a submitter sees only its own."""
@@ -347,6 +376,17 @@ class Scheduler:
 
     def reap(self) -> int:
         return self.store.reap_expired(time.time())
+
+
+def _check_shard(first: Dataset, shard: Dataset, digest: str) -> None:
+    """A further shard must hold the same kind of items as the first, or the job's items would not be one set."""
+    what = (first.kind, first.media, first.x.shape[1:] if first.kind == "array" else None, first.meta.get("header"))
+    got = (shard.kind, shard.media, shard.x.shape[1:] if shard.kind == "array" else None, shard.meta.get("header"))
+    if what != got:
+        raise DatasetError(
+            f"shard {digest} does not match the dataset's first shard (kind, media, item shape, CSV header: "
+            f"{got} vs {what}); every shard of a job holds the same kind of items"
+        )
 
 
 def _checksum(address: str) -> str:

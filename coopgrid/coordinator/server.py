@@ -256,3 +256,28 @@ def serve(
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         app.close()
+
+
+def seal_forever(settings: Settings, announce: Callable[[str], None] = print) -> None:
+    """``coopgrid sealer``: seal epochs whenever this process holds the grid's sealer lease, until SIGINT/SIGTERM."""
+    import threading
+
+    from coopgrid.coordinator.duties import SEALER
+
+    os.umask(0o077)
+    app = build(settings)
+    if app.sealer is None:
+        app.close()
+        raise ConfigError("the sealer needs a ledger: pass --ledger rpc --rpc-url URL (or embedded)")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    announce(
+        f"sealer {app.duties.holder} for grid {app.store.grid_id()}: seals on chain {app.sealer.ledger.chain_id} "
+        f"(contract {app.sealer.ledger.address}) whenever it holds the sealer lease"
+    )
+    try:
+        app.sealer.run(stop, lead=lambda: app.duties.lead(SEALER), leading=False)
+    finally:
+        app.duties.release()
+        app.close()

@@ -12,16 +12,58 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from coopgrid import tasks
 from coopgrid.blobs import BlobStore
+from coopgrid.dataset_shards import concat_datasets
 from coopgrid.datasets import Dataset
 from coopgrid.store.base import JobRecord, Store
 from coopgrid.tasks.base import TaskOutput, store_blob_files
 
 log = logging.getLogger(__name__)
+
+#: items reduced at once by a task type that streams (its piece of output is then appended)
+REDUCE_CHUNK_ITEMS = 16_384
+
+
+class _Peekable:
+    def __init__(self, it: Iterator[Any]) -> None:
+        self._it = it
+        self._next: Any = None
+        self._done = False
+
+    def peek(self) -> Any:
+        if self._next is None and not self._done:
+            self._next = next(self._it, None)
+            self._done = self._next is None
+        return self._next
+
+    def __next__(self) -> Any:
+        value = self.peek()
+        self._next = None
+        return value
+
+
+def put_file(blobs: BlobStore, path: Path) -> str:
+    """A file stored as a blob a megabyte at a time (a million-task output is never read whole)."""
+    with blobs.writer() as blob, path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            blob.write(chunk)
+        return blob.commit()
+
+
+def _add_figures(total: dict[str, Any], more: dict[str, Any]) -> None:
+    """Figures of consecutive pieces of one job: counts add up; anything else is the first piece's."""
+    for key, value in more.items():
+        if key in total and isinstance(value, int) and not isinstance(value, bool):
+            total[key] += value
+        else:
+            total.setdefault(key, value)
 
 
 class Summarizer:
@@ -78,19 +120,62 @@ class Summarizer:
         """The job's accepted outputs reduced: (the task type's figures, the output blob's hash)."""
         task_type = tasks.get(job.task_type)
         params = task_type.validate_params(job.params)
-        # accepted at submission, under the limits of then (which may since have been lowered)
-        dataset = Dataset.from_npz(self.blobs.get(job.dataset_hash), limits=None)
-        outputs = [
-            TaskOutput(o.task_index, o.first_item, o.n_items, o.worker_address, task_type.decode(o.output))
-            for o in self.store.accepted_outputs(job.id)
-        ]
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "output.parquet"
-            figures = task_type.reduce(outputs, dataset, params, out)
+            if task_type.streams:
+                figures = self._reduce_streaming(job, task_type, params, out)
+            else:
+                # accepted at submission, under the limits of then (which may since have been lowered);
+                # a task type that reduces the whole dataset gets its shards joined again
+                dataset = concat_datasets(
+                    [Dataset.from_npz(self.blobs.get(d), limits=None) for d in [job.dataset_hash, *job.shards]]
+                )
+                outputs = [
+                    TaskOutput(o.task_index, o.first_item, o.n_items, o.worker_address, task_type.decode(o.output))
+                    for o in self.store.accepted_outputs(job.id)
+                ]
+                figures = task_type.reduce(outputs, dataset, params, out)
             # extra files a reducer wrote (e.g. preprocess's dataset.npz, the next job's input)
             figures = store_blob_files(figures, out.parent, self.blobs.put)
-            output_hash = self.blobs.put(out.read_bytes())
+            output_hash = put_file(self.blobs, out)
         return figures, output_hash
+
+    def _reduce_streaming(self, job: JobRecord, task_type: Any, params: Any, out: Path) -> dict[str, Any]:
+        """Reduce shard by shard and, within a shard, REDUCE_CHUNK_ITEMS at a time, each piece's
+        Parquet appended to ``out`` as row groups: memory holds one shard and one piece, never the job."""
+        figures: dict[str, Any] = {}
+        piece = out.with_name("piece.parquet")
+        writer: pq.ParquetWriter | None = None
+        outputs = _Peekable(self.store.accepted_outputs(job.id))
+        offset = 0
+        try:
+            for digest in [job.dataset_hash, *job.shards]:
+                dataset = Dataset.from_npz(self.blobs.get(digest), limits=None)
+                dataset.id_offset = offset
+                end = offset + len(dataset)
+                while True:
+                    chunk, n = [], 0
+                    while n < REDUCE_CHUNK_ITEMS and (o := outputs.peek()) is not None and o.first_item < end:
+                        next(outputs)
+                        chunk.append(TaskOutput(o.task_index, o.first_item - offset, o.n_items, o.worker_address,
+                                                task_type.decode(o.output)))
+                        n += o.n_items
+                    if not chunk and writer is not None:
+                        break
+                    _add_figures(figures, task_type.reduce(chunk, dataset, params, piece))
+                    table = pq.read_table(piece)
+                    if writer is None:
+                        writer = pq.ParquetWriter(out, table.schema)
+                    writer.write_table(table)
+                    del table, chunk
+                    if outputs.peek() is None or outputs.peek().first_item >= end:
+                        break
+                offset = end
+                del dataset
+        finally:
+            if writer is not None:
+                writer.close()
+        return figures
 
     def figures(self, job: JobRecord, now: float) -> dict[str, Any]:
         counts = self.store.replica_counts(job.id)

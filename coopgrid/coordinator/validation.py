@@ -14,8 +14,11 @@ import threading
 import time
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from coopgrid import tasks
 from coopgrid.coordinator.metrics import Metrics
+from coopgrid.errors import DatabaseUnavailable
 from coopgrid.coordinator.trust import Candidate, TrustPolicy, decide, established
 from coopgrid.store.base import Accept, CandidateRow, Store, TaskCheck, ValidationWrite
 from coopgrid.store.schema import ReplicaKind, ResultStatus, TaskState
@@ -32,12 +35,25 @@ class Validator:
         self.metrics = metrics or Metrics()
         # one validation round at a time per process: two rounds deciding the
         # same task would issue its replicas twice (the store's unique index
-        # on accepted results still stops a double acceptance)
+        # on accepted results still stops a double acceptance); across processes
+        # sharing a database, the round's tasks are locked in it (Store.locked_tasks)
         self._lock = threading.Lock()
 
     def validate(self, task_ids: list[int] | None = None) -> list[str]:
         """Validate these tasks (all with pending results when None); returns jobs completed."""
-        with self._lock:
+        for attempt in range(3):
+            try:
+                return self._round(task_ids)
+            except (OperationalError, DatabaseUnavailable) as exc:
+                # another process's transaction and this round waited on each other (rows taken in
+                # different orders); the database broke the tie by rolling this one back: run it again
+                if not _deadlock(exc) or attempt == 2:
+                    raise
+                log.info("validation round rolled back by a deadlock with another process; running it again")
+        raise AssertionError("unreachable")
+
+    def _round(self, task_ids: list[int] | None) -> list[str]:
+        with self._lock, self.store.locked_tasks(task_ids):
             checks = self.store.tasks_to_validate(task_ids)
             if not checks:
                 return []
@@ -218,6 +234,11 @@ def _credit(w: ValidationWrite, rep: Any, group: list[int], worker_id: int) -> N
     if group != [worker_id] and not fresh:
         r.repeated += 1
     w.pairs.update(fresh)
+
+
+def _deadlock(exc: BaseException) -> bool:
+    driver = exc if isinstance(exc, OperationalError) else exc.__cause__
+    return getattr(getattr(driver, "orig", None), "sqlstate", None) == "40P01"
 
 
 def _worker(rows: list[CandidateRow], result_id: int) -> int:

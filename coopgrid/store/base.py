@@ -10,7 +10,8 @@ one database). Times are unix seconds.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,7 @@ class NewJob:
     initial_replicas: int = 1
     funder: str | None = None  # a paid job: the account whose escrow pays it (the job waits unfunded)
     min_stake: int = 0  # stake a worker needs to lease its replicas
+    shards: tuple[str, ...] = ()  # further dataset blobs after dataset_hash, in item order
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,9 @@ class JobRecord:
     seal_error: str | None = None  # set when its results are held out of sealing, and why
     funder: str | None = None
     min_stake: int = 0
+    shards: tuple[str, ...] = ()  # further dataset blobs after dataset_hash, in item order
+    archive_hash: str | None = None  # retention: its per-replica rows live in this Parquet archive now
+    archived_at: float | None = None
 
     @property
     def complete(self) -> bool:
@@ -441,8 +446,8 @@ class Store(abc.ABC):
     # -- jobs -------------------------------------------------------------------
 
     @abc.abstractmethod
-    def create_job(self, job: NewJob, tasks: Sequence[NewTask], now: float) -> JobRecord:
-        """Create the job, its tasks and one ready replica per task, atomically."""
+    def create_job(self, job: NewJob, tasks: Iterable[NewTask], now: float) -> JobRecord:
+        """Create the job, its tasks (streamed: never all held at once) and its first replicas, atomically."""
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -719,3 +724,54 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def failure_reasons(self, job_id: str, limit: int = 20) -> list[tuple[str, int]]:
         """(error a worker reported, how many replicas) for a job, most frequent first."""
+
+    # -- scale-out: several coordinator processes on one database ---------------------
+
+    @property
+    @abc.abstractmethod
+    def shared(self) -> bool:
+        """Whether several processes may use this store at once (PostgreSQL), so that what one process
+        remembers (request nonces, who runs a periodic duty) must live in the database."""
+
+    @abc.abstractmethod
+    def hold_duty(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        """Take or renew the lease on periodic duty ``name`` for ``holder`` until ``now + ttl``.
+
+        True when ``holder`` holds it now: it held it already, nobody did, or the last holder's lease
+        expired (that process died or stalled). At most one holder's lease is unexpired at a time."""
+
+    @abc.abstractmethod
+    def release_duty(self, name: str, holder: str) -> None:
+        """Give up ``name`` if ``holder`` holds it (on a clean stop, so another process takes over at once)."""
+
+    @abc.abstractmethod
+    def duty_holders(self, now: float) -> dict[str, str]:
+        """duty -> the process holding its unexpired lease."""
+
+    @abc.abstractmethod
+    def remember_nonce(self, address: str, nonce: str, expires_at: float) -> bool:
+        """Record a signed request's nonce; False if it is recorded already (a replay)."""
+
+    @abc.abstractmethod
+    def purge_nonces(self, now: float) -> int:
+        """Forget nonces whose window has passed; returns how many."""
+
+    @abc.abstractmethod
+    def locked_tasks(self, task_ids: Sequence[int] | None) -> contextlib.AbstractContextManager[None]:
+        """A validation round's transaction: ``task_ids`` (every task with pending results when None)
+        are locked until it ends, and this thread's store calls inside it run in it. Two rounds over one
+        task, in any two processes, run one after the other: a task is decided exactly once."""
+
+    # -- retention ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def jobs_to_archive(self, finished_before: float, sealed: bool, limit: int = 10) -> list[str]:
+        """Finished jobs whose per-replica rows may be archived and purged (see store/sql_retention.py)."""
+
+    @abc.abstractmethod
+    def archive_rows(self, job_id: str, table: str) -> Iterator[list[dict[str, Any]]]:
+        """A job's rows of ``table`` (tasks, replicas, results, result_batches), a batch at a time."""
+
+    @abc.abstractmethod
+    def purge_job(self, job_id: str, archive_hash: str, now: float) -> int:
+        """Delete a job's task, replica and result rows, recording its archive; the rows deleted."""

@@ -179,6 +179,11 @@ jobs = Table(
     Column("seal_error", Text, nullable=True),
     Column("funder", String(42), nullable=True),  # the account whose escrow pays a paid job
     Column("min_stake", String(80), nullable=False, server_default=text("'0'")),  # to lease its replicas
+    # JSON list of the dataset's further shards (blobs) after dataset_hash, in item order; NULL: one blob
+    Column("shards", Text, nullable=True),
+    # retention: the Parquet archive (blob) of the job's purged task, replica and result rows
+    Column("archive_hash", String(64), nullable=True),
+    Column("archived_at", Float, nullable=True),
 )
 # who may read a dataset blob: its jobs' owners and the workers leasing them (coordinator/access.py)
 Index("ix_jobs_dataset", jobs.c.dataset_hash)
@@ -358,4 +363,25 @@ epochs = Table(
     Column("block_number", Integer, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("committed_at", Float, nullable=True),
+)
+
+# Scale-out: what several coordinator processes on one database agree through.
+
+duty_leases = Table(
+    "duty_leases",
+    metadata,
+    # a periodic duty (reaper, sealer, ...) run by one process at a time: the one whose lease has not expired
+    Column("name", String(40), primary_key=True),
+    Column("holder", String(120), nullable=False),  # host:pid:random of the process
+    Column("expires_at", Float, nullable=False),
+)
+
+request_nonces = Table(
+    "request_nonces",
+    metadata,
+    # a worker's signed request, remembered for the clock window so a replay to any process is refused
+    Column("address", String(42), primary_key=True),
+    Column("nonce", String(80), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_request_nonces_expires_at", "expires_at"),
 )

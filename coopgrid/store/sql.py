@@ -14,14 +14,14 @@ import json
 import random
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from coopgrid.errors import ConfigError, Conflict, JobNotFound, LeaseError
+from coopgrid.errors import ConfigError, Conflict, DatabaseUnavailable, JobNotFound, LeaseError
 from coopgrid.store import schema as s
 from coopgrid.store.dbstats import maybe_attach
 from coopgrid.store.base import (
@@ -42,15 +42,19 @@ from coopgrid.store.base import (
     WorkerRecord,
 )
 from coopgrid.store.sql_access import AccessQueries
+from coopgrid.store.sql_duties import DutyQueries
 from coopgrid.store.sql_ledger import LedgerQueries
 from coopgrid.store.sql_slashes import SlashQueries
 from coopgrid.store.sql_metrics import MetricsQueries
+from coopgrid.store.sql_retention import RetentionQueries
 from coopgrid.store.sql_tokens import REVOKED, TokenQueries
 from coopgrid.store.sql_trust import TrustQueries
 from coopgrid.store.schema import JobState, ReplicaKind, ReplicaState, ResultStatus, TaskState
 
 #: how many attempts that end in an error a task gets before it is marked failed
 MAX_TASK_ERRORS = 3
+#: tasks inserted per statement while a job streams in: memory stays at one chunk's rows
+TASK_INSERT_CHUNK = 10_000
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -105,6 +109,9 @@ def _job(row: Any) -> JobRecord:
         seal_error=row.seal_error,
         funder=row.funder,
         min_stake=int(row.min_stake),
+        shards=tuple(json.loads(row.shards)) if row.shards else (),
+        archive_hash=row.archive_hash,
+        archived_at=row.archived_at,
     )
 
 
@@ -139,7 +146,10 @@ def _worker(row: Any) -> WorkerRecord:
     )
 
 
-class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, MetricsQueries, TokenQueries, Store):
+class SqlStore(
+    AccessQueries, DutyQueries, TrustQueries, LedgerQueries, SlashQueries, MetricsQueries, TokenQueries,
+    RetentionQueries, Store,
+):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
@@ -148,6 +158,7 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
         )
+        self._held = threading.local()  # this thread's validation round's transaction (see locked_tasks)
 
     @classmethod
     def open(cls, url: str, migrate: bool = True) -> SqlStore:
@@ -163,15 +174,24 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Any]:
+        held = getattr(self._held, "conn", None)
+        if held is not None:  # inside a validation round: its transaction, committed when the round ends
+            yield held
+            return
         with self._write_lock:
             try:
                 with self.engine.begin() as conn:
                     yield conn
             except OperationalError as exc:
-                raise ConfigError(f"the database failed: {exc.orig}") from exc
+                raise DatabaseUnavailable(f"the database failed: {exc.orig}") from exc
+
+    def _locking(self, q: Any, skip_locked: bool = False) -> Any:
+        """``q`` FOR UPDATE on PostgreSQL (several processes); SQLite's single writer needs no row locks."""
+        return q.with_for_update(skip_locked=skip_locked) if self.dialect == "postgresql" else q
 
     def _read(self) -> contextlib.AbstractContextManager[Any]:
-        return self.engine.connect()
+        held = getattr(self._held, "conn", None)
+        return contextlib.nullcontext(held) if held is not None else self.engine.connect()
 
     # -- tokens -------------------------------------------------------------------
 
@@ -313,7 +333,7 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
 
     # -- jobs -------------------------------------------------------------------
 
-    def create_job(self, job: NewJob, tasks: Sequence[NewTask], now: float) -> JobRecord:
+    def create_job(self, job: NewJob, tasks: Iterable[NewTask], now: float) -> JobRecord:
         with self._write() as conn:
             conn.execute(
                 insert(s.jobs).values(
@@ -324,8 +344,9 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                     model_hash=job.model_hash,
                     params=json.dumps(job.params, sort_keys=True),
                     dataset_hash=job.dataset_hash,
+                    shards=json.dumps(list(job.shards)) if job.shards else None,
                     n_items=job.n_items,
-                    n_tasks=len(tasks),
+                    n_tasks=0,
                     task_size=job.task_size,
                     reward_per_task=str(job.reward_per_task),
                     state=(JobState.UNFUNDED if job.funder else JobState.RUNNING).value,
@@ -338,22 +359,19 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                     created_at=now,
                 )
             )
+            # the tasks stream in (a million-task job is never a list here), a chunk at a time
+            n_tasks = n_items = 0
+            for chunk in _chunks(tasks, TASK_INSERT_CHUNK):
+                rows = [
+                    (job.id, n_tasks + i, t.input_hash, t.input_data, t.first_item, t.n_items, TaskState.OPEN.value,
+                     0, job.initial_replicas)
+                    for i, t in enumerate(chunk)
+                ]
+                self._insert_tasks(conn, rows)
+                n_tasks += len(rows)
+                n_items += sum(t.n_items for t in chunk)
             conn.execute(
-                insert(s.tasks),
-                [
-                    {
-                        "job_id": job.id,
-                        "idx": i,
-                        "input_hash": t.input_hash,
-                        "input_data": t.input_data,
-                        "first_item": t.first_item,
-                        "n_items": t.n_items,
-                        "state": TaskState.OPEN.value,
-                        "errors": 0,
-                        "issued": job.initial_replicas,
-                    }
-                    for i, t in enumerate(tasks)
-                ],
+                update(s.jobs).where(s.jobs.c.id == job.id).values(n_tasks=n_tasks, n_items=job.n_items or n_items)
             )
             # the first replicas of every task, set-based rather than a row per round trip; a paid
             # job gets them once its escrow is funded (activate_job): until then nothing is leased
@@ -367,6 +385,28 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                 )
             row = conn.execute(select(s.jobs).where(s.jobs.c.id == job.id)).one()
         return _job(row)
+
+    _TASK_COLUMNS = ("job_id", "idx", "input_hash", "input_data", "first_item", "n_items", "state", "errors", "issued")
+
+    def _insert_tasks(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        """Rows into tasks: COPY on PostgreSQL through psycopg 3, executemany elsewhere."""
+        raw = conn.connection.dbapi_connection
+        if self.dialect == "postgresql" and hasattr(raw, "cursor") and type(raw).__module__.startswith("psycopg"):
+            with raw.cursor() as cur, cur.copy(f"COPY tasks ({', '.join(self._TASK_COLUMNS)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        if conn.dialect.paramstyle == "qmark":
+            mark = "?"
+        elif conn.dialect.paramstyle in ("format", "pyformat"):
+            mark = "%s"
+        else:  # a driver of another style: SQLAlchemy binds it
+            conn.execute(insert(s.tasks), [dict(zip(self._TASK_COLUMNS, row)) for row in rows])
+            return
+        # straight to the driver's executemany: a million tasks through SQLAlchemy's per-row
+        # parameter processing cost more than the inserts themselves
+        columns = ", ".join(self._TASK_COLUMNS)
+        conn.exec_driver_sql(f"INSERT INTO tasks ({columns}) VALUES ({', '.join([mark] * len(rows[0]))})", rows)
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._read() as conn:
@@ -465,6 +505,8 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
             .join(s.workers, s.workers.c.id == s.results.c.worker_id)
             .where(s.tasks.c.job_id == job_id, s.results.c.status == ResultStatus.ACCEPTED.value)
             .order_by(s.tasks.c.idx)
+            # a server-side cursor on PostgreSQL: a million outputs are never fetched at once
+            .execution_options(yield_per=2000)
         )
         with self._read() as conn:
             for row in conn.execute(q):
@@ -665,7 +707,7 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
 
     def extend_lease(self, lease_id: int, worker_id: int, lease_seconds: float, now: float) -> float:
         with self._write() as conn:
-            row = conn.execute(select(s.leases).where(s.leases.c.id == lease_id)).first()
+            row = conn.execute(self._locking(select(s.leases).where(s.leases.c.id == lease_id))).first()
             _check_lease(row, lease_id, worker_id, now)
             expires = now + lease_seconds
             conn.execute(update(s.leases).where(s.leases.c.id == lease_id).values(expires_at=expires))
@@ -709,7 +751,9 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
     ) -> RecordOutcome:
         outcome = RecordOutcome()
         with self._write() as conn:
-            lease = conn.execute(select(s.leases).where(s.leases.c.id == lease_id)).first()
+            # the lease row locked: the reaper of another process cannot expire it (and reissue its
+            # replicas) between this check and this batch's results being written
+            lease = conn.execute(self._locking(select(s.leases).where(s.leases.c.id == lease_id))).first()
             if lease is None or lease.worker_id != worker_id:
                 raise LeaseError(f"lease {lease_id} is unknown to this coordinator", lease_id=lease_id)
             expired = lease.state == "expired" or lease.expires_at < now
@@ -732,6 +776,8 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
                 raise LeaseError(
                     f"replicas {foreign[:10]} are not part of lease {lease_id}", lease_id=lease_id, replicas=foreign
                 )
+            if self.dialect == "postgresql":
+                self._lock_judged_tasks(conn, [replica_rows[it.replica_id] for it in items])
             batch_id = conn.execute(
                 insert(s.result_batches).values(
                     worker_id=worker_id, lease_id=lease_id, signature=signature, size=len(items), received_at=now,
@@ -851,6 +897,23 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
             conn.execute(update(s.workers).where(s.workers.c.id == worker_id).values(last_seen=now))
         return outcome
 
+    def _lock_judged_tasks(self, conn: Any, reps: list[Any]) -> None:
+        """Lock the tasks whose results a validation round will judge, before writing those results.
+
+        A round reads a task's results and its outstanding replicas in separate statements; were a batch
+        for the task committed between the two (another process, another thread), the round would see a
+        replica done without its result and issue one more. A round locks its tasks first
+        (``locked_tasks``), so with this lock a batch lands wholly before the round or after it."""
+        single = self._quorum_one(conn, {r.job_id for r in reps})
+        judged = sorted({r.task_id for r in reps if r.job_id not in single or r.kind != ReplicaKind.NORMAL.value})
+        if judged:
+            conn.execute(
+                text("SELECT id FROM tasks WHERE id IN :ids ORDER BY id FOR NO KEY UPDATE").bindparams(
+                    bindparam("ids", expanding=True)
+                ),
+                {"ids": judged},
+            )
+
     def _quorum_one(self, conn: Any, job_ids: set[str]) -> set[str]:
         """Those jobs whose trust policy accepts a single result (policies never change: cached)."""
         unknown = sorted(j for j in job_ids if j not in self._single)
@@ -912,8 +975,11 @@ class SqlStore(AccessQueries, TrustQueries, LedgerQueries, SlashQueries, Metrics
     def reap_expired(self, now: float) -> int:
         with self._write() as conn:
             expired = conn.execute(
-                select(s.leases.c.id, s.leases.c.worker_id).where(
-                    s.leases.c.state == "open", s.leases.c.expires_at < now
+                self._locking(
+                    select(s.leases.c.id, s.leases.c.worker_id).where(
+                        s.leases.c.state == "open", s.leases.c.expires_at < now
+                    ),
+                    skip_locked=True,  # a lease whose results are being written now is left to that writer
                 )
             ).all()
             if not expired:
@@ -964,3 +1030,13 @@ def _check_lease(row: Any, lease_id: int, worker_id: int, now: float) -> None:
     if row.state == "closed":
         raise LeaseError(f"lease {lease_id} is already closed: every replica in it was answered", lease_id=lease_id)
 
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -95,6 +95,10 @@ class TaskType(abc.ABC):
     Params: ClassVar[type[BaseModel]] = NoParams
     #: whether jobs of this type need a published model of the same task type
     needs_model: ClassVar[bool] = False
+    #: whether :meth:`reduce` may be called on consecutive runs of a job's outputs (a shard's, or a
+    #: chunk of tasks) whose output files are then concatenated and whose int figures are added:
+    #: what lets a sharded or million-task job reduce in bounded memory (coordinator/summary.py)
+    streams: ClassVar[bool] = False
     #: dataset kinds the type takes (see :mod:`coopgrid.datasets`); informative
     accepts: ClassVar[tuple[str, ...]] = ("array",)
 

@@ -66,6 +66,7 @@ def split_rows(dataset: Dataset, task_size: int, dtype: Any = None) -> Iterator[
 
 class EchoTask(TaskType):
     name = "echo"
+    streams = True
 
     def split(self, dataset: Dataset, task_size: int, params: BaseModel) -> Iterator[tuple[bytes, int]]:
         return split_rows(dataset, task_size)
@@ -80,8 +81,10 @@ class EchoTask(TaskType):
         return data
 
     def reduce(self, outputs: Sequence[TaskOutput], dataset: Dataset, params: BaseModel, out: Path) -> dict[str, Any]:
-        ids = dataset.item_ids()
-        item_ids, values, tasks, workers = [], [], [], []
+        item_ids: list[str] = []
+        values: list[bytes] = []
+        tasks: list[int] = []
+        workers: list[str] = []
         mismatched = 0
         for o in outputs:
             expected = dataset.x[o.first_item : o.first_item + o.n_items].reshape(o.n_items, -1)
@@ -91,16 +94,19 @@ class EchoTask(TaskType):
                 rows = np.zeros((o.n_items, 0), dtype=expected.dtype)
             if rows.shape != expected.shape:
                 mismatched += o.n_items
-                item_ids += ids[o.first_item : o.first_item + o.n_items]
+                item_ids += dataset.item_ids(o.first_item, o.first_item + o.n_items)
                 values += [b""] * o.n_items
                 tasks += [o.task_index] * o.n_items
                 workers += [o.worker] * o.n_items
                 continue
             mismatched += int((rows != expected).any(axis=1).sum())
-            item_ids += ids[o.first_item : o.first_item + o.n_items]
+            item_ids += dataset.item_ids(o.first_item, o.first_item + o.n_items)
             values += [r.tobytes() for r in rows]
             tasks += [o.task_index] * o.n_items
             workers += [o.worker] * o.n_items
-        table = pa.table({"item_id": item_ids, "value": values, "task_index": tasks, "worker": workers})
+        table = pa.table(
+            {"item_id": pa.array(item_ids, pa.string()), "value": pa.array(values, pa.binary()),
+             "task_index": pa.array(tasks, pa.int64()), "worker": pa.array(workers, pa.string())}
+        )
         pq.write_table(table, out)
         return {"echo_mismatches": mismatched}

@@ -2,7 +2,10 @@
 
 While the coordinator cannot be reached (connection refused, timeouts, 502,
 503, 504) a call is retried with exponential backoff and full jitter until it
-succeeds or the worker is told to stop. Other errors come back as
+succeeds or the worker is told to stop. Given several coordinators of one
+grid (``URL1,URL2,...``: processes sharing one database), a request that gets
+no answer goes to the next one at once, and backing off starts only once
+every one has failed. Other errors come back as
 :mod:`coopgrid.errors` exceptions built from the coordinator's JSON.
 """
 
@@ -60,6 +63,12 @@ def _problems(detail: Any) -> str:
     return orjson.dumps(detail).decode()
 
 
+def worth_another_coordinator(reason: str) -> bool:
+    """Whether a failed request is worth sending to another coordinator: it did not answer (or a proxy
+    said it is down), rather than asked to slow down (429 is the grid's own limit, the same everywhere)."""
+    return not reason.startswith("HTTP 429")
+
+
 class Stopped(Exception):
     """The worker was asked to stop while waiting for the coordinator."""
 
@@ -77,14 +86,28 @@ class WorkerClient:
     ) -> None:
         #: an operator's API token, sent only where asked (registering as a trusted worker)
         self.token = token
-        self.base_url = base_url.rstrip("/")
+        #: the coordinators of one grid, tried in turn: a worker fails over to the next when one stops answering
+        self.urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()]
+        self._at = 0
         #: raise CoordinatorUnavailable once the coordinator has not answered for this long (None: retry for ever)
         self.give_up_after = give_up_after
         self.identity = identity
         self.stop = stop or threading.Event()
         self.backoff_cap = backoff_cap
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self.http = httpx.Client(timeout=timeout)
         self._info: dict[str, Any] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The coordinator this client talks to now."""
+        return self.urls[self._at]
+
+    def _fail_over(self, reason: str) -> None:
+        """Move on to the next coordinator of the list (shared by the worker's threads: all follow)."""
+        at = self._at
+        log.warning("coordinator %s unreachable (%s); trying %s", self.urls[at], reason,
+                    self.urls[(at + 1) % len(self.urls)])
+        self._at = (at + 1) % len(self.urls)
 
     @property
     def grid(self) -> str:
@@ -112,6 +135,7 @@ class WorkerClient:
         content = b"" if body is None else orjson.dumps(body)
         attempt = 0
         failing_since: float | None = None
+        tried = 0  # coordinators tried since the last back-off
         while True:
             # signed afresh on every attempt: a nonce is good for one request only
             headers = self.identity.request_headers(method, path, content, self.grid) if signed else {}
@@ -120,7 +144,7 @@ class WorkerClient:
             if authorized and self.token:
                 headers["authorization"] = f"Bearer {self.token}"
             try:
-                response = self.http.request(method, path, content=content, headers=headers)
+                response = self.http.request(method, self.base_url + path, content=content, headers=headers)
                 if response.status_code not in RETRY_STATUS:
                     if response.status_code >= 400:
                         raise error_from_response(response)
@@ -130,6 +154,12 @@ class WorkerClient:
                     reason += f" (too many requests: {error_from_response(response).message})"
             except httpx.TransportError as exc:
                 reason = type(exc).__name__
+            if len(self.urls) > 1 and worth_another_coordinator(reason):
+                self._fail_over(reason)
+                tried += 1
+                if tried < len(self.urls):
+                    continue  # one not tried yet: at once, no back-off
+                tried = 0  # every one failed: back off, then go round again
             if not retry:
                 raise errors.CoordinatorUnavailable(f"{self.base_url} unreachable: {reason}")
             failing_since = failing_since or time.monotonic()

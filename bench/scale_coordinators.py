@@ -1,0 +1,127 @@
+"""Scale-out benchmark: one echo job through 2 coordinator processes vs 1, on PostgreSQL, same run.
+
+    .venv/bin/python bench/scale_coordinators.py                 # 100,000 tasks each way, ~2-3 minutes
+    .venv/bin/python bench/scale_coordinators.py --tasks 200000  # the issue's size, if time allows
+
+Both sides run the same job (``sequence:N``, ``task_size`` 1, one replica per task, a quorum of one) on a
+fresh PostgreSQL database at 127.0.0.1:5432 (trust auth, as the tests use it) with ``--ledger none``,
+through the same number of real ``coopgrid worker`` processes started through the CLI:
+
+- baseline: 1 coordinator process, every worker on it;
+- scaled: 2 coordinator processes on the same database (and the same data dir, i.e. the grid's blob
+  store), half the workers on each (each worker also knows the other coordinator, to fail over).
+
+The figure is tasks/s from the start of submission (dataset upload + ``POST /v1/jobs``) to the job's
+``finished_at``; printed beside the target (scaled >= 1.5x baseline) with each side's coordinator CPU.
+Every process started is stopped on the way out and the databases are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+from coopgrid.client import ApiClient
+from coopgrid.datasets import sequence
+from coopgrid.local import LocalGrid
+
+TARGET = 1.5
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NO_REPLICATION = {"replicas": 1, "quorum": 1, "adaptive": False, "gold_rate": 0}
+console = Console(width=None if sys.stdout.isatty() else 130)
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def admin() -> tuple[psycopg.Connection, str]:
+    for user in ("root", "postgres"):
+        try:
+            return psycopg.connect(host="127.0.0.1", port=5432, user=user, dbname="postgres", autocommit=True), user
+        except psycopg.OperationalError:
+            continue
+    sys.exit("no PostgreSQL server at 127.0.0.1:5432 lets root or postgres in (trust auth); start one")
+
+
+def run(label: str, coordinators: int, workers: int, tasks: int, root: Path) -> dict[str, float]:
+    conn, user = admin()
+    name = f"coopgrid_bench_{uuid.uuid4().hex[:10]}"
+    conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://{user}@127.0.0.1:5432/{name}"
+    data = root / label
+    grids = [LocalGrid(data, log_dir=root / f"logs-{label}-{i}") for i in range(coordinators)]
+    pool = LocalGrid(data, log_dir=root / f"logs-{label}-workers")
+    try:
+        for g in grids:
+            g.start_coordinator("--database-url", url, "--ledger", "none")
+        token = grids[0].token
+        for i in range(workers):
+            mine = grids[i % coordinators]
+            pool.url = ",".join([mine.url] + [g.url for g in grids if g is not mine])
+            pool.start_worker(i)
+        with ApiClient(grids[0].url, token) as client:
+            pool.wait_for_workers(client, workers)
+            # a small warm-up job: workers registered, connections and caches warm
+            warm = client.submit({"task_type": "echo", "dataset": client.put_blob(sequence(200).to_npz()),
+                                  "task_size": 1, "trust": NO_REPLICATION})
+            client.wait_for(warm["id"], lambda j: j["state"] == "done", timeout=120)
+            blob = sequence(tasks).to_npz()
+            cpu0 = [cpu_seconds(g.coordinator.pid) for g in grids]
+            start = time.time()
+            job = client.submit({"task_type": "echo", "dataset": client.put_blob(blob), "task_size": 1,
+                                 "trust": NO_REPLICATION})
+            done = client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=1800, poll=0.5)
+            cpu = [cpu_seconds(g.coordinator.pid) - c for g, c in zip(grids, cpu0)]
+        elapsed = done["finished_at"] - start
+        assert done["tasks_done"] == tasks, done
+        return {"rate": tasks / elapsed, "seconds": elapsed, "cpu": sum(cpu), "cpu_each": cpu}
+    finally:
+        pool.stop(timeout=20)
+        for g in grids:
+            g.stop(timeout=20)
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=100_000, help="tasks in the measured job (default 100,000)")
+    parser.add_argument("--workers", type=int, default=4, help="worker processes on each side (default 4)")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="coopgrid-scale-") as tmp:
+        root = Path(tmp)
+        console.print(f"{args.tasks:,} echo tasks, {args.workers} workers, PostgreSQL; load average {load:.1f} "
+                      f"on {os.cpu_count()} cores", highlight=False)
+        one = run("one", 1, args.workers, args.tasks, root)
+        console.print(f"  1 coordinator: {one['rate']:,.0f} tasks/s", highlight=False)
+        two = run("two", 2, args.workers, args.tasks, root)
+        console.print(f"  2 coordinators: {two['rate']:,.0f} tasks/s", highlight=False)
+    table = Table(title="one grid, one PostgreSQL database: 2 coordinator processes vs 1 (same run)")
+    for col in ("setup", "tasks/s", "seconds", "coordinator CPU s", "ratio", "target"):
+        table.add_column(col, justify="right" if col != "setup" else "left")
+    table.add_row(f"1 coordinator, {args.workers} workers", f"{one['rate']:,.0f}", f"{one['seconds']:.1f}",
+                  f"{one['cpu']:.1f}", "1.00x", "baseline")
+    table.add_row(f"2 coordinators, {args.workers // 2} workers each", f"{two['rate']:,.0f}", f"{two['seconds']:.1f}",
+                  " + ".join(f"{c:.1f}" for c in two["cpu_each"]), f"{two['rate'] / one['rate']:.2f}x",
+                  f">= {TARGET:.1f}x")
+    console.print(table)
+    console.print(f"load average after: {os.getloadavg()[0]:.1f}", highlight=False)
+
+
+if __name__ == "__main__":
+    main()
