@@ -43,6 +43,10 @@ honest workers quarantined in ``adaptive``, ``collude-10`` and ``collude-30``;
 ``adaptive`` overhead <= 1.2x and every cheater (>= 10%) quarantined within 200
 tasks. The share of tasks still provisional at the end is reported.
 
+* ``mixed-hardware`` (bench/trust_hardware.py): honest workers on five platform classes
+  whose outputs of real classify and embed models differ as bench/platform_variation.py
+  measured; 0 honest workers quarantined. In --json under ``mixed-hardware``.
+
 The attacker's cost: every job is paid (its escrow is taken as funded), and
 after the run each quarantined worker is checked for a lie the coordinator can
 prove to anyone (``Slasher.bundle``: its signed result outvoted by a quorum of
@@ -103,6 +107,8 @@ from coopgrid.protocol import (
     sha256_hex,
 )
 from coopgrid.worker.dishonest import Behaviour, parse
+
+import trust_hardware  # bench/trust_hardware.py: the mixed-hardware scenario (this script's directory)
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
@@ -886,6 +892,7 @@ def main() -> int:
         help="also write every figure (per worker too) to this JSON file",
     )
     p.add_argument("--show", type=Path, help="print the tables of an earlier run's --json file, run nothing")
+    trust_hardware.add_arguments(p)
     args = p.parse_args()
 
     if args.show:
@@ -893,6 +900,7 @@ def main() -> int:
         print_tables(saved["scenarios"], argparse.Namespace(**saved["args"]))
         return 0
     todo = scenarios(args)
+    hardware = not args.only or trust_hardware.NAME in args.only.split(",")
     root = tempfile.mkdtemp(prefix="coopgrid-trust-")
     console.print(
         f"[bold]bench/trust.py[/]: {len(todo)} scenarios × {args.tasks:,} tasks × {args.workers} workers, "
@@ -900,14 +908,17 @@ def main() -> int:
     )
     t0 = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
+    mixed: dict[str, Any] | None = None
     failed = False
     try:
         if args.parallel <= 1:
             for sc in todo:
                 results[sc.name] = run_scenario(sc, args, root)
+            mixed = trust_hardware.run(args, root) if hardware else None
         else:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=args.parallel, mp_context=ctx) as pool:
+                extra = pool.submit(trust_hardware.run, args, root) if hardware else None
                 futures = {pool.submit(run_scenario, sc, args, root): sc for sc in todo}
                 for fut in as_completed(futures):
                     sc = futures[fut]
@@ -917,6 +928,12 @@ def main() -> int:
                     except Exception:  # noqa: BLE001 - report it, show the other scenarios
                         failed = True
                         console.print(f"[red]{sc.name} failed[/]\n{traceback.format_exc()}")
+                if extra is not None:
+                    try:
+                        mixed = extra.result()
+                    except Exception:  # noqa: BLE001 - report it, show the other scenarios
+                        failed = True
+                        console.print(f"[red]{trust_hardware.NAME} failed[/]\n{traceback.format_exc()}")
     finally:
         if args.keep or failed:
             console.print(f"data kept in {root}")
@@ -927,12 +944,15 @@ def main() -> int:
         r["targets"] = target_check(r)
     if ordered:
         print_tables(ordered, args)
+    if mixed is not None:
+        trust_hardware.print_figures(console, mixed)
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
                     "args": {k: v for k, v in vars(args).items() if k != "json"},
                     "scenarios": ordered,
+                    **({trust_hardware.NAME: mixed} if mixed is not None else {}),
                 },
                 indent=1,
                 default=str,

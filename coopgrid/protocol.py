@@ -31,6 +31,8 @@ except ImportError:  # pragma: no cover - a worker without the ledger extra
     from eth_hash.auto import keccak
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from coopgrid.platforms import Platform
+
 DOMAIN_NAME = "coopgrid"
 DOMAIN_VERSION = "1"
 ZERO_HASH = "0" * 64
@@ -164,6 +166,9 @@ class WorkerRegistration(Strict):
     owner: str = Field("", max_length=100, description="Who runs this worker; replicas of one task avoid one owner.")
     trusted: bool = Field(
         False, description="Vouched for by the operator: the request must also carry an operator's API token."
+    )
+    platform: Platform | None = Field(
+        None, description="What it computes on; replicas of a task whose type needs it go to one platform class."
     )
 
 

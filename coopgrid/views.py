@@ -185,7 +185,7 @@ def workers_table(workers: list[dict[str, Any]]) -> Table:
         table.add_column(col)
     now = time.time()
     for w in workers:
-        label = f"{escape(w['name'] or '-')} {w['address']}"
+        label = f"{escape(w['name'] or '-')} {w['address']}\n[dim]{escape(w.get('platform_class') or 'platform unreported')}[/]"
         state = f"[red]quarantined: {escape(str(w['quarantine_reason']))}[/]" if w.get("quarantined") else "[green]ok[/]"
         if w.get("trusted"):
             label += " [cyan](trusted)[/]"

@@ -39,6 +39,7 @@ from coopgrid.coordinator.retention import purge_sealed_jobs
 from coopgrid.errors import (
     BlobNotFound, ChainUnavailable, Conflict, CoopgridError, DatabaseUnavailable, Forbidden, InvalidInput, NotFound,
 )
+from coopgrid.platforms import platform_class
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
 from coopgrid.store.base import JobRecord, ModelRecord
@@ -408,8 +409,10 @@ def create_api(app: App) -> FastAPI:
             # new keys are what costs an attacker nothing: they are what is limited
             registrations_by_network.take(network or "unknown")
             registrations_by_owner.take(reg.owner)
+        platform = reg.platform.model_dump() if reg.platform is not None else None
         record = await run_in_threadpool(
-            app.store.register_worker, address, reg.name, reg.owner, time.time(), network, reg.trusted
+            app.store.register_worker, address, reg.name, reg.owner, time.time(), network, platform,
+            platform_class(reg.platform) if reg.platform is not None else None, trusted=reg.trusted,
         )
         app.auth.forget_worker(address)
         log.info("worker %s (%s, owner %s) %s", address, reg.name or "unnamed", reg.owner or "-",
@@ -417,7 +420,7 @@ def create_api(app: App) -> FastAPI:
                  extra={"event": "worker_registered", "worker": address, "worker_name": reg.name, "owner": reg.owner,
                         "new": new})
         return {"id": record.id, "address": record.address, "name": record.name, "owner": record.owner,
-                "trusted": record.trusted}
+                "platform_class": record.platform_class, "trusted": record.trusted}
 
     @api.get("/v1/workers", tags=["workers"])
     def list_workers(tok: TokenDep) -> list[dict[str, Any]]:
@@ -440,6 +443,8 @@ def create_api(app: App) -> FastAPI:
                 "trusted": w.trusted,
                 "partner_quarantines": w.partner_quarantines,
                 "suspicion": scores[w.id],
+                "platform": w.platform,
+                "platform_class": w.platform_class,
                 "reputation": reputation.get(w.id, []),
             }
             for w, accepted in listed

@@ -234,6 +234,7 @@ class Scheduler:
         lease = self.store.lease(
             worker.id, n, request.task_types, self.settings.lease_seconds, now, gold=gold, rng=self.rng,
             separate_networks=self.settings.separate_networks, exclude_jobs=sorted(excluded),
+            platform_class=worker.platform_class, homogeneous_jobs=self._homogeneous_jobs(now),
         )
         if lease is None:
             if excluded:
@@ -317,6 +318,15 @@ class Scheduler:
         have = self._stake(address)
         return {job_id: need for job_id, need in stakes.items() if need > have}
 
+    def _homogeneous_jobs(self, now: float) -> list[str]:
+        """Running jobs whose task type needs homogeneous redundancy (re-read at most once a second)."""
+        found, when = getattr(self, "_homogeneous", ([], -1.0))
+        if now - when > 1.0:
+            found = sorted(j.id for j in self.store.list_jobs()
+                           if j.state == "running" and _homogeneous(j.task_type))
+            self._homogeneous = (found, now)
+        return found
+
     def _job_gold_rate(self, now: float) -> float:
         """The highest gold rate among running jobs (re-read at most once a second)."""
         rate, when = self._gold_rate
@@ -387,6 +397,13 @@ def _check_shard(first: Dataset, shard: Dataset, digest: str) -> None:
             f"shard {digest} does not match the dataset's first shard (kind, media, item shape, CSV header: "
             f"{got} vs {what}); every shard of a job holds the same kind of items"
         )
+
+
+def _homogeneous(task_type: str) -> bool:
+    try:
+        return bool(tasks.get(task_type).homogeneous)
+    except InvalidInput:  # a job of a type no longer installed: nothing of it is leased anyway
+        return False
 
 
 def _checksum(address: str) -> str:

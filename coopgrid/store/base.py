@@ -61,6 +61,8 @@ class WorkerRecord:
     prior_quarantines: int = 0  # quarantined workers of its owner or network when it first registered
     trusted: bool = False  # registered with an operator token: a root of trust for gold
     partner_quarantines: int = 0  # quarantined workers whose decisions it shared
+    platform: dict[str, Any] | None = None  # as reported at registration (coopgrid.platforms.Platform)
+    platform_class: str | None = None  # coopgrid.platforms.platform_class of it; None: not reported
 
 
 @dataclass(frozen=True)
@@ -428,9 +430,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def register_worker(
-        self, address: str, name: str, owner: str, now: float, network: str | None = None, trusted: bool = False
+        self, address: str, name: str, owner: str, now: float, network: str | None = None,
+        platform: dict[str, Any] | None = None, platform_class: str | None = None, trusted: bool = False,
     ) -> WorkerRecord:
-        """Create or update the worker with this address (``network``: the network it registered from).
+        """Create or update the worker with this address (``network``: the network it registered from;
+        ``platform``: what it reported it computes on, and ``platform_class`` derived from it).
 
         A new worker's ``prior_quarantines`` counts the quarantined workers that share its
         (non-empty) owner or its network, so the trust layer can treat it as what it is."""
@@ -535,12 +539,16 @@ class Store(abc.ABC):
         rng: Any = None,
         separate_networks: bool = False,
         exclude_jobs: Sequence[str] = (),
+        platform_class: str | None = None,
+        homogeneous_jobs: Sequence[str] = (),
     ) -> Lease | None:
         """Lease up to ``max_replicas`` ready replicas to a worker in one lease, plus ``gold`` replicas
         of tasks whose answer is known; None if none are ready.
 
         Never two replicas of one task to the same worker or to workers of the same owner (or,
-        with ``separate_networks``, of the same network)."""
+        with ``separate_networks``, of the same network). In ``homogeneous_jobs`` every replica
+        of a task (gold ones included) goes to workers of one platform class: this worker's is
+        ``platform_class`` (None: it reported none)."""
 
     @abc.abstractmethod
     def queue_depth(self, active_since: float, cap: int = 1_000_000) -> tuple[int, int]:

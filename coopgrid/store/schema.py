@@ -126,6 +126,10 @@ workers = Table(
     Column("trusted", Boolean, nullable=False, server_default=text("false")),
     # quarantined workers whose decisions this one shared (agreed with): a collusion signal
     Column("partner_quarantines", Integer, nullable=False, server_default=text("0")),
+    # what it reported at registration (coopgrid.platforms.Platform as JSON) and the class derived from it:
+    # replicas of a task whose type needs homogeneous redundancy stay within one class
+    Column("platform", Text, nullable=True),
+    Column("platform_class", String(128), nullable=True),
 )
 
 #: facts about the grid itself, e.g. its id, which worker signatures bind

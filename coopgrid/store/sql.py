@@ -143,6 +143,8 @@ def _worker(row: Any) -> WorkerRecord:
         prior_quarantines=row.prior_quarantines,
         trusted=bool(row.trusted),
         partner_quarantines=row.partner_quarantines,
+        platform=json.loads(row.platform) if row.platform else None,
+        platform_class=row.platform_class,
     )
 
 
@@ -280,8 +282,11 @@ class SqlStore(
     # -- workers ----------------------------------------------------------------
 
     def register_worker(
-        self, address: str, name: str, owner: str, now: float, network: str | None = None, trusted: bool = False
+        self, address: str, name: str, owner: str, now: float, network: str | None = None,
+        platform: dict[str, Any] | None = None, platform_class: str | None = None, trusted: bool = False,
     ) -> WorkerRecord:
+        reported = {"platform": json.dumps(platform, sort_keys=True) if platform is not None else None,
+                    "platform_class": platform_class}
         with self._write() as conn:
             row = conn.execute(select(s.workers).where(s.workers.c.address == address)).first()
             if row:
@@ -289,7 +294,8 @@ class SqlStore(
                     update(s.workers)
                     .where(s.workers.c.id == row.id)
                     # vouching is given by registering with an operator token, and kept until quarantine
-                    .values(name=name, owner=owner, last_seen=now, network=network, trusted=row.trusted or trusted)
+                    .values(name=name, owner=owner, last_seen=now, network=network, trusted=row.trusted or trusted,
+                            **reported)
                 )
             else:
                 lineage = [s.workers.c.network == network] if network else []
@@ -305,7 +311,7 @@ class SqlStore(
                 conn.execute(
                     insert(s.workers).values(
                         address=address, name=name, owner=owner, registered_at=now, last_seen=now, network=network,
-                        prior_quarantines=prior, trusted=trusted,
+                        prior_quarantines=prior, trusted=trusted, **reported,
                     )
                 )
             row = conn.execute(select(s.workers).where(s.workers.c.address == address)).one()
@@ -538,8 +544,15 @@ class SqlStore(
         rng: random.Random | None = None,
         separate_networks: bool = False,
         exclude_jobs: Sequence[str] = (),
+        platform_class: str | None = None,
+        homogeneous_jobs: Sequence[str] = (),
     ) -> Lease | None:
         types = list(task_types)
+        placement = (
+            {"homogeneous": list(homogeneous_jobs), "platform_class": platform_class or "",
+             "h_leased": int(ReplicaState.LEASED), "h_done": int(ReplicaState.DONE)}
+            if homogeneous_jobs else {}
+        )
         type_filter = " AND job_id IN (SELECT id FROM jobs WHERE state = 'running' AND task_type IN :types)"
         # Placement: never a second replica of a task to the same worker or to a
         # worker of the same owner, and at most one replica of a task per lease.
@@ -550,9 +563,10 @@ class SqlStore(
             + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.worker_id IN :kin"
             " AND o.state IN (:leased, :done))"  # a replica that failed or expired may go back to its worker
             " AND r.id = (SELECT min(r2.id) FROM replicas r2 WHERE r2.task_id = r.task_id AND r2.state = :ready)"
+            + (_same_class("r.task_id", "r.job_id") if homogeneous_jobs else "")
             # task order, not replica order: replicas added by validation (a second opinion,
             # an audit, a tie-breaker) go out before later tasks' first replicas
-            " ORDER BY r.task_id, r.id LIMIT :n"
+            + " ORDER BY r.task_id, r.id LIMIT :n"
         )
         if self.dialect == "postgresql":
             candidates += " FOR UPDATE SKIP LOCKED"
@@ -563,6 +577,8 @@ class SqlStore(
             take = take.bindparams(bindparam("types", expanding=True))
         if exclude_jobs:
             take = take.bindparams(bindparam("excluded", expanding=True))
+        if homogeneous_jobs:
+            take = take.bindparams(bindparam("homogeneous", expanding=True))
         expires = now + lease_seconds
         with self._write() as conn:
             kin = self._kin(conn, worker_id, separate_networks)
@@ -575,13 +591,15 @@ class SqlStore(
                 "kin": kin,
                 **({"types": types} if types else {}),
                 **({"excluded": list(exclude_jobs)} if exclude_jobs else {}),
+                **placement,
             }
             lease_id = conn.execute(
                 insert(s.leases).values(worker_id=worker_id, created_at=now, expires_at=expires, state="open")
             ).inserted_primary_key[0]
             taken = conn.execute(take, {**params, "lease": lease_id}).rowcount
             if gold and taken:
-                taken += self._add_gold(conn, worker_id, kin, lease_id, gold, types, now, rng or random.Random())
+                taken += self._add_gold(conn, worker_id, kin, lease_id, gold, types, now, rng or random.Random(),
+                                        placement)
             if not taken:
                 conn.execute(s.leases.delete().where(s.leases.c.id == lease_id))
                 return None
@@ -626,15 +644,16 @@ class SqlStore(
 
     def _add_gold(
         self, conn: Any, worker_id: int, kin: list[int], lease_id: int, k: int, types: list[str], now: float,
-        rng: random.Random,
+        rng: random.Random, placement: dict[str, Any] | None = None,
     ) -> int:
         """Lease ``k`` gold replicas: tasks of running jobs whose final answer is known.
 
         Each running job's tasks are searched within their own id range (from a random
         pivot, then wrapping), so the cost depends on the running jobs, never on how many
-        finished jobs' tasks the grid has piled up. Rooted answers (a trusted worker took
-        part) first: only those can prove a lie; the others, decided by ordinary workers,
-        are disputes when failed (see validation)."""
+        finished jobs' tasks the grid has piled up. ``placement``: the lease's homogeneous-redundancy
+        parameters (:func:`_same_class`): a known answer from another platform class is no fair test
+        of this worker. Rooted answers (a trusted worker took part) first: only those can prove a
+        lie; the others, decided by ordinary workers, are disputes when failed (see validation)."""
         running = select(s.jobs.c.id).where(s.jobs.c.state == JobState.RUNNING.value)
         if types:
             running = running.where(s.jobs.c.task_type.in_(types))
@@ -647,7 +666,8 @@ class SqlStore(
             " AND t.id >= :lo AND t.id <= :hi"
             f" AND {same_job}"
             " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = t.id AND o.worker_id IN :kin)"
-            " ORDER BY t.id LIMIT :k"
+            + (_same_class("t.id", "t.job_id") if placement else "")
+            + " ORDER BY t.id LIMIT :k"
         )
         # rooted ones spelled as the partial index ix_tasks_rooted is, so that it alone is walked
         stmts = [
@@ -656,6 +676,8 @@ class SqlStore(
             text("SELECT t.id, t.job_id FROM tasks t WHERE t.state = :done" + tail)
             .bindparams(bindparam("kin", expanding=True)),
         ]
+        if placement:
+            stmts = [st.bindparams(bindparam("homogeneous", expanding=True)) for st in stmts]
         found: dict[int, Any] = {}
         ranges = {job_id: self._task_id_range(conn, job_id) for job_id in job_ids}
         for stmt in stmts:
@@ -664,7 +686,7 @@ class SqlStore(
                 if lo is None or hi is None:
                     continue
                 pivot = rng.randint(lo, hi)
-                params = {"done": TaskState.DONE.value, "kin": kin, "job": job_id}
+                params = {"done": TaskState.DONE.value, "kin": kin, "job": job_id, **(placement or {})}
                 for a, b in ((pivot, hi), (lo, pivot - 1)):
                     if len(found) >= k:
                         break
@@ -1018,6 +1040,28 @@ class SqlStore(
                 ).scalars()
                 self._penalise(conn, worker_id, set(jobs), "timeouts")
         return reissued
+
+
+def _same_class(task_id: str, job_id: str) -> str:
+    """Homogeneous redundancy, as a condition on a task of a job in ``:homogeneous``.
+
+    A task whose replica is held or done by a (not quarantined) worker of another platform class
+    than ``:platform_class`` is not for this worker (workers that reported no platform form a class
+    of their own), and no task is for a worker alone in its class: nobody could give its results
+    a second opinion. Where no class has two workers at all, the rule cannot be kept and is
+    dropped (a grid of one worker, or of one worker per platform, still gets its work done).
+    """
+    return (
+        f" AND ({job_id} NOT IN :homogeneous"
+        " OR NOT EXISTS (SELECT 1 FROM workers hq WHERE hq.quarantined_at IS NULL"
+        " GROUP BY coalesce(hq.platform_class, '') HAVING count(*) >= 2)"
+        " OR (EXISTS (SELECT 1 FROM workers hp WHERE hp.id NOT IN :kin"
+        " AND hp.quarantined_at IS NULL AND coalesce(hp.platform_class, '') = :platform_class)"
+        " AND NOT EXISTS (SELECT 1 FROM replicas h JOIN workers hw"
+        f" ON hw.id = h.worker_id WHERE h.task_id = {task_id} AND h.state IN (:h_leased, :h_done)"
+        " AND hw.quarantined_at IS NULL AND coalesce(hw.platform_class, '') != :platform_class)))"
+    )
+
 
 def _check_lease(row: Any, lease_id: int, worker_id: int, now: float) -> None:
     if row is None or row.worker_id != worker_id:

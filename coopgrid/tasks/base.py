@@ -101,6 +101,10 @@ class TaskType(abc.ABC):
     streams: ClassVar[bool] = False
     #: dataset kinds the type takes (see :mod:`coopgrid.datasets`); informative
     accepts: ClassVar[tuple[str, ...]] = ("array",)
+    #: whether honest outputs from different platforms may disagree beyond what :meth:`agree` accepts;
+    #: then every replica of a task goes to workers of one platform class (homogeneous redundancy,
+    #: :mod:`coopgrid.platforms`). bench/platform_variation.py measures the built-ins.
+    homogeneous: ClassVar[bool] = False
 
     def validate_params(self, params: dict[str, Any]) -> BaseModel:
         return self.Params.model_validate(params)

@@ -46,7 +46,7 @@ from pydantic import BaseModel, Field
 from coopgrid.datasets import Dataset, digit_like
 from coopgrid.errors import InvalidInput
 from coopgrid.tasks.base import ItemParams, TaskOutput, TaskType, item_errors, split_items
-from coopgrid.tasks.common import decode_image, items_input
+from coopgrid.tasks.common import decode_image, items_input, onnx_session
 from coopgrid.tasks.echo import npy_load, split_rows
 
 CONFIDENCE_DECIMALS = 4
@@ -149,6 +149,11 @@ class ClassifyTask(TaskType):
     Params = ClassifyParams
     needs_model = True
     accepts = ("array", "bytes")
+    # Labels are compared exactly, and a label mismatch is evidence for slashing; an argmax can
+    # flip between CPUs whose probabilities differ by ~6e-7 (SSE against FMA kernels, measured by
+    # bench/platform_variation.py) when two classes tie that closely. Workers of one platform class
+    # produce identical bits, so replicas stay within one class.
+    homogeneous = True
 
     def split(self, dataset: Dataset, task_size: int, params: BaseModel) -> Iterator[tuple[bytes, int]]:
         if dataset.kind == "bytes":
@@ -182,14 +187,7 @@ class ClassifyTask(TaskType):
             )
 
     def load_model(self, model_bytes: bytes, manifest: dict[str, Any]) -> Classifier:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        # one thread per session: a worker process is one unit of the grid, and
-        # several workers (and the coordinator) share the machine's cores
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+        session = onnx_session(model_bytes)
         return Classifier(session, manifest or {})
 
     def run(self, task_input: bytes, model: Any, params: BaseModel) -> dict[str, Any]:

@@ -8,7 +8,38 @@ from typing import Any
 from coopgrid.datasets import pack, unpack
 from coopgrid.limits import open_image
 
-__all__ = ["decode_image", "decode_text", "levenshtein", "normalized_distance", "pack", "unpack", "items_input"]
+__all__ = ["onnx_session", "OPTIMIZATION_LEVELS", "decode_image", "decode_text", "levenshtein", "normalized_distance", "pack", "unpack", "items_input"]
+
+
+#: ONNX Runtime's graph optimisation levels by the names platform reports and benchmarks use
+OPTIMIZATION_LEVELS = ("disable_all", "basic", "extended", "all")
+
+
+def onnx_session(
+    model_bytes: bytes, threads: int = 1, optimization: str = "all", config: dict[str, str] | None = None
+) -> Any:
+    """An ONNX Runtime CPU session as workers run it, or with other settings (bench/platform_variation.py).
+
+    One intra-op thread by default: a worker process is one unit of the grid, and several
+    workers (and the coordinator) share the machine's cores. ``optimization`` is one of
+    :data:`OPTIMIZATION_LEVELS`; ``config`` holds session config entries (e.g.
+    ``session.disable_prepacking``).
+    """
+    import onnxruntime as ort
+
+    levels = {
+        "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = levels[optimization]
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
+    return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def items_input(data: bytes, media: tuple[str, ...] | None = None) -> tuple[dict[str, Any], list[bytes]]:

@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 from coopgrid.datasets import Dataset, pack, unpack
 from coopgrid.errors import InvalidInput
 from coopgrid.tasks.base import ItemParams, TaskOutput, TaskType, item_errors
-from coopgrid.tasks.common import input_texts, split_texts
+from coopgrid.tasks.common import input_texts, onnx_session, split_texts
 
 TOKENIZER_KEY = "coopgrid.tokenizer"
 
@@ -90,16 +90,15 @@ class Encoder:
         return out
 
 
-def load_encoder(model_bytes: bytes, manifest: dict[str, Any] | None = None, threads: int = 1) -> Encoder:
+def load_encoder(
+    model_bytes: bytes, manifest: dict[str, Any] | None = None, threads: int = 1, optimization: str = "all",
+    config: dict[str, str] | None = None,
+) -> Encoder:
     """An :class:`Encoder` from ONNX bytes with the tokenizer in their metadata (or ``manifest.input.tokenizer``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core per worker process
-    import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    session = onnx_session(model_bytes, threads, optimization, config)
     inp = (manifest or {}).get("input", {})
     tok_json = session.get_modelmeta().custom_metadata_map.get(TOKENIZER_KEY) or inp.get("tokenizer")
     if not tok_json:

@@ -18,6 +18,7 @@ from typing import Any
 
 from coopgrid import errors, tasks
 from coopgrid.identity import Identity
+from coopgrid.platforms import describe
 from coopgrid.protocol import ZERO_HASH, ResultRef, b64decode, b64encode, sha256_hex
 from coopgrid.worker.client import Stopped, WorkerClient
 from coopgrid.worker.dishonest import Behaviour
@@ -69,7 +70,8 @@ class Worker:
     # -- public ---------------------------------------------------------------------
 
     def register(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"name": self.options.name, "owner": self.options.owner}
+        body: dict[str, Any] = {"name": self.options.name, "owner": self.options.owner,
+                                "platform": describe().model_dump()}
         if self.options.trusted:
             body["trusted"] = True
             return self.client.post_json("/v1/workers", body, authorized=True).json()

@@ -1,5 +1,6 @@
 """What a new user hits first (issue 12), through the CLI against real coordinator and worker processes."""
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import pytest
 from coopgrid import datasets
 from coopgrid.client import ApiClient
 from coopgrid.local import KEY_PASSWORD
+from coopgrid.platforms import describe, platform_class
 from coopgrid.protocol import sha256_hex
 
 pytestmark = pytest.mark.acceptance
@@ -224,6 +226,10 @@ def test_worker_refuses_unknown_task_types_and_empty_passwords_and_says_which_ke
     assert f"created a new worker key {key}" in run.stdout.replace("\n", " ")
     workers = cli("workers", "--json", env=user_env(grid))
     assert workers.returncode == 0 and '"last_seen"' in workers.stdout  # 15
+    # the worker reported its platform in its signed registration; the coordinator derived its class
+    (listed,) = json.loads(workers.stdout)
+    assert listed["platform"] == describe().model_dump()
+    assert listed["platform_class"] == platform_class(describe())
 
 
 def test_worker_with_an_unreachable_coordinator_says_so_and_exits_when_idle(tmp_path):

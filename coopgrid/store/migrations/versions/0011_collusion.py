@@ -1,7 +1,7 @@
 """collusion: trusted workers, rooted tasks, partner quarantines, disputes of sealed results
 
 Revision ID: 0011
-Revises: 0015
+Revises: 0012
 """
 
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0011'
-down_revision = '0015'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 

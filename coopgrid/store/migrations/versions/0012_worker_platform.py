@@ -1,0 +1,26 @@
+"""worker platform: what each worker reported it computes on, and its platform class
+
+Revision ID: 0012
+Revises: 0015
+"""
+
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0012'
+down_revision = '0015'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('workers', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('platform', sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column('platform_class', sa.String(length=128), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('workers', schema=None) as batch_op:
+        batch_op.drop_column('platform_class')
+        batch_op.drop_column('platform')
