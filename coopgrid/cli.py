@@ -262,6 +262,15 @@ def worker(
             rich_help_panel="Testing",
         ),
     ] = None,
+    trusted: Annotated[
+        bool,
+        typer.Option(
+            "--trusted",
+            help="Register as a worker the operator vouches for (needs an operator --token): its results "
+            "are a root of trust for gold tests.",
+        ),
+    ] = False,
+    token: TokenOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Pull work units, run them, sign and submit the results, until SIGINT/SIGTERM."""
@@ -278,6 +287,9 @@ def worker(
     from coopgrid.tasks import GROUP
 
     _logging(verbose)
+    if trusted and not token:
+        fail("--trusted needs the operator's token: pass --token or set COOPGRID_TOKEN "
+             "(`coopgrid tokens create NAME --role operator` makes one)")
     try:
         behaviour = parse_behaviour(dishonest)
     except ValueError as exc:
@@ -311,9 +323,9 @@ def worker(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    client = WorkerClient(coordinator, identity, stop, give_up_after=exit_when_idle)
+    client = WorkerClient(coordinator, identity, stop, give_up_after=exit_when_idle, token=token if trusted else None)
     options = WorkerOptions(
-        name=name, owner=owner, batch_size=batch, task_types=task_type or [],
+        name=name, owner=owner, batch_size=batch, task_types=task_type or [], trusted=trusted,
         max_replicas=max_replicas, exit_when_idle=exit_when_idle, behaviour=behaviour, long_poll=long_poll,
     )
     if dishonest:

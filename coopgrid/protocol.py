@@ -164,6 +164,9 @@ class WorkerRegistration(Strict):
 
     name: str = Field("", max_length=100, description="Free-form label shown in listings.")
     owner: str = Field("", max_length=100, description="Who runs this worker; replicas of one task avoid one owner.")
+    trusted: bool = Field(
+        False, description="Vouched for by the operator: the request must also carry an operator's API token."
+    )
     platform: Platform | None = Field(
         None, description="What it computes on; replicas of a task whose type needs it go to one platform class."
     )

@@ -118,6 +118,13 @@ def summary_table(job: dict[str, Any], failures: dict[str, Any] | None = None) -
         rows.append(("[red]failed because[/]", f"{escape(r['reason'])} ({r['replicas']:,} replicas)"))
     if job.get("seal_error"):
         rows.append(("[red]not sealed[/]", escape(str(job["seal_error"]))))
+    disputed = job.get("disputed") or []
+    if disputed:
+        rows.append(("[red]disputed[/]", f"{len(disputed):,} sealed outputs a since-quarantined worker helped decide: "
+                                         "distrust them (coopgrid status JOB --json lists all)"))
+    for d in disputed[:10]:
+        rows.append((f"  epoch {d['epoch']} task {d['task_index']}",
+                     f"leaf output {d['output_hash'][:16]}... (worker {d['worker']}: {escape(d['reason'])})"))
     if job.get("output"):
         rows.append(("output", f"sha256 {job['output']} (coopgrid output {job['id']} FILE)"))
     for name, digest in sorted((s.get("blobs") or {}).items()):
@@ -174,19 +181,24 @@ def workers_table(workers: list[dict[str, Any]]) -> Table:
     table = Table(title="workers (reputation per task type)")
     table.add_column("worker", no_wrap=True)
     for col in ("owner", "last seen", "task type", "credited", "run", "valid", "invalid", "gold ok/failed",
-                "errors/timeouts", "state"):
+                "errors/timeouts", "suspicion", "state"):
         table.add_column(col)
     now = time.time()
     for w in workers:
         label = f"{escape(w['name'] or '-')} {w['address']}\n[dim]{escape(w.get('platform_class') or 'platform unreported')}[/]"
         state = f"[red]quarantined: {escape(str(w['quarantine_reason']))}[/]" if w.get("quarantined") else "[green]ok[/]"
+        if w.get("trusted"):
+            label += " [cyan](trusted)[/]"
         common = (escape(w["owner"] or "-"), _ago(w.get("last_seen"), now))
+        score = w.get("suspicion")
+        suspicion = "-" if score is None else (f"[red]{score:.2f}[/]" if score >= 0.5 else f"{score:.2f}")
         for r in w.get("reputation") or [None]:
             if r is None:
-                table.add_row(label, *common, "-", f"{w['accepted']:,}", "", "", "", "", "", state)
+                table.add_row(label, *common, "-", f"{w['accepted']:,}", "", "", "", "", "", suspicion, state)
                 continue
             table.add_row(
                 label, *common, escape(r["task_type"]), f"{w['accepted']:,}", str(r["run"]), str(r["valid"]),
-                str(r["invalid"]), f"{r['gold_passed']}/{r['gold_failed']}", f"{r['errors']}/{r['timeouts']}", state,
+                str(r["invalid"]), f"{r['gold_passed']}/{r['gold_failed']}", f"{r['errors']}/{r['timeouts']}",
+                suspicion, state,
             )
     return table

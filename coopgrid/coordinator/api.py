@@ -46,6 +46,7 @@ from coopgrid.registry.models import ModelSpec
 from coopgrid.store.base import JobRecord, ModelRecord
 from coopgrid.coordinator.access import can_read, unreadable
 from coopgrid.coordinator.scheduler import JobSpec
+from coopgrid.coordinator.trust import suspicion_scores
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ def job_view(app: App, job: JobRecord, counts: bool = True) -> dict[str, Any]:
     }
     if counts:
         view["replicas"] = app.store.replica_counts(job.id)
+        # sealed outputs a since-quarantined worker helped decide: on chain, so reported rather than redone
+        view["disputed"] = app.store.disputes(job.id)
     return view
 
 
@@ -396,6 +399,14 @@ def create_api(app: App) -> FastAPI:
     async def register_worker(request: Request) -> dict[str, Any]:
         address = signed_address(request)
         reg = WorkerRegistration.model_validate_json(await request.body() or b"{}")
+        if reg.trusted:
+            vouching = request.scope.get("state", {}).get(STATE_TOKEN)
+            if vouching is None or vouching.role != "operator":
+                raise Forbidden(
+                    "only an operator may vouch for a worker: register with --trusted and the operator's token "
+                    "(--token or COOPGRID_TOKEN), or without --trusted",
+                    role=getattr(vouching, "role", None),
+                )
         network = network_of(request.client.host) if request.client else None
         new = await run_in_threadpool(app.store.get_worker, address) is None
         if new:
@@ -405,7 +416,7 @@ def create_api(app: App) -> FastAPI:
         platform = reg.platform.model_dump() if reg.platform is not None else None
         record = await run_in_threadpool(
             app.store.register_worker, address, reg.name, reg.owner, time.time(), network, platform,
-            platform_class(reg.platform) if reg.platform is not None else None,
+            platform_class(reg.platform) if reg.platform is not None else None, trusted=reg.trusted,
         )
         app.auth.forget_worker(address)
         log.info("worker %s (%s, owner %s) %s", address, reg.name or "unnamed", reg.owner or "-",
@@ -413,13 +424,15 @@ def create_api(app: App) -> FastAPI:
                  extra={"event": "worker_registered", "worker": address, "worker_name": reg.name, "owner": reg.owner,
                         "new": new})
         return {"id": record.id, "address": record.address, "name": record.name, "owner": record.owner,
-                "platform_class": record.platform_class}
+                "platform_class": record.platform_class, "trusted": record.trusted}
 
     @api.get("/v1/workers", tags=["workers"])
     def list_workers(tok: TokenDep) -> list[dict[str, Any]]:
         reputation: dict[int, list[dict[str, Any]]] = {}
         for w, r in app.store.reputations():
             reputation.setdefault(w.id, []).append(dataclasses.asdict(r))
+        listed = app.store.list_workers()
+        scores = suspicion_scores([w for w, _ in listed])
         return [
             {
                 "id": w.id,
@@ -431,11 +444,14 @@ def create_api(app: App) -> FastAPI:
                 "quarantined": w.quarantined_at is not None,
                 "quarantine_reason": w.quarantine_reason,
                 "prior_quarantines": w.prior_quarantines,
+                "trusted": w.trusted,
+                "partner_quarantines": w.partner_quarantines,
+                "suspicion": scores[w.id],
                 "platform": w.platform,
                 "platform_class": w.platform_class,
                 "reputation": reputation.get(w.id, []),
             }
-            for w, accepted in app.store.list_workers()
+            for w, accepted in listed
         ]
 
     @api.post("/v1/leases", status_code=201, tags=["workers"], responses={204: {"description": "no work right now"}})

@@ -134,7 +134,9 @@ class Edge:
         s = self.settings
         if "authorization" in headers:
             state[STATE_TOKEN] = await run_in_threadpool(self.auth.token, headers["authorization"])
-            return (s.max_upload_bytes if (method, path) in STREAMED else s.max_json_bytes), None
+            # a worker registering as trusted signs as a worker *and* shows the operator's token
+            if (method, path) != REGISTRATION or "x-coopgrid-worker" not in headers:
+                return (s.max_upload_bytes if (method, path) in STREAMED else s.max_json_bytes), None
         if "x-coopgrid-worker" in headers:
             registering = (method, path) == REGISTRATION
             signed = await run_in_threadpool(self.auth.signed, method, path, headers, not registering)

@@ -22,7 +22,21 @@ The checks follow BOINC and the spot-checking literature:
   veteran costs almost nothing.
 * **Gold.** Replicas of tasks whose answer is already known are mixed into a
   worker's leases at ``gold_rate`` (more while it is new); they look exactly
-  like ordinary replicas. Failing one quarantines the worker.
+  like ordinary replicas. Only a *rooted* answer (one a worker the operator
+  vouches for helped accept) is known well enough to quarantine on: failing a
+  gold task decided by ordinary workers is a dispute, and the task is decided
+  again with more replicas (colluders may have decided it).
+* **Newcomers cannot grant each other finality.** A quorum in which no worker
+  is *established* (trusted, or with a run of ``trust_run`` validated results)
+  is accepted provisionally and audited; it becomes final only when an
+  established worker agrees or its worker passes later checks.
+* **No tie wins.** Two groups of equal size that both reach the quorum decide
+  nothing: more replicas break the tie (a colluding pair cannot outvote an
+  honest pair by answering first).
+* **Suspicion.** :func:`suspicion` turns collusion signals (quarantined
+  partners, a quarantined lineage, a registration cohort, shared networks,
+  agreement far above the rest) into a score the listings show and that
+  slows down how fast a worker is trusted alone.
 """
 
 from __future__ import annotations
@@ -53,6 +67,11 @@ class TrustPolicy(BaseModel):
         40, ge=0, description="Checks a worker must pass after a provisional result before it is final."
     )
     max_invalid: int = Field(3, ge=1, description="Times a worker may be outvoted before it is quarantined.")
+    record_run: int | None = Field(
+        None, ge=0,
+        description="Run of validated results that gives a worker a record: a quorum of workers without one "
+        "is provisional until one with a record agrees (default: trust_run; 0: every worker has one).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrustPolicy:
@@ -95,6 +114,12 @@ class Candidate:
     output: Any  # decoded output
     run: int  # the worker's run when deciding (for adaptive acceptance)
     kind: str = "normal"
+    trusted: bool = False  # vouched for by an operator
+
+
+def established(policy: TrustPolicy, c: Candidate) -> bool:
+    """A worker with a record: vouched for, or a run long enough to be trusted alone."""
+    return c.trusted or c.run >= (policy.trust_run if policy.record_run is None else policy.record_run)
 
 
 @dataclass
@@ -106,6 +131,12 @@ class Decision:
     invalid: list[int] = field(default_factory=list)  # disagreed with it
     more: int = 0  # further normal replicas to issue
     inconclusive: bool = False
+    rooted: bool = False  # a trusted worker took part in accepting it: fit for gold that quarantines
+    blame: bool = True  # the invalid results count against their workers (not when outvoted by newcomers)
+    # newcomers' results in a disagreement (decided or not): a newcomer with more of them than
+    # agreements in a round starts its run again, since a colluder disagrees with the honest
+    # majority far more often than it agrees, and an honest worker the other way round
+    contested: list[int] = field(default_factory=list)
 
 
 def clusters(cands: Sequence[Candidate], agree: Callable[[Any, Any], bool]) -> list[list[Candidate]]:
@@ -138,11 +169,21 @@ def decide(
         return d
     groups = clusters(cands, agree)
     best = groups[0]
+    if len(groups) > 1:
+        d.contested = [c.result_id for c in cands if not established(policy, c)]
     owners = {c.owner or f"#{c.worker_id}" for c in best}
-    if len(best) >= policy.quorum and len(owners) >= policy.quorum:
+    tied = len(groups) > 1 and len(groups[1]) == len(best)
+    if len(best) >= policy.quorum and len(owners) >= policy.quorum and not tied:
         d.accept = best[0].result_id
         d.valid = [c.result_id for c in best[1:]]
         d.invalid = [c.result_id for g in groups[1:] for c in g]
+        d.rooted = any(c.trusted for c in best)
+        if policy.quorum > 1 and not any(established(policy, c) for c in best):
+            # newcomers agreeing with each other is what a Sybil attack looks like: one more opinion,
+            # and being outvoted by them is no evidence against anyone
+            d.provisional = True
+            d.audit = True
+            d.blame = False
         return d
     # replicas issued whose results have not come back yet may still complete the quorum
     # (the store counts them; without it, assume every issued replica not answered is out)
@@ -150,6 +191,10 @@ def decide(
         outstanding = max(issued - len(cands), 0)
     if len(cands) == 1 and outstanding == 0 and policy.adaptive:
         only = cands[0]
+        if only.trusted:  # the operator vouches for it: a root of trust, final alone
+            d.accept = only.result_id
+            d.rooted = True
+            return d
         if only.run >= policy.trust_run and rng.random() < 1 - 1 / only.run:
             d.accept = only.result_id
             d.provisional = True
@@ -165,6 +210,61 @@ def decide(
     return d
 
 
+def suspicion(
+    partner_quarantines: int = 0,
+    prior_quarantines: int = 0,
+    cohort: int = 1,
+    network_quarantined: int = 0,
+    agreement_excess: float = 0.0,
+    stake_ratio: float | None = None,
+) -> float:
+    """A 0-1 score of how likely a worker is part of a colluding group (for listings and placement).
+
+    ``partner_quarantines``: quarantined workers whose accepted decisions it shared;
+    ``prior_quarantines``: quarantined workers of its owner or network when it registered;
+    ``cohort``: workers registered from its network within the same minute (itself included);
+    ``network_quarantined``: quarantined workers on its network now;
+    ``agreement_excess``: how much more often it agrees with its most frequent partner than
+    with the rest (0: no more; 1: always with that one, never with the others);
+    ``stake_ratio``: its stake over the minimum asked (None where there is no stake)."""
+    evidence = (
+        1.0 * partner_quarantines
+        + 0.7 * prior_quarantines
+        + 0.3 * network_quarantined
+        + 0.2 * max(cohort - 1, 0)
+        + 2.0 * max(agreement_excess, 0.0)
+    )
+    if stake_ratio is not None:
+        # a worker with more at stake than asked has more to lose by lying
+        evidence /= 1.0 + max(stake_ratio - 1.0, 0.0)
+    return round(1.0 - math.exp(-evidence / 2.0), 3)
+
+
 def check(agree: Callable[[Any, Any], bool], canonical: Any, candidate: Any) -> bool:
     """A gold or audit result against the known answer."""
     return bool(agree(canonical, candidate))
+
+
+#: workers registering from one network within this many seconds form a cohort
+COHORT_SECONDS = 60.0
+
+
+def suspicion_scores(workers: Sequence[Any]) -> dict[int, float]:
+    """:func:`suspicion` of each worker record (id, network, registered_at, quarantined_at,
+    prior_quarantines, partner_quarantines, trusted), from the listing alone: no history scan."""
+    by_network: dict[str, list[Any]] = {}
+    for w in workers:
+        if w.network:
+            by_network.setdefault(w.network, []).append(w)
+    out: dict[int, float] = {}
+    for w in workers:
+        peers = by_network.get(w.network, []) if w.network else []
+        cohort = sum(abs(p.registered_at - w.registered_at) <= COHORT_SECONDS for p in peers) or 1
+        quarantined = sum(p.quarantined_at is not None and p.id != w.id for p in peers)
+        out[w.id] = 0.0 if w.trusted else suspicion(
+            partner_quarantines=w.partner_quarantines,
+            prior_quarantines=w.prior_quarantines,
+            cohort=cohort,
+            network_quarantined=quarantined,
+        )
+    return out

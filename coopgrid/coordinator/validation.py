@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from coopgrid import tasks
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.errors import DatabaseUnavailable
-from coopgrid.coordinator.trust import Candidate, TrustPolicy, decide
+from coopgrid.coordinator.trust import Candidate, TrustPolicy, decide, established
 from coopgrid.store.base import Accept, CandidateRow, Store, TaskCheck, ValidationWrite
 from coopgrid.store.schema import ReplicaKind, ResultStatus, TaskState
 
@@ -126,24 +126,37 @@ class Validator:
             return
 
         if c.state == TaskState.OPEN.value:
-            cands = [Candidate(p.result_id, p.worker_id, p.owner, "pending", read(p), p.run, p.kind) for p in live]
+            cands = [
+                Candidate(p.result_id, p.worker_id, p.owner, "pending", read(p), p.run, p.kind, p.trusted)
+                for p in live
+            ]
             d = decide(policy, cands, c.issued, agree, self.rng, outstanding=c.outstanding)
+            for rid in d.contested:
+                rep(_worker(live, rid)).contested += 1
             if d.accept is not None:
                 accepted = next(p for p in live if p.result_id == d.accept)
                 # a provisional result waits for its worker's later checks, unless none are asked for
                 final = not d.provisional or policy.finality_checks == 0
                 checks_at = None if final else accepted.checks_passed + policy.finality_checks
-                w.accepts.append(Accept(c.task_id, accepted.result_id, final, checks_at))
+                w.accepts.append(Accept(c.task_id, accepted.result_id, final, checks_at, d.rooted))
                 w.task_states[c.task_id] = (TaskState.DONE if final else TaskState.PROVISIONAL).value
                 w.job(c.job_id, done=1)
-                if final:
-                    rep(accepted.worker_id).valid += 1
+                # a quorum (even of newcomers) is a validation, a lone result is not; and newcomers
+                # outvoting a dissent earn no record by it (colluders would build theirs that way)
+                # newcomers outvoting a dissent earn no record by it (their runs start again: contested)
+                credit = (final or bool(d.valid)) and (d.blame or not d.invalid)
+                group = [accepted.worker_id] + [_worker(live, rid) for rid in d.valid]
+                if credit:
+                    _credit(w, rep, group, accepted.worker_id)
                 for rid in d.valid:
-                    w.statuses[rid] = (ResultStatus.VALID.value, True)
-                    rep(_worker(live, rid)).valid += 1
+                    # paid only once the task is final (a newcomer quorum waits for an established opinion)
+                    w.statuses[rid] = (ResultStatus.VALID.value, final)
+                    if credit:
+                        _credit(w, rep, group, _worker(live, rid))
                 for rid in d.invalid:
                     w.statuses[rid] = (ResultStatus.INVALID.value, False)
-                    rep(_worker(live, rid)).invalid += 1
+                    if d.blame:
+                        rep(_worker(live, rid)).invalid += 1
                 if d.audit:
                     w.replicas.append((c.task_id, c.job_id, ReplicaKind.AUDIT.value))
             elif d.more:
@@ -172,26 +185,36 @@ class Validator:
                     r.valid += 1
                     r.gold_passed += 1
                     r.checks += 1
-                else:
+                elif c.rooted:  # the answer came from a root of trust: a lie, or a broken worker
                     w.statuses[p.result_id] = (ResultStatus.INVALID.value, False)
                     r.gold_failed += 1
-            elif provisional:
-                # an audit (or any second opinion) of a result accepted without replication
-                if ok:
-                    w.statuses[p.result_id] = (ResultStatus.VALID.value, True)
-                    w.accepts.append(Accept(c.task_id, c.canonical.result_id, True, None))
-                    w.task_states[c.task_id] = TaskState.DONE.value
-                    rep(p.worker_id).valid += 1
-                    owner = rep(c.canonical.worker_id)
-                    owner.valid += 1
-                    owner.checks += 1
+                elif c.sealed:
+                    # an answer no trusted worker confirmed, on chain already: recorded, nobody punished
+                    w.statuses[p.result_id] = (ResultStatus.INVALID.value, False)
                 else:
-                    # a dispute: the provisional acceptance is withdrawn and a tie-breaker decides
-                    w.statuses[c.canonical.result_id] = (ResultStatus.PENDING.value, False)
-                    w.task_states[c.task_id] = TaskState.OPEN.value
-                    w.job(c.job_id, done=-1)
-                    w.issued[c.task_id] = w.issued.get(c.task_id, 0) + 1
-                    w.replicas.append((c.task_id, c.job_id, ReplicaKind.NORMAL.value))
+                    # ordinary workers decided it, and they may have colluded: a dispute, decided
+                    # again with this result among the candidates and one more replica
+                    w.reopen[c.task_id] = c.job_id
+                    return
+            elif provisional:
+                # an audit (or any second opinion) of a result accepted provisionally
+                if ok:
+                    confirms = established(policy, Candidate(p.result_id, p.worker_id, p.owner, "", None, p.run,
+                                                             p.kind, p.trusted))
+                    w.statuses[p.result_id] = (ResultStatus.VALID.value, confirms)
+                    if confirms:  # a worker with a record agrees: final
+                        rep(p.worker_id).valid += 1
+                        w.accepts.append(Accept(c.task_id, c.canonical.result_id, True, None, p.trusted))
+                        w.task_states[c.task_id] = TaskState.DONE.value
+                        w.finalized.append(c.task_id)
+                        owner = rep(c.canonical.worker_id)
+                        owner.valid += 1
+                        owner.checks += 1
+                    # another newcomer agreeing proves nothing more and earns no record; the task waits
+                    # for its worker's later checks (asking again would only feed newcomers audits)
+                else:
+                    # a dispute: the provisional acceptance is withdrawn and the task decided again
+                    w.reopen[c.task_id] = c.job_id
                 return
             elif ok:
                 w.statuses[p.result_id] = (ResultStatus.VALID.value, c.canonical.final)
@@ -199,6 +222,18 @@ class Validator:
             else:
                 w.statuses[p.result_id] = (ResultStatus.INVALID.value, False)
                 rep(p.worker_id).invalid += 1
+
+
+def _credit(w: ValidationWrite, rep: Any, group: list[int], worker_id: int) -> None:
+    """A validated result; it lengthens the worker's run only if it agreed with a partner not yet
+    counted this round (two keys leasing the same run of tasks would otherwise vouch for each
+    other dozens of times at once)."""
+    r = rep(worker_id)
+    r.valid += 1
+    fresh = [(worker_id, p) for p in group if p != worker_id and (worker_id, p) not in w.pairs]
+    if group != [worker_id] and not fresh:
+        r.repeated += 1
+    w.pairs.update(fresh)
 
 
 def _deadlock(exc: BaseException) -> bool:

@@ -59,6 +59,8 @@ class WorkerRecord:
     quarantine_reason: str | None = None
     network: str | None = None
     prior_quarantines: int = 0  # quarantined workers of its owner or network when it first registered
+    trusted: bool = False  # registered with an operator token: a root of trust for gold
+    partner_quarantines: int = 0  # quarantined workers whose decisions it shared
     platform: dict[str, Any] | None = None  # as reported at registration (coopgrid.platforms.Platform)
     platform_class: str | None = None  # coopgrid.platforms.platform_class of it; None: not reported
 
@@ -284,6 +286,7 @@ class CandidateRow:
     checks_passed: int
     final: bool
     quarantined: bool
+    trusted: bool = False
 
 
 @dataclass
@@ -299,6 +302,8 @@ class TaskCheck:
     canonical: CandidateRow | None
     pending: list[CandidateRow]
     outstanding: int = 0  # replicas of the task still ready or leased (gold excluded)
+    rooted: bool = False  # its accepted answer came from a root of trust (gold that quarantines)
+    sealed: bool = False  # its accepted result is in an epoch already (cannot be reopened)
 
 
 @dataclass(frozen=True)
@@ -307,6 +312,7 @@ class Accept:
     result_id: int
     final: bool
     checks_at: int | None  # provisional: final once the worker's checks_passed reaches this
+    rooted: bool = False  # a trusted worker took part: the task's answer may serve as gold that quarantines
 
 
 @dataclass
@@ -316,6 +322,9 @@ class RepDelta:
     gold_passed: int = 0
     gold_failed: int = 0
     checks: int = 0
+    # disagreements it took part in as a newcomer: more of them than agreements in a round restarts its run
+    contested: int = 0
+    repeated: int = 0  # of ``valid``, agreements with a partner already counted this round: no run credit
     max_invalid: int = 3
 
 
@@ -331,6 +340,11 @@ class ValidationWrite:
     job_deltas: dict[str, tuple[int, int]] = field(default_factory=dict)  # job -> (done, inconclusive)
     reputation: dict[tuple[int, str], RepDelta] = field(default_factory=dict)
     quarantine: dict[int, str] = field(default_factory=dict)  # worker -> reason
+    # decided tasks to decide again (a dispute): their results go back to pending, one replica more
+    reopen: dict[int, str] = field(default_factory=dict)  # task -> job
+    finalized: list[int] = field(default_factory=list)  # provisional tasks made final by an agreeing audit
+    #: (worker, partner) agreements credited to a run this round: a run is built from many partners
+    pairs: set[tuple[int, int]] = field(default_factory=set)
 
     def rep(self, worker_id: int, task_type: str, max_invalid: int) -> RepDelta:
         d = self.reputation.setdefault((worker_id, task_type), RepDelta())
@@ -417,7 +431,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def register_worker(
         self, address: str, name: str, owner: str, now: float, network: str | None = None,
-        platform: dict[str, Any] | None = None, platform_class: str | None = None,
+        platform: dict[str, Any] | None = None, platform_class: str | None = None, trusted: bool = False,
     ) -> WorkerRecord:
         """Create or update the worker with this address (``network``: the network it registered from;
         ``platform``: what it reported it computes on, and ``platform_class`` derived from it).
@@ -452,6 +466,10 @@ class Store(abc.ABC):
         """Stop handing out the job's replicas; results already accepted stay."""
 
     @abc.abstractmethod
+    def disputes(self, job_id: str) -> list[dict[str, Any]]:
+        """Sealed results of the job that a since-quarantined worker helped decide (epoch, task, output)."""
+        return []
+
     def replica_counts(self, job_id: str) -> dict[str, int]:
         """The job's replicas by state name (ready, leased, done, expired...)."""
 

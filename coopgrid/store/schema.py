@@ -122,6 +122,10 @@ workers = Table(
     # quarantined workers that shared this one's owner or network when it first registered:
     # a fresh key is no clean slate for the operator of a quarantined one
     Column("prior_quarantines", Integer, nullable=False, server_default=text("0")),
+    # vouched for by an operator (registered with an operator token): a root of trust for gold
+    Column("trusted", Boolean, nullable=False, server_default=text("false")),
+    # quarantined workers whose decisions this one shared (agreed with): a collusion signal
+    Column("partner_quarantines", Integer, nullable=False, server_default=text("0")),
     # what it reported at registration (coopgrid.platforms.Platform as JSON) and the class derived from it:
     # replicas of a task whose type needs homogeneous redundancy stay within one class
     Column("platform", Text, nullable=True),
@@ -201,6 +205,8 @@ tasks = Table(
     Column("state", String(20), nullable=False),
     Column("errors", Integer, nullable=False, server_default=text("0")),
     Column("issued", Integer, nullable=False, server_default=text("1")),  # normal replicas made so far
+    # its answer came from a root of trust (a trusted worker took part in accepting it): fit for gold
+    Column("rooted", Boolean, nullable=False, server_default=text("false")),
     UniqueConstraint("job_id", "idx", name="uq_tasks_job_idx"),
 )
 # who may read a task's input blob (inline inputs are no blobs, so they stay out of the index)
@@ -221,6 +227,10 @@ leases = Table(
     Column("state", String(10), nullable=False),  # open | closed | expired
 )
 Index("ix_tasks_done", tasks.c.id, sqlite_where=text("state = 'done'"), postgresql_where=text("state = 'done'"))
+Index(
+    "ix_tasks_rooted", tasks.c.id, sqlite_where=text("state = 'done' AND rooted"),
+    postgresql_where=text("state = 'done' AND rooted"),
+)
 Index("ix_leases_open", leases.c.expires_at, sqlite_where=text("state = 'open'"), postgresql_where=text("state = 'open'"))
 # a worker's live leases, for reading the blobs they need (coordinator/access.py)
 Index(
@@ -303,6 +313,23 @@ Index(
     sqlite_where=text("status = 'accepted' AND final = false"),
     postgresql_where=text("status = 'accepted' AND final = false"),
 )
+
+
+# Sealed results a quarantined worker helped decide: on chain already, so reported, not reopened.
+disputes = Table(
+    "disputes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("result_id", Integer, ForeignKey("results.id"), nullable=False),  # the sealed (accepted) result
+    Column("worker_id", Integer, ForeignKey("workers.id"), nullable=False),  # the quarantined worker
+    Column("epoch", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("result_id", "worker_id", name="uq_disputes_result_worker"),
+)
+Index("ix_disputes_job", disputes.c.job_id)
 
 
 class EpochState(str, enum.Enum):

@@ -141,6 +141,8 @@ def _worker(row: Any) -> WorkerRecord:
         quarantine_reason=row.quarantine_reason,
         network=row.network,
         prior_quarantines=row.prior_quarantines,
+        trusted=bool(row.trusted),
+        partner_quarantines=row.partner_quarantines,
         platform=json.loads(row.platform) if row.platform else None,
         platform_class=row.platform_class,
     )
@@ -281,7 +283,7 @@ class SqlStore(
 
     def register_worker(
         self, address: str, name: str, owner: str, now: float, network: str | None = None,
-        platform: dict[str, Any] | None = None, platform_class: str | None = None,
+        platform: dict[str, Any] | None = None, platform_class: str | None = None, trusted: bool = False,
     ) -> WorkerRecord:
         reported = {"platform": json.dumps(platform, sort_keys=True) if platform is not None else None,
                     "platform_class": platform_class}
@@ -291,7 +293,9 @@ class SqlStore(
                 conn.execute(
                     update(s.workers)
                     .where(s.workers.c.id == row.id)
-                    .values(name=name, owner=owner, last_seen=now, network=network, **reported)
+                    # vouching is given by registering with an operator token, and kept until quarantine
+                    .values(name=name, owner=owner, last_seen=now, network=network, trusted=row.trusted or trusted,
+                            **reported)
                 )
             else:
                 lineage = [s.workers.c.network == network] if network else []
@@ -307,7 +311,7 @@ class SqlStore(
                 conn.execute(
                     insert(s.workers).values(
                         address=address, name=name, owner=owner, registered_at=now, last_seen=now, network=network,
-                        prior_quarantines=prior, **reported,
+                        prior_quarantines=prior, trusted=trusted, **reported,
                     )
                 )
             row = conn.execute(select(s.workers).where(s.workers.c.address == address)).one()
@@ -648,7 +652,8 @@ class SqlStore(
         pivot, then wrapping), so the cost depends on the running jobs, never on how many
         finished jobs' tasks the grid has piled up. ``placement``: the lease's homogeneous-redundancy
         parameters (:func:`_same_class`): a known answer from another platform class is no fair test
-        of this worker."""
+        of this worker. Rooted answers (a trusted worker took part) first: only those can prove a
+        lie; the others, decided by ordinary workers, are disputes when failed (see validation)."""
         running = select(s.jobs.c.id).where(s.jobs.c.state == JobState.RUNNING.value)
         if types:
             running = running.where(s.jobs.c.task_type.in_(types))
@@ -657,27 +662,38 @@ class SqlStore(
         # the id range is walked on ix_tasks_done (only done tasks); SQLite would rather walk every
         # task of the job on (job_id, idx), which the unary + keeps it from doing
         same_job = "+t.job_id = :job" if self.dialect == "sqlite" else "t.job_id = :job"
-        stmt = text(
-            "SELECT t.id, t.job_id FROM tasks t WHERE t.state = :done AND t.id >= :lo AND t.id <= :hi"
+        tail = (
+            " AND t.id >= :lo AND t.id <= :hi"
             f" AND {same_job}"
             " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = t.id AND o.worker_id IN :kin)"
             + (_same_class("t.id", "t.job_id") if placement else "")
             + " ORDER BY t.id LIMIT :k"
-        ).bindparams(bindparam("kin", expanding=True))
+        )
+        # rooted ones spelled as the partial index ix_tasks_rooted is, so that it alone is walked
+        stmts = [
+            text("SELECT t.id, t.job_id FROM tasks t WHERE t.state = 'done' AND t.rooted" + tail)
+            .bindparams(bindparam("kin", expanding=True)),
+            text("SELECT t.id, t.job_id FROM tasks t WHERE t.state = :done" + tail)
+            .bindparams(bindparam("kin", expanding=True)),
+        ]
         if placement:
-            stmt = stmt.bindparams(bindparam("homogeneous", expanding=True))
+            stmts = [st.bindparams(bindparam("homogeneous", expanding=True)) for st in stmts]
         found: dict[int, Any] = {}
-        for job_id in job_ids:
-            lo, hi = self._task_id_range(conn, job_id)
-            if lo is None or hi is None:
-                continue
-            pivot = rng.randint(lo, hi)
-            params = {"done": TaskState.DONE.value, "kin": kin, "job": job_id, **(placement or {})}
-            for a, b in ((pivot, hi), (lo, pivot - 1)):
+        ranges = {job_id: self._task_id_range(conn, job_id) for job_id in job_ids}
+        for stmt in stmts:
+            for job_id in job_ids:
+                lo, hi = ranges[job_id]
+                if lo is None or hi is None:
+                    continue
+                pivot = rng.randint(lo, hi)
+                params = {"done": TaskState.DONE.value, "kin": kin, "job": job_id, **(placement or {})}
+                for a, b in ((pivot, hi), (lo, pivot - 1)):
+                    if len(found) >= k:
+                        break
+                    for t in conn.execute(stmt, {**params, "lo": a, "hi": b, "k": k - len(found)}):
+                        found[t.id] = t
                 if len(found) >= k:
                     break
-                for t in conn.execute(stmt, {**params, "lo": a, "hi": b, "k": k - len(found)}):
-                    found[t.id] = t
             if len(found) >= k:
                 break
         if found:
@@ -764,9 +780,10 @@ class SqlStore(
                 raise LeaseError(f"lease {lease_id} is unknown to this coordinator", lease_id=lease_id)
             expired = lease.state == "expired" or lease.expires_at < now
             outcome.lease_expired = expired
-            quarantined = conn.execute(
-                select(s.workers.c.quarantined_at).where(s.workers.c.id == worker_id)
-            ).scalar() is not None
+            me = conn.execute(
+                select(s.workers.c.quarantined_at, s.workers.c.trusted).where(s.workers.c.id == worker_id)
+            ).one()
+            quarantined = me.quarantined_at is not None
             replica_rows = {
                 r.id: r
                 for r in conn.execute(
@@ -812,9 +829,12 @@ class SqlStore(
                     won = set(
                         conn.execute(
                             text(
-                                "UPDATE tasks SET state = :done WHERE state = :open AND id IN :ids RETURNING id"
+                                # a trusted worker's answer is a root of trust: fit for gold that quarantines
+                                "UPDATE tasks SET state = :done, rooted = :rooted WHERE state = :open AND id IN :ids "
+                                "RETURNING id"
                             ).bindparams(bindparam("ids", expanding=True)),
-                            {"done": TaskState.DONE.value, "open": TaskState.OPEN.value, "ids": sorted(direct)},
+                            {"done": TaskState.DONE.value, "open": TaskState.OPEN.value, "ids": sorted(direct),
+                             "rooted": bool(me.trusted)},
                         ).scalars()
                     )
             credited: dict[str, int] = {}

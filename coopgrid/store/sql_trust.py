@@ -111,8 +111,8 @@ class TrustQueries:
             if not ids:
                 return []
             tasks = conn.execute(
-                select(s.tasks.c.id, s.tasks.c.job_id, s.tasks.c.state, s.tasks.c.issued, s.jobs.c.task_type,
-                       s.jobs.c.policy)
+                select(s.tasks.c.id, s.tasks.c.job_id, s.tasks.c.state, s.tasks.c.issued, s.tasks.c.rooted,
+                       s.jobs.c.task_type, s.jobs.c.policy)
                 .join(s.jobs, s.jobs.c.id == s.tasks.c.job_id)
                 .where(s.tasks.c.id.in_(ids))
             ).all()
@@ -120,8 +120,9 @@ class TrustQueries:
                 select(
                     s.results.c.id, s.results.c.task_id, s.results.c.worker_id, s.results.c.status,
                     s.results.c.output, s.results.c.final, s.replicas.c.kind, s.workers.c.owner,
-                    s.workers.c.quarantined_at, s.workers.c.prior_quarantines, s.reputation.c.run,
-                    s.reputation.c.checks_passed,
+                    s.workers.c.quarantined_at, s.workers.c.prior_quarantines, s.workers.c.trusted,
+                    s.workers.c.partner_quarantines, s.reputation.c.run, s.reputation.c.checks_passed,
+                    s.results.c.epoch,
                 )
                 .join(s.replicas, s.replicas.c.id == s.results.c.replica_id)
                 .join(s.workers, s.workers.c.id == s.results.c.worker_id)
@@ -151,21 +152,26 @@ class TrustQueries:
             )
         by_task: dict[int, TaskCheck] = {
             t.id: TaskCheck(
-                t.id, t.job_id, t.task_type, json.loads(t.policy), t.state, t.issued, None, [], out.get(t.id, 0)
+                t.id, t.job_id, t.task_type, json.loads(t.policy), t.state, t.issued, None, [], out.get(t.id, 0),
+                rooted=bool(t.rooted),
             )
             for t in tasks
         }
         for r in rows:
             cand = CandidateRow(
                 result_id=r.id, worker_id=r.worker_id, owner=r.owner, output=r.output or b"", kind=r.kind,
-                # a fresh key of a quarantined worker's owner or network earns trust (1 + p) times slower
-                run=(r.run or 0) // (1 + r.prior_quarantines), checks_passed=r.checks_passed or 0,
+                # a fresh key of a quarantined worker's owner or network, or a worker whose quorum
+                # partners were quarantined, earns trust (1 + p) times slower
+                run=(r.run or 0) // (1 + r.prior_quarantines + r.partner_quarantines),
+                checks_passed=r.checks_passed or 0,
                 final=bool(r.final),
                 quarantined=r.quarantined_at is not None,
+                trusted=bool(r.trusted),
             )
             check = by_task[r.task_id]
             if r.status == ResultStatus.ACCEPTED.value:
                 check.canonical = cand
+                check.sealed = r.epoch is not None
             else:
                 check.pending.append(cand)
         return [c for c in by_task.values() if c.pending]
@@ -193,6 +199,10 @@ class TrustQueries:
                     update(s.tasks).where(s.tasks.c.id == bindparam("tid")).values(state=bindparam("st")),
                     [{"tid": t, "st": st} for t, st in w.task_states.items()],
                 )
+            self._finalize_partners(conn, w.finalized)
+            rooted = sorted({a.task_id for a in w.accepts if a.rooted})
+            if rooted:
+                conn.execute(update(s.tasks).where(s.tasks.c.id.in_(rooted)).values(rooted=True))
             if w.issued:
                 conn.execute(
                     update(s.tasks).where(s.tasks.c.id == bindparam("tid")).values(issued=s.tasks.c.issued + bindparam("n")),
@@ -223,7 +233,7 @@ class TrustQueries:
                 conn.execute(
                     text(
                         "UPDATE reputation SET "
-                        "run = CASE WHEN :bad > 0 THEN 0 ELSE run + :good END, "
+                        "run = CASE WHEN :bad > 0 OR :contested > :good THEN 0 ELSE run + :good - :repeated END, "
                         "valid = valid + :good, invalid = invalid + :bad, "
                         "gold_passed = gold_passed + :gp, gold_failed = gold_failed + :gf, "
                         "checks_passed = checks_passed + :checks, "
@@ -232,7 +242,8 @@ class TrustQueries:
                         "WHERE worker_id = :w AND task_type = :t"
                     ),
                     {"w": worker_id, "t": task_type, "good": d.valid, "bad": d.invalid, "gp": d.gold_passed,
-                     "gf": d.gold_failed, "checks": d.checks, "lo": QUOTA_MIN, "hi": QUOTA_MAX},
+                     "gf": d.gold_failed, "checks": d.checks, "contested": d.contested, "repeated": d.repeated,
+                     "lo": QUOTA_MIN, "hi": QUOTA_MAX},
                 )
                 if d.checks:
                     checked.add(worker_id)
@@ -246,6 +257,7 @@ class TrustQueries:
                 elif rep.invalid >= d.max_invalid:
                     w.quarantine.setdefault(worker_id, f"outvoted {rep.invalid} times ({task_type})")
             touched = set(w.job_deltas)
+            touched |= self._reopen_tasks(conn, w.reopen, now)
             for worker_id in sorted(checked):
                 touched |= self._finalize_provisional(conn, worker_id)
             for worker_id, reason in sorted(w.quarantine.items()):
@@ -270,7 +282,79 @@ class TrustQueries:
                 ),
                 {"done": TaskState.DONE.value, "prov": TaskState.PROVISIONAL.value, "ids": [f.task_id for f in finals]},
             )
+            self._finalize_partners(conn, [f.task_id for f in finals])
         return {f.job_id for f in finals}
+
+    def _finalize_partners(self, conn: Any, task_ids: list[int]) -> None:
+        """A task just became final: the results that agreed with it while it was provisional are paid too."""
+        if task_ids:
+            conn.execute(
+                update(s.results)
+                .where(s.results.c.task_id.in_(sorted(task_ids)), s.results.c.status == ResultStatus.VALID.value,
+                       s.results.c.final.is_(False))
+                .values(final=True)
+            )
+
+    def _reopen_tasks(self, conn: Any, tasks: dict[int, str], now: float, culprit: int | None = None) -> set[str]:
+        """Decide these decided (unsealed) tasks again: their results go back to pending, one replica more.
+
+        The culprit's results (a quarantined worker's) are thrown out; those it outvoted get their
+        invalid mark back, since the vote that outvoted them no longer counts. Returns jobs touched."""
+        if not tasks:
+            return set()
+        ids = sorted(tasks)
+        reopened = conn.execute(
+            update(s.tasks)
+            .where(s.tasks.c.id.in_(ids), s.tasks.c.state.in_([TaskState.DONE.value, TaskState.PROVISIONAL.value]))
+            .values(state=TaskState.OPEN.value, rooted=False)
+            .returning(s.tasks.c.id, s.tasks.c.job_id)
+        ).all()
+        if not reopened:
+            return set()
+        ids = [r.id for r in reopened]
+        outvoted = conn.execute(
+            select(s.results.c.worker_id, s.jobs.c.task_type)
+            .join(s.jobs, s.jobs.c.id == s.results.c.job_id)
+            .where(s.results.c.task_id.in_(ids), s.results.c.status == ResultStatus.INVALID.value,
+                   s.results.c.worker_id != (culprit or 0))
+        ).all()
+        for o in outvoted:
+            conn.execute(
+                text("UPDATE reputation SET invalid = CASE WHEN invalid > 0 THEN invalid - 1 ELSE 0 END "
+                     "WHERE worker_id = :w AND task_type = :t"),
+                {"w": o.worker_id, "t": o.task_type},
+            )
+        conn.execute(
+            update(s.results)
+            .where(
+                s.results.c.task_id.in_(ids),
+                s.results.c.status.in_(
+                    [ResultStatus.ACCEPTED.value, ResultStatus.VALID.value, ResultStatus.INVALID.value]
+                ),
+                s.results.c.worker_id != (culprit or 0),
+            )
+            .values(status=ResultStatus.PENDING.value, final=False, checks_at=None)
+        )
+        if culprit is not None:
+            conn.execute(
+                update(s.results)
+                .where(s.results.c.task_id.in_(ids), s.results.c.worker_id == culprit)
+                .values(status=ResultStatus.REJECTED.value, final=False)
+            )
+        # one more opinion: a replica that the next validation round waits for
+        conn.execute(update(s.tasks).where(s.tasks.c.id.in_(ids)).values(issued=s.tasks.c.issued + 1))
+        conn.execute(
+            insert(s.replicas),
+            [{"task_id": r.id, "job_id": r.job_id, "state": int(ReplicaState.READY), "created_at": now,
+              "kind": ReplicaKind.NORMAL.value} for r in reopened],
+        )
+        per_job: dict[str, int] = {}
+        for r in reopened:
+            per_job[r.job_id] = per_job.get(r.job_id, 0) + 1
+        for job_id, n in per_job.items():
+            conn.execute(update(s.jobs).where(s.jobs.c.id == job_id).values(tasks_done=s.jobs.c.tasks_done - n))
+            self._reopen(conn, job_id)
+        return set(per_job)
 
     def _quarantine(self, conn: Any, worker_id: int, reason: str, now: float) -> set[str]:
         """No more work, nothing more earned, and its unchecked results redone by others."""
@@ -297,28 +381,7 @@ class TrustQueries:
             .where(s.results.c.worker_id == worker_id, s.results.c.status == ResultStatus.PENDING.value)
             .values(status=ResultStatus.REJECTED.value)
         )
-        # its provisional results never reach the chain: revoked, and their tasks reopened
-        revoked = conn.execute(
-            text(
-                "UPDATE results SET status = :rejected WHERE worker_id = :w AND status = :accepted AND final = :no "
-                "RETURNING task_id, job_id"
-            ),
-            {"w": worker_id, "rejected": ResultStatus.REJECTED.value, "accepted": ResultStatus.ACCEPTED.value,
-             "no": False},
-        ).all()
-        reopened: dict[str, int] = {}
-        for r in revoked:
-            conn.execute(
-                update(s.tasks).where(s.tasks.c.id == r.task_id).values(state=TaskState.OPEN.value,
-                                                                       issued=s.tasks.c.issued + 1)
-            )
-            conn.execute(
-                insert(s.replicas).values(
-                    task_id=r.task_id, job_id=r.job_id, state=int(ReplicaState.READY), created_at=now,
-                    kind=ReplicaKind.NORMAL.value,
-                )
-            )
-            reopened[r.job_id] = reopened.get(r.job_id, 0) + 1
+        touched = self._unwind(conn, worker_id, reason, now)
         # what it holds goes back to the queue (gold tests are dropped)
         conn.execute(
             text(
@@ -327,12 +390,71 @@ class TrustQueries:
             ),
             {"ready": int(ReplicaState.READY), "leased": int(ReplicaState.LEASED), "w": worker_id},
         )
-        for job_id, n in reopened.items():
+        return touched
+
+    def _unwind(self, conn: Any, worker_id: int, reason: str, now: float) -> set[str]:
+        """Every task the quarantined worker helped decide is decided again without it.
+
+        Unsealed ones (provisional or final) are reopened; sealed ones are on chain already and are
+        recorded as disputes (epoch and result) for their submitters. Workers that shared many of
+        its decisions are re-examined: their run starts again and they count a quarantined partner."""
+        decided = (
+            select(s.results.c.task_id)
+            .where(s.results.c.worker_id == worker_id,
+                   s.results.c.status.in_([ResultStatus.ACCEPTED.value, ResultStatus.VALID.value]))
+            .scalar_subquery()
+        )
+        accepted = conn.execute(
+            select(s.results.c.id, s.results.c.task_id, s.results.c.job_id, s.results.c.epoch)
+            .join(s.tasks, s.tasks.c.id == s.results.c.task_id)
+            .where(s.results.c.task_id.in_(decided), s.results.c.status == ResultStatus.ACCEPTED.value,
+                   s.tasks.c.state.in_([TaskState.DONE.value, TaskState.PROVISIONAL.value]))
+        ).all()
+        if not accepted:
+            return set()
+        partners = conn.execute(
+            select(s.results.c.worker_id, func.count())
+            .where(s.results.c.task_id.in_(decided), s.results.c.worker_id != worker_id,
+                   s.results.c.status.in_([ResultStatus.ACCEPTED.value, ResultStatus.VALID.value]))
+            .group_by(s.results.c.worker_id)
+        ).all()
+        # a partner is one that shared a real part of its decisions, not an honest worker met by chance
+        close = sorted(w for w, n in partners if n >= max(3, len(accepted) // 20))
+        if close:
             conn.execute(
-                update(s.jobs).where(s.jobs.c.id == job_id).values(tasks_done=s.jobs.c.tasks_done - n)
+                update(s.workers).where(s.workers.c.id.in_(close))
+                .values(partner_quarantines=s.workers.c.partner_quarantines + 1)
             )
-            self._reopen(conn, job_id)
-        return set(reopened)
+            conn.execute(update(s.reputation).where(s.reputation.c.worker_id.in_(close)).values(run=0))
+        sealed = [a for a in accepted if a.epoch is not None]
+        if sealed:
+            existing = set(conn.execute(
+                select(s.disputes.c.result_id).where(s.disputes.c.worker_id == worker_id)
+            ).scalars())
+            rows = [{"task_id": a.task_id, "job_id": a.job_id, "result_id": a.id, "worker_id": worker_id,
+                     "epoch": a.epoch, "reason": reason, "created_at": now} for a in sealed if a.id not in existing]
+            if rows:
+                conn.execute(insert(s.disputes), rows)
+        return self._reopen_tasks(conn, {a.task_id: a.job_id for a in accepted if a.epoch is None}, now,
+                                  culprit=worker_id)
+
+    def disputes(self, job_id: str) -> list[dict[str, Any]]:
+        """Sealed results of a job that a since-quarantined worker helped decide: outputs to distrust."""
+        q = (
+            select(s.disputes.c.epoch, s.tasks.c.idx, s.results.c.output_hash, s.tasks.c.input_hash,
+                   s.workers.c.address, s.disputes.c.reason, s.disputes.c.created_at)
+            .join(s.tasks, s.tasks.c.id == s.disputes.c.task_id)
+            .join(s.results, s.results.c.id == s.disputes.c.result_id)
+            .join(s.workers, s.workers.c.id == s.disputes.c.worker_id)
+            .where(s.disputes.c.job_id == job_id)
+            .order_by(s.disputes.c.epoch, s.tasks.c.idx)
+        )
+        with self._read() as conn:
+            return [
+                {"epoch": r.epoch, "task_index": r.idx, "output_hash": r.output_hash, "input_hash": r.input_hash,
+                 "worker": r.address, "reason": r.reason, "at": r.created_at}
+                for r in conn.execute(q)
+            ]
 
     def _reopen(self, conn: Any, job_id: str) -> None:
         """A job already reduced with a result now withdrawn runs again and is reduced anew."""

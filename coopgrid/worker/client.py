@@ -82,7 +82,10 @@ class WorkerClient:
         timeout: float = 30.0,
         backoff_cap: float = 10.0,
         give_up_after: float | None = None,
+        token: str | None = None,
     ) -> None:
+        #: an operator's API token, sent only where asked (registering as a trusted worker)
+        self.token = token
         #: the coordinators of one grid, tried in turn: a worker fails over to the next when one stops answering
         self.urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()]
         self._at = 0
@@ -132,7 +135,7 @@ class WorkerClient:
 
     def request(
         self, method: str, path: str, body: Any = None, retry: bool = True, signed: bool = True,
-        timeout: float | None = None,
+        timeout: float | None = None, authorized: bool = False,
     ) -> httpx.Response:
         content = b"" if body is None else orjson.dumps(body)
         attempt = 0
@@ -143,6 +146,8 @@ class WorkerClient:
             headers = self.identity.request_headers(method, path, content, self.grid) if signed else {}
             if content:
                 headers["content-type"] = "application/json"
+            if authorized and self.token:
+                headers["authorization"] = f"Bearer {self.token}"
             try:
                 response = self.http.request(
                     method, self.base_url + path, content=content, headers=headers,
@@ -180,5 +185,5 @@ class WorkerClient:
     def get_json(self, path: str) -> Any:
         return self.request("GET", path).json()
 
-    def post_json(self, path: str, body: Any = None) -> httpx.Response:
-        return self.request("POST", path, body if body is not None else {})
+    def post_json(self, path: str, body: Any = None, authorized: bool = False) -> httpx.Response:
+        return self.request("POST", path, body if body is not None else {}, authorized=authorized)

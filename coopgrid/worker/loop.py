@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class WorkerOptions:
     name: str = ""
     owner: str = ""
+    trusted: bool = False  # ask to be registered as vouched for (the client carries an operator token)
     batch_size: int = 256
     task_types: list[str] = field(default_factory=list)
     max_idle_sleep: float = 0.25  # idle polls are cheap (no write); a new job starts sooner
@@ -71,7 +72,11 @@ class Worker:
     # -- public ---------------------------------------------------------------------
 
     def register(self) -> dict[str, Any]:
-        body = {"name": self.options.name, "owner": self.options.owner, "platform": describe().model_dump()}
+        body: dict[str, Any] = {"name": self.options.name, "owner": self.options.owner,
+                                "platform": describe().model_dump()}
+        if self.options.trusted:
+            body["trusted"] = True
+            return self.client.post_json("/v1/workers", body, authorized=True).json()
         return self.client.post_json("/v1/workers", body).json()
 
     def run(self) -> Stats:

@@ -46,7 +46,8 @@ def funded_job_with_a_cheater(grid):
         cli(grid, "ledger", "mint", me.address, str(STAKE))
         staked = cli(grid, "stake", str(STAKE), "--key-file", str(grid.data_dir / "workers" / str(i) / "key.json"))
         assert f"stake {STAKE} active" in flat(staked.stdout), staked.stdout
-    grid.start_worker(0, "--batch", "2")
+    # one honest worker is the operator's own: a quorum of fresh keys alone is only provisional (never paid)
+    grid.start_worker(0, "--batch", "2", "--trusted", "--token", grid.token)
     grid.start_worker(1, "--batch", "2")
     grid.start_worker(2, "--batch", "2", "--dishonest", "random")
     out = cli(grid, "submit", "--task-type", "echo", "--dataset", f"sequence:{ITEMS}", "--task-size", str(TASK_SIZE),

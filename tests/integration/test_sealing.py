@@ -226,7 +226,8 @@ def set_run(app: App, w: WorkerRecord, run: int, task_type: str = "echo") -> Non
 def test_a_quorum_seals_one_leaf_per_task_and_pays_every_agreeing_worker(tmp_path):
     app = open_app(tmp_path)
     try:
-        job_id = run_job(app, 3, reward=5, trust={"gold_rate": 0})  # the default policy: two owners agree
+        # the default policy (with every worker counted as having a record): two owners agree
+        job_id = run_job(app, 3, reward=5, trust={"gold_rate": 0, "record_run": 0})
         (epoch,) = app.sealer.step(force=True)
         assert epoch.result_count == 3  # the canonical result of each task, once
         for task in range(3):
@@ -243,7 +244,8 @@ def test_a_provisional_result_is_sealed_and_paid_only_once_audited(tmp_path):
     app = open_app(tmp_path)
     try:
         # accepted without replication (a long run), and always audited
-        job_id = submit(app, 1, reward=5, trust={"gold_rate": 0, "audit_scale": 1000, "finality_checks": 40})
+        job_id = submit(app, 1, reward=5, trust={"gold_rate": 0, "audit_scale": 1000, "finality_checks": 40,
+                                                  "record_run": 0})
         veteran, auditor = worker(app, 1), worker(app, 2)
         set_run(app, veteran, 1000)
         validator = Validator(app.store, rng=Fixed(0.5))
@@ -272,7 +274,7 @@ def test_rewards_for_a_provisional_result_show_as_pending(tmp_path):
     # provisional results show as pending"
     app = open_app(tmp_path)
     try:
-        submit(app, 1, reward=5, trust={"gold_rate": 0, "audit_scale": 0})
+        submit(app, 1, reward=5, trust={"gold_rate": 0, "audit_scale": 0, "record_run": 0})
         veteran = worker(app, 1)
         set_run(app, veteran, 1000)
         assert compute(app, veteran, validator=Validator(app.store, rng=Fixed(0.5))) == 1
@@ -287,8 +289,10 @@ def test_rewards_for_a_provisional_result_show_as_pending(tmp_path):
 def test_a_caught_workers_provisional_result_never_reaches_the_chain(tmp_path):
     app = open_app(tmp_path)
     try:
-        gold_job = run_job(app, 1, reward=1, workers=1)  # answers known: gold for the others
-        job_id = submit(app, 2, reward=5, trust={"gold_rate": 0, "audit_scale": 0})
+        # answers known from the operator's own worker (w1, --trusted): gold that quarantines
+        app.store.register_worker(f"0x{1:040x}", "w1", "o1", time.time(), trusted=True)
+        gold_job = run_job(app, 1, reward=1, workers=1)
+        job_id = submit(app, 2, reward=5, trust={"gold_rate": 0, "audit_scale": 0, "record_run": 0})
         honest, other, cheat = worker(app, 1), worker(app, 2), worker(app, 3)
         set_run(app, cheat, 1000)
         validator = Validator(app.store, rng=Fixed(0.5))

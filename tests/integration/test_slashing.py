@@ -25,7 +25,8 @@ def paid_quorum_job(grid: Grid, token: str, funder: Identity, tasks_n: int, rewa
         "/v1/jobs",
         json={"task_type": "echo", "dataset": dataset, "task_size": 4, "reward_per_task": reward,
               "funder": funder.address, "min_stake": 0,
-              "trust": {"replicas": 3, "quorum": 2, "adaptive": False, "gold_rate": 0, "max_invalid": 1}},
+              "trust": {"replicas": 3, "quorum": 2, "adaptive": False, "gold_rate": 0, "max_invalid": 1,
+                        "record_run": 0}},  # every worker has a record (newcomers: test_collusion.py)
         headers=grid.headers(token),
     ).json()
     need = reward * tasks_n
@@ -104,7 +105,8 @@ def test_a_lie_in_a_free_job_never_slashes(chain_grid: Grid) -> None:  # noqa: F
     dataset = grid.upload(sequence(4).to_npz(), alice)
     free = grid.client.post(
         "/v1/jobs", json={"task_type": "echo", "dataset": dataset, "task_size": 4,
-                          "trust": {"replicas": 3, "quorum": 2, "adaptive": False, "gold_rate": 0, "max_invalid": 1}},
+                          "trust": {"replicas": 3, "quorum": 2, "adaptive": False, "gold_rate": 0, "max_invalid": 1,
+                        "record_run": 0}},  # every worker has a record (newcomers: test_collusion.py)
         headers=grid.headers(alice),
     ).json()
     ann, bob = Worker(grid, owner="ann").register(), Worker(grid, owner="bob").register()

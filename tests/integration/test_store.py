@@ -57,7 +57,7 @@ LEASE = 30.0
 #: one replica per task, accepted (and final) as soon as it is recorded: the pre-trust behaviour
 NO_REPLICATION = {"replicas": 1, "quorum": 1, "adaptive": False, "gold_rate": 0}
 #: two replicas per task issued at once, accepted by a validation round when both agree
-QUORUM_TWO = {"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0}
+QUORUM_TWO = {"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0, "record_run": 0}  # every worker has a record
 
 
 # -- helpers ----------------------------------------------------------------------

@@ -47,8 +47,9 @@ T0 = 1_700_000_000.0
 LEASE = 30.0
 
 NO_REPLICATION = {"replicas": 1, "quorum": 1, "adaptive": False, "gold_rate": 0}
-#: the default policy without random gold (gold replicas are asked for explicitly here)
-QUORUM = {"gold_rate": 0}
+#: the default policy without random gold (gold replicas are asked for explicitly here), where every
+#: worker counts as having a record (newcomers' quorums are tested in test_collusion.py)
+QUORUM = {"gold_rate": 0, "record_run": 0}
 
 Answer = Callable[[LeasedReplica], bytes]
 
@@ -99,9 +100,9 @@ class Grid:
         )
         return self.store.create_job(job, tasks, self.tick())
 
-    def worker(self, name: str, owner: str | None = None) -> WorkerRecord:
+    def worker(self, name: str, owner: str | None = None, trusted: bool = False) -> WorkerRecord:
         owner = f"owner-of-{name}" if owner is None else owner
-        return self.store.register_worker("0x" + secrets.token_hex(20), name, owner, self.now)
+        return self.store.register_worker("0x" + secrets.token_hex(20), name, owner, self.now, trusted=trusted)
 
     def lease(self, w: WorkerRecord, n: int = 1, gold: int = 0) -> Lease | None:
         return self.store.lease(w.id, n, [], LEASE, self.tick(), gold=gold, rng=random.Random(1))
@@ -253,7 +254,7 @@ def test_two_agreeing_workers_make_a_quorum_and_a_disagreeing_third_is_invalid(g
 
 
 def test_placement_never_gives_two_replicas_of_a_task_to_one_worker_or_one_owner(grid: Grid) -> None:
-    job = grid.job(4, {"replicas": 4, "quorum": 2, "adaptive": False, "gold_rate": 0})
+    job = grid.job(4, {"replicas": 4, "quorum": 2, "adaptive": False, "gold_rate": 0, "record_run": 0})
     assert grid.store.replica_counts(job.id) == {"ready": 16}  # every replica made at once
     assert grid.task(job, 0) == ("open", 4)
     a1, a2, bob = grid.worker("a1", "acme"), grid.worker("a2", "acme"), grid.worker("bob")
@@ -330,7 +331,7 @@ def test_a_worker_outvoted_max_invalid_times_is_quarantined_and_its_provisional_
 
 def test_a_result_dropped_by_quarantine_is_not_waited_for(grid: Grid) -> None:
     known = grid.job(1, NO_REPLICATION)
-    grid.work(grid.worker("oracle"))  # a gold task
+    grid.work(grid.worker("oracle", trusted=True))  # a gold task (a trusted worker's answer)
     job = grid.job(1, QUORUM)
     ann, mole, bob, cat = (grid.worker(n) for n in ("ann", "mole", "bob", "cat"))
     grid.work(ann)
@@ -375,8 +376,8 @@ def test_gold_comes_from_running_jobs_whatever_the_grid_finished_before(grid: Gr
 
 def test_gold_replicas_test_workers_passing_counts_failing_quarantines(grid: Grid) -> None:
     known = grid.job(2, NO_REPLICATION)
-    ann, ann_too = grid.worker("ann", "acme"), grid.worker("ann_too", "acme")
-    grid.work(ann, 2)  # answers now known: gold for everyone else
+    ann, ann_too = grid.worker("ann", "acme", trusted=True), grid.worker("ann_too", "acme")
+    grid.work(ann, 2)  # answers now known from a trusted worker: gold for everyone else
     assert [grid.task(known, i)[0] for i in (0, 1)] == ["done", "done"]
     job = grid.job(6, QUORUM)
 
@@ -445,7 +446,8 @@ def test_a_long_run_earns_provisional_acceptance_which_becomes_final_after_final
     vet, ann = grid.worker("vet"), grid.worker("ann")
     warmup = grid.job(3, policy)
     grid.work(vet, 3)  # a run built the honest way: three results confirmed by a quorum
-    grid.work(ann, 3)
+    for _ in range(3):  # (one partner lengthens a run once per validation round)
+        grid.work(ann)
     assert grid.completed == [warmup.id]
     assert grid.rep(vet).run == 3
     paid_before = grid.store.unsealed()[0]
@@ -587,7 +589,7 @@ def test_a_lone_worker_can_redo_its_own_expired_replica_when_nothing_is_replicat
 def test_fixed_replication_issues_no_replica_beyond_those_still_out(grid: Grid) -> None:
     # BOINC's default, 2 replicas and a quorum of 2, issued at once: when the first result
     # comes back the second replica is still being computed, so nothing more is needed
-    job = grid.job(3, {"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0})
+    job = grid.job(3, {"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0, "record_run": 0})
     ann, bob = grid.worker("ann"), grid.worker("bob")
     first, second = grid.lease(ann, 3), grid.lease(bob, 3)
     assert first and second
@@ -599,7 +601,7 @@ def test_fixed_replication_issues_no_replica_beyond_those_still_out(grid: Grid) 
 
 
 def test_a_task_is_not_inconclusive_while_replicas_it_issued_are_still_out(grid: Grid) -> None:
-    job = grid.job(1, {"replicas": 2, "quorum": 2, "max_replicas": 2, "adaptive": False, "gold_rate": 0})
+    job = grid.job(1, {"replicas": 2, "quorum": 2, "max_replicas": 2, "adaptive": False, "gold_rate": 0, "record_run": 0})
     ann, bob = grid.worker("ann"), grid.worker("bob")
     first, second = grid.lease(ann), grid.lease(bob)
     assert first and second

@@ -133,7 +133,8 @@ def test_clusters_use_the_task_types_comparator() -> None:
 
 
 def test_a_quorum_of_agreeing_results_from_different_owners_accepts_the_task() -> None:
-    d = run_decide(FIXED, [cand(1, "x"), cand(2, "x")])
+    # one of them has a record (newcomers alone are only provisional: test_trust_collusion.py)
+    d = run_decide(FIXED, [cand(1, "x", run=10), cand(2, "x")])
     assert (d.accept, d.provisional, d.audit, d.valid, d.invalid, d.more, d.inconclusive) == (
         1, False, False, [2], [], 0, False
     )
@@ -227,7 +228,8 @@ def test_outstanding_replicas_counted_by_the_store_take_precedence() -> None:
     # max_replicas reached with nothing out: inconclusive; with one out: wait
     three = [cand(1, "a"), cand(2, "b")]
     assert decide(p, three, 3, exact, rng, outstanding=0).inconclusive
-    assert decide(p, three, 3, exact, rng, outstanding=1) == Decision()
+    # (the two newcomers who disagree are marked contested: test_trust_collusion.py)
+    assert decide(p, three, 3, exact, rng, outstanding=1) == Decision(contested=[1, 2])
 
 
 def test_a_lone_result_is_not_trusted_alone_while_another_replica_is_out() -> None:
