@@ -63,7 +63,10 @@ def run_demo(
             published = client.publish_model(model.onnx, model.spec(sha256_hex(model.onnx)))
             console.print(f"    published model {published['name']}:{published['version']} sha256 {published['hash'][:16]}…")
 
-            for i in range(n_workers):
+            # worker 0 is the operator's own node, vouched for with the operator token (--trusted): the
+            # root of trust that lets the others earn a record and makes failed gold evidence of a lie
+            grid.start_worker(0, "--trusted", env={"COOPGRID_TOKEN": grid.token})
+            for i in range(1, n_workers):
                 grid.start_worker(i)
             cheat = None
             if dishonest:
@@ -71,7 +74,7 @@ def run_demo(
             total = n_workers + (1 if dishonest else 0)
             grid.wait_for_workers(client, total)
             console.print(
-                f"3/7 started {n_workers} honest worker processes"
+                f"3/7 started {n_workers} honest worker processes (one of them the operator's own, --trusted)"
                 + (f" and 1 dishonest one ([red]{dishonest}[/], a test facility)" if dishonest else "")
                 + "; each makes its own Ethereum key"
             )

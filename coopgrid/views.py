@@ -179,13 +179,14 @@ def models_table(models: list[dict[str, Any]]) -> Table:
 
 def workers_table(workers: list[dict[str, Any]]) -> Table:
     table = Table(title="workers (reputation per task type)")
-    table.add_column("worker", no_wrap=True)
+    # the address folds over lines on a narrow terminal rather than squeezing every other column to nothing
+    table.add_column("worker", overflow="fold", min_width=14)
     for col in ("owner", "last seen", "task type", "credited", "run", "valid", "invalid", "gold ok/failed",
                 "errors/timeouts", "suspicion", "state"):
         table.add_column(col)
     now = time.time()
     for w in workers:
-        label = f"{escape(w['name'] or '-')} {w['address']}\n[dim]{escape(w.get('platform_class') or 'platform unreported')}[/]"
+        label = f"{escape(w['name'] or '-')}\n{w['address']}\n[dim]{escape(w.get('platform_class') or 'platform unreported')}[/]"
         state = f"[red]quarantined: {escape(str(w['quarantine_reason']))}[/]" if w.get("quarantined") else "[green]ok[/]"
         if w.get("trusted"):
             label += " [cyan](trusted)[/]"
