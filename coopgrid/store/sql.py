@@ -499,24 +499,37 @@ class SqlStore(
             return list(conn.execute(q).scalars())
 
     def accepted_outputs(self, job_id: str) -> Iterator[AcceptedOutput]:
-        q = (
-            select(
-                s.tasks.c.idx,
-                s.tasks.c.first_item,
-                s.tasks.c.n_items,
-                s.workers.c.address,
-                s.results.c.output,
+        # a page of tasks at a time, by the job's (job_id, idx) index: a million outputs are never fetched at
+        # once, and no server-side cursor is held open (PostgreSQL plans those for the first rows, and without
+        # fresh statistics that plan sorted whole tables through temp files while the job waited to finish)
+        page = 2000
+        last = -1
+        while True:
+            q = (
+                select(
+                    s.tasks.c.idx,
+                    s.tasks.c.first_item,
+                    s.tasks.c.n_items,
+                    s.workers.c.address,
+                    s.results.c.output,
+                )
+                .join(s.results, s.results.c.task_id == s.tasks.c.id)
+                .join(s.workers, s.workers.c.id == s.results.c.worker_id)
+                .where(
+                    s.tasks.c.job_id == job_id,
+                    s.tasks.c.idx > last,
+                    s.results.c.status == ResultStatus.ACCEPTED.value,
+                )
+                .order_by(s.tasks.c.idx)
+                .limit(page)
             )
-            .join(s.results, s.results.c.task_id == s.tasks.c.id)
-            .join(s.workers, s.workers.c.id == s.results.c.worker_id)
-            .where(s.tasks.c.job_id == job_id, s.results.c.status == ResultStatus.ACCEPTED.value)
-            .order_by(s.tasks.c.idx)
-            # a server-side cursor on PostgreSQL: a million outputs are never fetched at once
-            .execution_options(yield_per=2000)
-        )
-        with self._read() as conn:
-            for row in conn.execute(q):
+            with self._read() as conn:
+                rows = conn.execute(q).all()
+            for row in rows:
                 yield AcceptedOutput(row.idx, row.first_item, row.n_items, row.address, row.output or b"")
+            if len(rows) < page:
+                return
+            last = rows[-1].idx
 
     def job_workers(self, job_id: str) -> dict[str, int]:
         q = (
