@@ -1,15 +1,15 @@
 """worker platform: what each worker reported it computes on, and its platform class
 
-Revision ID: 0012
-Revises: 0015
+Revision ID: 0013
+Revises: 0012
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0012'
-down_revision = '0015'
+revision = '0013'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 

@@ -1,15 +1,15 @@
 """collusion: trusted workers, rooted tasks, partner quarantines, disputes of sealed results
 
-Revision ID: 0011
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0011'
-down_revision = '0012'
+revision = '0014'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 

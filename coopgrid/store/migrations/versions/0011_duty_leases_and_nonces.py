@@ -1,6 +1,6 @@
 """scale-out: duty leases (one leader per periodic duty) and request nonces shared by every process
 
-Revision ID: 0013
+Revision ID: 0011
 Revises: 0010
 """
 
@@ -8,7 +8,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0013'
+revision = '0011'
 down_revision = '0010'
 branch_labels = None
 depends_on = None

@@ -1,15 +1,15 @@
 """bulk: a job's further dataset shards, and the archive of its purged per-replica rows
 
-Revision ID: 0015
-Revises: 0013
+Revision ID: 0012
+Revises: 0011
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0015'
-down_revision = '0013'
+revision = '0012'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
