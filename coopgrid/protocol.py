@@ -33,6 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from coopgrid.platforms import Platform
 
+#: ids are 64-bit signed integers in the database: anything larger is refused at the edge, not by the driver
+MAX_ID = 2**63 - 1
+
 DOMAIN_NAME = "coopgrid"
 DOMAIN_VERSION = "1"
 ZERO_HASH = "0" * 64
@@ -188,7 +191,7 @@ class LeaseRequest(Strict):
 
 
 class ResultItem(Strict):
-    replica_id: int = Field(ge=1)
+    replica_id: int = Field(ge=1, le=MAX_ID)
     output_hash: Hash
     output: str | None = Field(None, description="base64 of the canonical output bytes, if inline.")
     error: str | None = Field(None, max_length=2000, description="Why the worker could not compute it.")
@@ -206,7 +209,7 @@ class ResultBatch(Strict):
 
     signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$")
     results: list[ResultItem] = Field(min_length=1, max_length=10_000)
-    release: list[int] = Field(
+    release: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(
         default_factory=list, max_length=10_000, description="Replica ids the worker gives back unfinished."
     )
 

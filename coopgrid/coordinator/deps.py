@@ -13,10 +13,10 @@ from fastapi import Depends, Path, Request
 
 from coopgrid.coordinator.edge import STATE_SIGNED, STATE_TOKEN
 from coopgrid.errors import AuthError
+from coopgrid.protocol import MAX_ID
 from coopgrid.store.base import Token
 
 #: the largest id, index or epoch number the store can hold (a signed 64-bit integer)
-MAX_ID = 2**63 - 1
 Id = Annotated[int, Path(ge=1, le=MAX_ID, description="A positive 64-bit id.")]
 Index = Annotated[int, Path(ge=0, le=MAX_ID, description="A task's index in its job (from 0).")]
 

@@ -477,7 +477,8 @@ def test_a_fresh_key_of_a_quarantined_workers_owner_or_network_carries_its_linea
     def listed() -> dict[str, dict]:
         return {w["address"]: w for w in t.http.get("/v1/workers", headers=t.auth).json()}
 
-    with t.echo_job(items=1, replicas=3, quorum=2, max_replicas=3, max_invalid=1):
+    # record_run 0: the subject is lineage, so the two fresh keys' quorum outvotes mallory as a veteran one would
+    with t.echo_job(items=1, replicas=3, quorum=2, max_replicas=3, max_invalid=1, record_run=0):
         leases = {key.address: lease_one(t, key) for key in (mallory, *honest)}
         echo = b64decode(leases[mallory.address]["replicas"][0]["input"])  # the honest output is the input
         submit_one(t, mallory, leases[mallory.address], b"a lie")

@@ -136,7 +136,7 @@ def test_a_tasks_reward_is_shared_once_and_the_job_summary_adds_up(chain_grid: G
     r = grid.client.post(
         "/v1/jobs",
         json={"task_type": "echo", "dataset": dataset, "task_size": 4, "reward_per_task": 7, "funder": funder.address,
-              "min_stake": 0, "trust": {"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0}},
+              "min_stake": 0, "trust": {"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0, "record_run": 0}},
         headers=grid.headers(alice),
     )
     job = r.json()

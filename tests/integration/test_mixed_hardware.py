@@ -40,7 +40,8 @@ AVX512 = {**BASE, "cpu_flags": ["SSE42", "AVX", "FMA3", "AVX2", "AVX512F"]}
 AVX2 = {**BASE, "cpu_flags": ["SSE42", "AVX", "FMA3", "AVX2"]}
 SSE = {**BASE, "cpu_flags": ["SSE42"]}
 ARM = {**BASE, "arch": "aarch64", "cpu_flags": ["NEON", "ASIMD", "SVE"]}
-FIXED_Q2 = TrustPolicy(replicas=2, quorum=2, adaptive=False, gold_rate=0)
+# record_run 0: fresh workers outvote each other as veterans would (the subject is platforms, not newcomers)
+FIXED_Q2 = TrustPolicy(replicas=2, quorum=2, adaptive=False, gold_rate=0, record_run=0)
 
 
 @dataclass

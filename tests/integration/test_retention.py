@@ -24,7 +24,7 @@ def rows(app, table, job_id) -> int:
 def test_a_sealed_job_is_archived_and_purged_and_its_proofs_still_verify(tmp_path):
     app = open_app(tmp_path)
     try:
-        job_id = run_job(app, 6, reward=0, trust={"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0})
+        job_id = run_job(app, 6, reward=0, trust={"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0, "record_run": 0})
         other = run_job(app, 3, reward=0)
         app.summarizer.finalize(job_id)
         app.summarizer.finalize(other)

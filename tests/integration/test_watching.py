@@ -43,7 +43,7 @@ def test_metrics_public_serves_them_without_a_token(make_grid: Callable[..., Gri
 
 
 def test_metrics_follow_results_validation_quarantine_and_queues(grid: Grid) -> None:
-    job = grid.submit_echo(2, 2, trust={"max_invalid": 1, "gold_rate": 0})  # one task, quorum of two
+    job = grid.submit_echo(2, 2, trust={"max_invalid": 1, "gold_rate": 0, "record_run": 0})  # one task, quorum of two
     honest, cheat, tiebreak = (Worker(grid, owner=o).register() for o in ("ann", "carl", "bob"))
     for w, lies in ((honest, False), (cheat, True), (tiebreak, False)):
         lease = w.lease()
