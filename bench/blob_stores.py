@@ -38,6 +38,7 @@ from coopgrid.datasets import Dataset  # noqa: E402
 from coopgrid.local import LocalGrid  # noqa: E402
 from tests.memory_peak import peak_growth  # noqa: E402
 from tests.s3_server import S3Server, missing_modules, moto_server  # noqa: E402
+from dispatch import cpu_seconds  # noqa: E402  bench/dispatch.py (this script's directory)
 
 MiB = 1 << 20
 NO_REPLICATION = {"replicas": 1, "quorum": 1, "adaptive": False, "gold_rate": 0}
@@ -63,11 +64,6 @@ def store_figures(name: str, store: BlobStore, mib: int) -> tuple[str, float, fl
     t2 = time.perf_counter()
     assert size == mib * MiB
     return name, mib / (t1 - t0), grew_in / MiB, mib / (t2 - t1), grew_out / MiB
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def job_figures(name: str, root: Path, args: argparse.Namespace, extra: tuple[str, ...], env: dict[str, str]):

@@ -33,19 +33,12 @@ from rich.table import Table
 from coopgrid.client import ApiClient
 from coopgrid.datasets import sequence
 from coopgrid.local import LocalGrid
+from dispatch import cpu_seconds  # bench/dispatch.py (this script's directory)
 
 TARGET = 1.5
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 NO_REPLICATION = {"replicas": 1, "quorum": 1, "adaptive": False, "gold_rate": 0}
 console = Console(width=None if sys.stdout.isatty() else 130)
 
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def admin() -> tuple[psycopg.Connection, str]:
