@@ -376,13 +376,15 @@ class Scheduler:
                 f"the result batch is signed by {signer}, not by lease {lease_id}'s worker {worker.address}",
                 lease_id=lease_id,
             )
-        outcome = self.store.record_results(lease_id, worker.id, batch.signature, incoming, batch.release, time.time())
+        outcome = self.store.record_results(lease_id, worker.id, batch.signature, incoming, batch.release,
+                                            time.time(), judge=self.validator.lone)
         self.metrics.count_results(outcome.statuses)
+        self.metrics.count_validations(outcome.judged)
         if outcome.tasks and not outcome.lease_expired:
             outcome.completed_jobs += self.validator.validate(outcome.tasks)
         if batch.release:
             self.wakeup.notify(others=True)
-        elif outcome.tasks and self.wakeup.waiting:
+        elif (outcome.tasks or outcome.replicas_added) and self.wakeup.waiting:
             self.wakeup.notify()  # validation may have issued more replicas (a dispute, an audit)
         if outcome.lease_expired:
             raise LeaseError(

@@ -8,6 +8,7 @@ replicas of decided tasks. The whole round is written by one store call.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -20,7 +21,7 @@ from coopgrid import tasks
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.errors import DatabaseUnavailable
 from coopgrid.coordinator.trust import Candidate, TrustPolicy, decide, established
-from coopgrid.store.base import Accept, CandidateRow, Store, TaskCheck, ValidationWrite
+from coopgrid.store.base import Accept, CandidateRow, Lone, Store, TaskCheck, ValidationWrite
 from coopgrid.store.schema import ReplicaKind, ResultStatus, TaskState
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,20 @@ class Validator:
         # on accepted results still stops a double acceptance); across processes
         # sharing a database, the round's tasks are locked in it (Store.locked_tasks)
         self._lock = threading.Lock()
+        self._policies: dict[str, TrustPolicy] = {}  # job id -> its policy, parsed once (see lone)
+
+    def lone(self, job_id: str, policy: str, run: int, trusted: bool) -> Lone:
+        """What :meth:`_task` would decide for an open task's only result (the store's ``LoneJudge``):
+        the same :func:`decide`, on that one candidate, with nothing else out."""
+        p = self._policies.get(job_id)
+        if p is None:
+            p = self._policies[job_id] = TrustPolicy.model_validate(json.loads(policy) if policy else {})
+        only = Candidate(0, 0, "", ResultStatus.PENDING.value, None, run, ReplicaKind.NORMAL.value, trusted)
+        d = decide(p, [only], 1, _always, self.rng, outstanding=0)
+        if d.accept is None:
+            return Lone(accept=False, more=d.more)
+        final = not d.provisional or p.finality_checks == 0
+        return Lone(accept=True, final=final, checks=p.finality_checks, audit=d.audit, rooted=d.rooted)
 
     def validate(self, task_ids: list[int] | None = None) -> list[str]:
         """Validate these tasks (all with pending results when None); returns jobs completed."""
@@ -234,6 +249,10 @@ def _credit(w: ValidationWrite, rep: Any, group: list[int], worker_id: int) -> N
     if group != [worker_id] and not fresh:
         r.repeated += 1
     w.pairs.update(fresh)
+
+
+def _always(_a: Any, _b: Any) -> bool:
+    return True
 
 
 def _deadlock(exc: BaseException) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,6 +216,8 @@ class RecordOutcome:
     completed_jobs: list[str] = field(default_factory=list)
     lease_expired: bool = False
     tasks: list[int] = field(default_factory=list)  # tasks with a new pending result, to validate
+    judged: dict[str, int] = field(default_factory=dict)  # lone results judged at once: outcome -> count
+    replicas_added: int = 0  # replicas the batch's judged results asked for (a second opinion, an audit)
 
 
 @dataclass(frozen=True)
@@ -326,6 +328,25 @@ class RepDelta:
     contested: int = 0
     repeated: int = 0  # of ``valid``, agreements with a partner already counted this round: no run credit
     max_invalid: int = 3
+
+
+@dataclass(frozen=True)
+class Lone:
+    """What validation would decide for a task's only result, with no other replica out.
+
+    :meth:`Store.record_results` asks its ``judge`` for each such result and writes the verdict in
+    the batch's own transaction, so that a grid of proven workers needs no validation round."""
+
+    accept: bool  # accepted as the task's answer (else ``more`` replicas are issued)
+    final: bool = False  # final at once (a trusted worker's, or no finality checks asked for)
+    checks: int = 0  # a provisional result is final once its worker has passed this many more checks
+    audit: bool = False  # issue one audit replica of the accepted result
+    rooted: bool = False  # a root of trust decided it: fit for gold that quarantines
+    more: int = 0  # normal replicas to issue when not accepted
+
+
+#: (job id, the job's policy as stored, the worker's run, vouched for by the operator) -> the verdict
+LoneJudge = Callable[[str, str, int, bool], Lone]
 
 
 @dataclass
@@ -571,13 +592,17 @@ class Store(abc.ABC):
         items: Sequence[IncomingResult],
         release: Sequence[int],
         now: float,
+        judge: LoneJudge | None = None,
     ) -> RecordOutcome:
         """Record a verified result batch in one transaction.
 
         A result for a task already done is recorded as a duplicate and not
         counted; results after the lease's deadline are recorded as late and
         not counted (``lease_expired`` is set). Replicas in ``release`` go back
-        to the ready queue.
+        to the ready queue. A result of a quorum-of-one job is accepted at once;
+        with a ``judge``, so is the only result of an open task of any other
+        job, as the judge decides (adaptive replication); every other result
+        waits for a validation round (``RecordOutcome.tasks``).
         """
 
     @abc.abstractmethod

@@ -36,6 +36,8 @@ from coopgrid.store.base import (
     ModelRecord,
     NewJob,
     NewTask,
+    Lone,
+    LoneJudge,
     RecordOutcome,
     Store,
     Token,
@@ -156,6 +158,7 @@ class SqlStore(
         self.engine = engine
         self.dialect = engine.dialect.name
         self._single: dict[str, bool] = {}  # job id -> quorum of one (see record_results)
+        self._job_rules: dict[str, tuple[str, str]] = {}  # job id -> (task type, policy): never change
         self._grid_id: str | None = None
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
@@ -783,6 +786,7 @@ class SqlStore(
         items: Sequence[IncomingResult],
         release: Sequence[int],
         now: float,
+        judge: LoneJudge | None = None,
     ) -> RecordOutcome:
         outcome = RecordOutcome()
         with self._write() as conn:
@@ -794,7 +798,8 @@ class SqlStore(
             expired = lease.state == "expired" or lease.expires_at < now
             outcome.lease_expired = expired
             me = conn.execute(
-                select(s.workers.c.quarantined_at, s.workers.c.trusted).where(s.workers.c.id == worker_id)
+                select(s.workers.c.quarantined_at, s.workers.c.trusted, s.workers.c.prior_quarantines,
+                       s.workers.c.partner_quarantines).where(s.workers.c.id == worker_id)
             ).one()
             quarantined = me.quarantined_at is not None
             replica_rows = {
@@ -825,7 +830,8 @@ class SqlStore(
             live_ids = {it.replica_id for it in live}
             # Jobs with a quorum of one need no validation round: a result for an open task is
             # accepted and final here, in the same transaction (the throughput path of trusted grids).
-            won = set()
+            won: set[int] = set()
+            lone = _LoneRound()
             if live and not quarantined:
                 single = self._quorum_one(conn, {replica_rows[i].job_id for i in live_ids})
                 firsts: dict[int, IncomingResult] = {}
@@ -850,11 +856,21 @@ class SqlStore(
                              "rooted": bool(me.trusted)},
                         ).scalars()
                     )
-            credited: dict[str, int] = {}
+                if judge is not None:
+                    lone = self._judge_lone(conn, judge, me, worker_id, [
+                        replica_rows[it.replica_id] for it in firsts.values()
+                        if it.error is None
+                        and replica_rows[it.replica_id].job_id not in single
+                        and replica_rows[it.replica_id].kind == ReplicaKind.NORMAL.value
+                    ], now)
+            outcome.judged, outcome.replicas_added = lone.counts(), lone.new_replicas
+            credited: dict[str, int] = {}  # job -> results accepted and final: the worker's record grows
+            done: dict[str, int] = {}  # job -> tasks decided by this batch
             rows = []
             seen: set[int] = set()
             for it in items:
                 rep = replica_rows[it.replica_id]
+                verdict: tuple[bool, int | None] | None = None  # (final, checks_at) of a lone result accepted
                 first = it.replica_id not in seen  # a replica named twice is answered once
                 seen.add(it.replica_id)
                 if it.error is not None:
@@ -869,6 +885,16 @@ class SqlStore(
                     status = ResultStatus.ACCEPTED
                     won.discard(rep.task_id)
                     credited[rep.job_id] = credited.get(rep.job_id, 0) + 1
+                    done[rep.job_id] = done.get(rep.job_id, 0) + 1
+                elif rep.kind == ReplicaKind.NORMAL.value and (verdict := lone.won.pop(rep.task_id, None)):
+                    status = ResultStatus.ACCEPTED
+                    done[rep.job_id] = done.get(rep.job_id, 0) + 1
+                    if verdict[0]:
+                        credited[rep.job_id] = credited.get(rep.job_id, 0) + 1
+                elif rep.task_id in lone.waiting and rep.kind == ReplicaKind.NORMAL.value:
+                    # judged already: it waits for the further replica issued for it, no round needed now
+                    status = ResultStatus.PENDING
+                    lone.waiting.discard(rep.task_id)
                 else:
                     status = ResultStatus.PENDING  # validation decides (quorum, gold, audit)
                     outcome.tasks.append(rep.task_id)
@@ -885,7 +911,8 @@ class SqlStore(
                         "error": it.error,
                         "status": status.value,
                         "received_at": now,
-                        "final": status is ResultStatus.ACCEPTED,
+                        "final": status is ResultStatus.ACCEPTED and (verdict is None or verdict[0]),
+                        "checks_at": verdict[1] if verdict else None,
                     }
                 )
             if rows:
@@ -923,14 +950,95 @@ class SqlStore(
                     ),
                     {"lease": lease_id, "leased": int(ReplicaState.LEASED)},
                 )
-            for job_id, n in credited.items():
+            for job_id, n in done.items():
                 conn.execute(update(s.jobs).where(s.jobs.c.id == job_id).values(tasks_done=s.jobs.c.tasks_done + n))
             if credited:
                 self._credit(conn, worker_id, credited)
-            if failed or credited:
-                outcome.completed_jobs = self._completed(conn, {r.job_id for r in failed} | set(credited))
+            if failed or done:
+                outcome.completed_jobs = self._completed(conn, {r.job_id for r in failed} | set(done))
             conn.execute(update(s.workers).where(s.workers.c.id == worker_id).values(last_seen=now))
         return outcome
+
+    def _judge_lone(self, conn: Any, judge: LoneJudge, me: Any, worker_id: int, reps: list[Any],
+                    now: float) -> _LoneRound:
+        """Decide now what a validation round would decide for results that are their task's only one.
+
+        Such a result is the answer to an open task with one normal replica issued (its own): no
+        other opinion exists or is out, so the round would call the adaptive rule on it alone.
+        The judge (validation's rule) says accept (provisional or final, perhaps audited) or issue
+        more replicas; the task rows are changed only where still open with one replica issued, so
+        a task another batch or round changed meanwhile falls back to the validation round."""
+        out = _LoneRound()
+        if not reps:
+            return out
+        rules = self._rules(conn, {r.job_id for r in reps})
+        standing = {
+            r.task_type: r for r in conn.execute(
+                select(s.reputation.c.task_type, s.reputation.c.run, s.reputation.c.checks_passed)
+                .where(s.reputation.c.worker_id == worker_id)
+            )
+        }
+        # a worker whose owner, network or partners were quarantined earns trust more slowly (as in
+        # tasks_to_validate)
+        slow = 1 + me.prior_quarantines + me.partner_quarantines
+        final: list[int] = []
+        provisional: list[int] = []
+        more: dict[int, list[int]] = {}
+        verdicts: dict[int, tuple[Lone, int]] = {}
+        for r in reps:
+            task_type, policy = rules[r.job_id]
+            rep = standing.get(task_type)
+            v = judge(r.job_id, policy, (rep.run if rep else 0) // slow, bool(me.trusted))
+            verdicts[r.task_id] = (v, rep.checks_passed if rep else 0)
+            if v.accept:
+                (final if v.final else provisional).append(r.task_id)
+            elif v.more:
+                more.setdefault(v.more, []).append(r.task_id)
+        ids = bindparam("ids", expanding=True)
+        alone = "WHERE state = :open AND issued = 1 AND id IN :ids RETURNING id, job_id"
+        won: list[Any] = []
+        if final:
+            won += conn.execute(
+                text(f"UPDATE tasks SET state = :done, rooted = :rooted {alone}").bindparams(ids),
+                {"done": TaskState.DONE.value, "open": TaskState.OPEN.value, "ids": sorted(final),
+                 "rooted": bool(me.trusted)},
+            ).all()
+        if provisional:
+            won += conn.execute(
+                text(f"UPDATE tasks SET state = :prov {alone}").bindparams(ids),
+                {"prov": TaskState.PROVISIONAL.value, "open": TaskState.OPEN.value, "ids": sorted(provisional)},
+            ).all()
+        replicas: list[dict[str, Any]] = []
+        for t in won:
+            v, passed = verdicts[t.id]
+            out.won[t.id] = (v.final, None if v.final else passed + v.checks)
+            out.outcomes["accepted" if v.final else "provisional"] += 1
+            if v.audit:
+                replicas.append({"task_id": t.id, "job_id": t.job_id, "kind": ReplicaKind.AUDIT.value})
+        for n, task_ids in sorted(more.items()):
+            for t in conn.execute(
+                text(f"UPDATE tasks SET issued = issued + :n {alone}").bindparams(ids),
+                {"n": n, "open": TaskState.OPEN.value, "ids": sorted(task_ids)},
+            ).all():
+                out.waiting.add(t.id)
+                out.outcomes["more_replicas"] += n
+                replicas += [{"task_id": t.id, "job_id": t.job_id, "kind": ReplicaKind.NORMAL.value}] * n
+        if replicas:
+            conn.execute(insert(s.replicas), [
+                {**r, "state": int(ReplicaState.READY), "created_at": now} for r in replicas
+            ])
+            out.new_replicas = len(replicas)
+        return out
+
+    def _rules(self, conn: Any, job_ids: set[str]) -> dict[str, tuple[str, str]]:
+        """Each job's task type and trust policy (as stored; they never change: cached)."""
+        unknown = sorted(j for j in job_ids if j not in self._job_rules)
+        if unknown:
+            for j in conn.execute(
+                select(s.jobs.c.id, s.jobs.c.task_type, s.jobs.c.policy).where(s.jobs.c.id.in_(unknown))
+            ):
+                self._job_rules[j.id] = (j.task_type, j.policy)
+        return {j: self._job_rules[j] for j in job_ids}
 
     def _lock_judged_tasks(self, conn: Any, reps: list[Any]) -> None:
         """Lock the tasks whose results a validation round will judge, before writing those results.
@@ -1053,6 +1161,19 @@ class SqlStore(
                 ).scalars()
                 self._penalise(conn, worker_id, set(jobs), "timeouts")
         return reissued
+
+
+class _LoneRound:
+    """What :meth:`SqlStore._judge_lone` decided for a batch's lone results."""
+
+    def __init__(self) -> None:
+        self.won: dict[int, tuple[bool, int | None]] = {}  # task -> (final, checks_at) of its accepted result
+        self.waiting: set[int] = set()  # tasks given more replicas: the result waits for them
+        self.outcomes: dict[str, int] = {"accepted": 0, "provisional": 0, "more_replicas": 0}
+        self.new_replicas = 0
+
+    def counts(self) -> dict[str, int]:
+        return {k: n for k, n in self.outcomes.items() if n}
 
 
 def _same_class(task_id: str, job_id: str) -> str:
