@@ -189,17 +189,11 @@ def decide(
     # (the store counts them; without it, assume every issued replica not answered is out)
     if outstanding is None:
         outstanding = max(issued - len(cands), 0)
-    if len(cands) == 1 and outstanding == 0 and policy.adaptive:
-        only = cands[0]
-        if only.trusted:  # the operator vouches for it: a root of trust, final alone
-            d.accept = only.result_id
-            d.rooted = True
-            return d
-        if only.run >= policy.trust_run and rng.random() < 1 - 1 / only.run:
-            d.accept = only.result_id
-            d.provisional = True
-            d.audit = rng.random() < audit_probability(policy, only.run)
-            return d
+    if len(cands) == 1 and outstanding == 0:
+        lone = alone(policy, cands[0].run, cands[0].trusted, rng)
+        if lone is not None:
+            lone.accept = cands[0].result_id
+            return lone
     need = max(policy.quorum - len(best), 1)
     if need <= outstanding:
         return d  # wait for the replicas still out
@@ -208,6 +202,21 @@ def decide(
         return d
     d.more = min(need - outstanding, policy.max_replicas - issued)
     return d
+
+
+def alone(policy: TrustPolicy, run: int, trusted: bool, rng: random.Random) -> Decision | None:
+    """Adaptive replication: a task's only result, with no other replica out, accepted without a
+    second opinion (its ``accept`` left for the caller to fill), or None: more replicas are needed.
+
+    :func:`decide` applies it, and so does the store as it records a result batch (through
+    ``Validator.lone``), so that a grid of proven workers needs no validation round."""
+    if not policy.adaptive:
+        return None
+    if trusted:  # the operator vouches for it: a root of trust, final alone
+        return Decision(rooted=True)
+    if run >= policy.trust_run and rng.random() < 1 - 1 / run:
+        return Decision(provisional=True, audit=rng.random() < audit_probability(policy, run))
+    return None
 
 
 def suspicion(

@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from coopgrid import tasks
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.errors import DatabaseUnavailable
-from coopgrid.coordinator.trust import Candidate, TrustPolicy, decide, established
+from coopgrid.coordinator.trust import Candidate, TrustPolicy, alone, decide, established
 from coopgrid.store.base import Accept, CandidateRow, Lone, Store, TaskCheck, ValidationWrite
 from coopgrid.store.schema import ReplicaKind, ResultStatus, TaskState
 
@@ -39,20 +39,29 @@ class Validator:
         # on accepted results still stops a double acceptance); across processes
         # sharing a database, the round's tasks are locked in it (Store.locked_tasks)
         self._lock = threading.Lock()
-        self._policies: dict[str, TrustPolicy] = {}  # job id -> its policy, parsed once (see lone)
+        # job id -> its policy and the verdicts a lone result can get, made once (see lone)
+        self._lone_rules: dict[str, tuple[TrustPolicy, tuple[Lone, ...]]] = {}
 
-    def lone(self, job_id: str, policy: str, run: int, trusted: bool) -> Lone:
-        """What :meth:`_task` would decide for an open task's only result (the store's ``LoneJudge``):
-        the same :func:`decide`, on that one candidate, with nothing else out."""
-        p = self._policies.get(job_id)
-        if p is None:
-            p = self._policies[job_id] = TrustPolicy.model_validate(json.loads(policy) if policy else {})
-        only = Candidate(0, 0, "", ResultStatus.PENDING.value, None, run, ReplicaKind.NORMAL.value, trusted)
-        d = decide(p, [only], 1, _always, self.rng, outstanding=0)
-        if d.accept is None:
-            return Lone(accept=False, more=d.more)
-        final = not d.provisional or p.finality_checks == 0
-        return Lone(accept=True, final=final, checks=p.finality_checks, audit=d.audit, rooted=d.rooted)
+    def lone(self, job_id: str, policy: str, run: int, trusted: bool, n: int) -> list[Lone]:
+        """What :meth:`_task` would decide for ``n`` open tasks' only results, each by this worker
+        (the store's ``LoneJudge``): :func:`decide`'s rule for a lone result, drawn once per result."""
+        rules = self._lone_rules.get(job_id)
+        if rules is None:
+            p = TrustPolicy.model_validate(json.loads(policy) if policy else {})
+            only = Candidate(0, 0, "", ResultStatus.PENDING.value, None, 0, ReplicaKind.NORMAL.value, False)
+            more = decide(p, [only], 1, _always, self.rng, outstanding=0).more  # no run: nothing drawn
+            rules = self._lone_rules[job_id] = (p, (
+                Lone(accept=False, more=more),
+                Lone(accept=True, final=True, rooted=True),  # a trusted worker's
+                *(Lone(accept=True, final=p.finality_checks == 0, checks=p.finality_checks, audit=a)
+                  for a in (False, True)),
+            ))
+        p, (wait, rooted, provisional, audited) = rules
+        out = []
+        for _ in range(n):
+            d = alone(p, run, trusted, self.rng)
+            out.append(wait if d is None else rooted if d.rooted else audited if d.audit else provisional)
+        return out
 
     def validate(self, task_ids: list[int] | None = None) -> list[str]:
         """Validate these tasks (all with pending results when None); returns jobs completed."""

@@ -345,8 +345,9 @@ class Lone:
     more: int = 0  # normal replicas to issue when not accepted
 
 
-#: (job id, the job's policy as stored, the worker's run, vouched for by the operator) -> the verdict
-LoneJudge = Callable[[str, str, int, bool], Lone]
+#: (job id, the job's policy as stored, the worker's run, vouched for by the operator, how many of its
+#: lone results in that job) -> a verdict for each
+LoneJudge = Callable[[str, str, int, bool, int], list[Lone]]
 
 
 @dataclass

@@ -985,15 +985,20 @@ class SqlStore(
         provisional: list[int] = []
         more: dict[int, list[int]] = {}
         verdicts: dict[int, tuple[Lone, int]] = {}
+        by_job: dict[str, list[int]] = {}
         for r in reps:
-            task_type, policy = rules[r.job_id]
+            by_job.setdefault(r.job_id, []).append(r.task_id)
+        for job_id, task_ids in by_job.items():
+            task_type, policy = rules[job_id]
             rep = standing.get(task_type)
-            v = judge(r.job_id, policy, (rep.run if rep else 0) // slow, bool(me.trusted))
-            verdicts[r.task_id] = (v, rep.checks_passed if rep else 0)
-            if v.accept:
-                (final if v.final else provisional).append(r.task_id)
-            elif v.more:
-                more.setdefault(v.more, []).append(r.task_id)
+            passed = rep.checks_passed if rep else 0
+            for task_id, v in zip(task_ids, judge(job_id, policy, (rep.run if rep else 0) // slow,
+                                                  bool(me.trusted), len(task_ids)), strict=True):
+                verdicts[task_id] = (v, passed)
+                if v.accept:
+                    (final if v.final else provisional).append(task_id)
+                elif v.more:
+                    more.setdefault(v.more, []).append(task_id)
         ids = bindparam("ids", expanding=True)
         alone = "WHERE state = :open AND issued = 1 AND id IN :ids RETURNING id, job_id"
         won: list[Any] = []
