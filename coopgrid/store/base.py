@@ -573,8 +573,9 @@ class Store(abc.ABC):
         ``platform_class`` (None: it reported none)."""
 
     @abc.abstractmethod
-    def queue_depth(self, active_since: float, cap: int = 1_000_000) -> tuple[int, int]:
-        """Ready replicas (counted up to ``cap``), and workers seen since ``active_since``."""
+    def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: bool = False) -> tuple[int, int]:
+        """Ready replicas (counted up to ``cap``, or ``cap`` per active worker), and workers seen since
+        ``active_since``."""
 
     @abc.abstractmethod
     def extend_lease(self, lease_id: int, worker_id: int, lease_seconds: float, now: float) -> float:

@@ -731,15 +731,15 @@ class SqlStore(
         hi = conn.execute(q.order_by(s.tasks.c.idx.desc()).limit(1)).scalar()
         return lo, hi
 
-    def queue_depth(self, active_since: float, cap: int = 1_000_000) -> tuple[int, int]:
+    def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: bool = False) -> tuple[int, int]:
         with self._read() as conn:
+            active = conn.execute(
+                select(func.count()).select_from(s.workers).where(s.workers.c.last_seen >= active_since)
+            ).scalar_one()
             # counting stops at ``cap``: callers only need to know "at least this many"
             ready = conn.execute(
                 text("SELECT count(*) FROM (SELECT 1 FROM replicas WHERE state = :ready LIMIT :cap) AS q"),
-                {"ready": int(ReplicaState.READY), "cap": cap},
-            ).scalar_one()
-            active = conn.execute(
-                select(func.count()).select_from(s.workers).where(s.workers.c.last_seen >= active_since)
+                {"ready": int(ReplicaState.READY), "cap": cap * max(active, 1) if per_worker else cap},
             ).scalar_one()
         return ready, active
 
@@ -816,8 +816,6 @@ class SqlStore(
                 raise LeaseError(
                     f"replicas {foreign[:10]} are not part of lease {lease_id}", lease_id=lease_id, replicas=foreign
                 )
-            if self.dialect == "postgresql":
-                self._lock_judged_tasks(conn, [replica_rows[it.replica_id] for it in items])
             batch_id = conn.execute(
                 insert(s.result_batches).values(
                     worker_id=worker_id, lease_id=lease_id, signature=signature, size=len(items), received_at=now,
@@ -864,6 +862,14 @@ class SqlStore(
                         and replica_rows[it.replica_id].kind == ReplicaKind.NORMAL.value
                     ], now)
             outcome.judged, outcome.replicas_added = lone.counts(), lone.new_replicas
+            if self.dialect == "postgresql":
+                # tasks judged alone were locked by their own update, and no round can be reading them
+                # (they had no result before this batch's): only the others need the lock
+                self._lock_judged_tasks(conn, [
+                    replica_rows[it.replica_id] for it in items
+                    if replica_rows[it.replica_id].task_id not in lone.won
+                    and replica_rows[it.replica_id].task_id not in lone.waiting
+                ])
             credited: dict[str, int] = {}  # job -> results accepted and final: the worker's record grows
             done: dict[str, int] = {}  # job -> tasks decided by this batch
             rows = []
