@@ -266,6 +266,8 @@ class TrustQueries:
 
     def _finalize_provisional(self, conn: Any, worker_id: int) -> set[str]:
         """The worker passed another check: its provisional results with enough checks since become final."""
+        if self.dialect == "sqlite":
+            return self._finalize_provisional_in_place(conn, worker_id)
         finals = conn.execute(
             text(
                 # the literal condition is ix_results_provisional's: a bound one would not select that index
@@ -284,6 +286,30 @@ class TrustQueries:
             )
             self._finalize_partners(conn, [f.task_id for f in finals])
         return {f.job_id for f in finals}
+
+    def _finalize_provisional_in_place(self, conn: Any, worker_id: int) -> set[str]:
+        """:meth:`_finalize_provisional` without the tasks' ids leaving the database: their tasks and
+        partners first, found through the same partial index, then the results themselves.
+
+        SQLite plans these subqueries on the index every time; PostgreSQL keeps the list (its plan for
+        ``IN (subquery)`` depends on statistics it may not have)."""
+        due = (
+            # ix_results_provisional's condition, literally (a bound one would not select that index)
+            "SELECT {} FROM results WHERE worker_id = :w AND status = 'accepted' AND final = false "
+            "AND checks_at <= (SELECT max(checks_passed) FROM reputation WHERE worker_id = :w)"
+        ).format
+        tasks = due("task_id")
+        w = {"w": worker_id}
+        jobs = set(conn.execute(text(due("DISTINCT job_id")), w).scalars())
+        if not jobs:
+            return set()
+        conn.execute(text(f"UPDATE tasks SET state = :done WHERE state = :prov AND id IN ({tasks})"),
+                     {**w, "done": TaskState.DONE.value, "prov": TaskState.PROVISIONAL.value})
+        conn.execute(text(f"UPDATE results SET final = :yes WHERE status = :valid AND final = false "
+                          f"AND task_id IN ({tasks})"), {**w, "yes": True, "valid": ResultStatus.VALID.value})
+        conn.execute(text(f"UPDATE results SET final = :yes WHERE id IN ({due('id')})"),
+                     {**w, "yes": True})
+        return jobs
 
     def _finalize_partners(self, conn: Any, task_ids: list[int]) -> None:
         """A task just became final: the results that agreed with it while it was provisional are paid too."""
