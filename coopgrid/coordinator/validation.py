@@ -19,7 +19,6 @@ from sqlalchemy.exc import OperationalError
 from coopgrid import tasks
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.errors import DatabaseUnavailable
-from coopgrid.tasks.base import TaskType
 from coopgrid.coordinator.trust import Candidate, TrustPolicy, confirmation, decide
 from coopgrid.store.base import Accept, CandidateRow, Store, TaskCheck, ValidationWrite
 from coopgrid.store.schema import ReplicaKind, ResultStatus, TaskState
@@ -261,17 +260,12 @@ def _credit(w: ValidationWrite, rep: Any, group: list[int], worker_id: int) -> N
 
 
 def fails_gold(task_type: Any, known: Any, got: Any) -> bool:
-    """Whether a result fails a submitter's labelled item.
-
-    Judged as slashing judges a lie where the task type says what honest hardware cannot explain
-    (:meth:`~coopgrid.tasks.base.TaskType.provably_different`: classify's labels, so a label is all
-    a submitter needs to supply), else by the type's comparator (exact, or within its tolerance)."""
+    """Whether a result fails a submitter's labelled item (:meth:`TaskType.fails_gold`); an output
+    that cannot be read, or one of the wrong shape, fails it."""
     if known is _UNDECODABLE or got is _UNDECODABLE:
         return True
     try:
-        if type(task_type).provably_different is not TaskType.provably_different:
-            return bool(task_type.provably_different(known, got))
-        return not task_type.agree(known, got)
+        return bool(task_type.fails_gold(known, got))
     except Exception:  # an output of the wrong shape is no answer to it
         return True
 

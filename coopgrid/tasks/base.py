@@ -167,6 +167,16 @@ class TaskType(abc.ABC):
         """
         return self.canonical(a) == self.canonical(b)
 
+    def fails_gold(self, known: Any, got: Any) -> bool:
+        """Whether ``got`` fails a submitter's labelled item whose answer is ``known`` (both decoded).
+
+        Judged as slashing judges a lie where the type says what honest hardware cannot explain
+        (an override of :meth:`provably_different`), else by :meth:`agree` (exact, or within its
+        tolerance): an honest worker must never fail it."""
+        if type(self).provably_different is not TaskType.provably_different:
+            return bool(self.provably_different(known, got))
+        return not self.agree(known, got)
+
     def provably_different(self, a: Any, b: Any) -> bool:
         """Whether two outputs differ beyond any doubt: evidence that one of them is a lie (slashing).
 

@@ -97,6 +97,14 @@ def test_a_classify_item_needs_only_its_label() -> None:
     classify = tasks.get("classify")
     assert orjson.loads(classify.gold_output(3, sequence(1))) == {"labels": [3]}
     assert orjson.loads(classify.gold_output({"labels": ["cat"]}, sequence(1))) == {"labels": ["cat"]}
+    # judged on the label alone, whichever way the submitter wrote the class
+    known = classify.decode(classify.gold_output(3, sequence(1)))
+    assert not classify.fails_gold(known, {"labels": [3], "confidence": [0.91]})
+    assert not classify.fails_gold(classify.decode(classify.gold_output("3", sequence(1))), {"labels": [3]})
+    assert classify.fails_gold(known, {"labels": [4], "confidence": [0.99]})
+    assert classify.fails_gold(known, {"confidence": [0.99]})
+    # an item the worker says it cannot decode (a broken image in the file) proves nothing
+    assert not classify.fails_gold(known, {"labels": [None], "confidence": [None], "errors": [[0, "bad image"]]})
     for bad in (3.5, True, {"labels": [1, 2]}, {"label": 1}, None):
         with pytest.raises(ValueError, match="output of classify is the label"):
             classify.gold_output(bad, sequence(1))
