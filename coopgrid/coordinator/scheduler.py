@@ -27,10 +27,10 @@ from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.trust import TrustPolicy, gold_probability, may_audit, record_threshold
 from coopgrid.coordinator.validation import Validator
 from coopgrid.coordinator.wakeup import Wakeup
-from coopgrid.gold import MAX_GOLD
 from coopgrid.errors import (
     AuthError, CoopgridError, DatasetError, Forbidden, IntegrityError, InvalidInput, JobNotFound, LeaseError,
 )
+from coopgrid.gold import MAX_GOLD
 from coopgrid.identity import recover_batch_signer
 from coopgrid.protocol import ZERO_HASH, LeaseRequest, ResultBatch, ResultRef, b64decode, b64encode, sha256_hex
 from coopgrid.registry import ModelRegistry
