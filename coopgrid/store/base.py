@@ -74,6 +74,16 @@ class NewTask:
 
 
 @dataclass(frozen=True)
+class NewGoldTask:
+    """A submitter's labelled item: a task only ever leased as gold, with its answer known."""
+
+    input_hash: str
+    input_data: bytes | None  # inline bytes, or None when the input is a blob
+    n_items: int
+    known: bytes  # the answer, as the task type's canonical output bytes
+
+
+@dataclass(frozen=True)
 class NewJob:
     id: str
     owner_token_id: int
@@ -306,6 +316,7 @@ class TaskCheck:
     outstanding: int = 0  # replicas of the task still ready or leased (gold excluded)
     rooted: bool = False  # its accepted answer came from a root of trust (gold that quarantines)
     sealed: bool = False  # its accepted result is in an epoch already (cannot be reopened)
+    known: bytes | None = None  # a submitter's gold item: the answer it supplied
 
 
 @dataclass(frozen=True)
@@ -472,8 +483,14 @@ class Store(abc.ABC):
     # -- jobs -------------------------------------------------------------------
 
     @abc.abstractmethod
-    def create_job(self, job: NewJob, tasks: Iterable[NewTask], now: float) -> JobRecord:
-        """Create the job, its tasks (streamed: never all held at once) and its first replicas, atomically."""
+    def create_job(
+        self, job: NewJob, tasks: Iterable[NewTask], now: float, gold: Sequence[NewGoldTask] = ()
+    ) -> JobRecord:
+        """Create the job, its tasks (streamed: never all held at once) and its first replicas, atomically.
+
+        ``gold``: the submitter's labelled items, stored as tasks in state ``gold`` numbered after the
+        job's own (idx n_tasks, n_tasks + 1, ...; not counted in n_tasks) that no replica is made for:
+        :meth:`lease` draws gold replicas from them first."""
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -563,6 +580,7 @@ class Store(abc.ABC):
         exclude_jobs: Sequence[str] = (),
         platform_class: str | None = None,
         homogeneous_jobs: Sequence[str] = (),
+        audits: bool = True,
     ) -> Lease | None:
         """Lease up to ``max_replicas`` ready replicas to a worker in one lease, plus ``gold`` replicas
         of tasks whose answer is known; None if none are ready.
@@ -570,7 +588,8 @@ class Store(abc.ABC):
         Never two replicas of one task to the same worker or to workers of the same owner (or,
         with ``separate_networks``, of the same network). In ``homogeneous_jobs`` every replica
         of a task (gold ones included) goes to workers of one platform class: this worker's is
-        ``platform_class`` (None: it reported none)."""
+        ``platform_class`` (None: it reported none). ``audits``: whether audit replicas may go to
+        this worker (:func:`coopgrid.coordinator.trust.may_audit`)."""
 
     @abc.abstractmethod
     def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: bool = False) -> tuple[int, int]:
@@ -730,6 +749,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def lease_quota(self, worker_id: int, task_types: Sequence[str]) -> tuple[int, int]:
         """(Most replicas the worker may lease now, its validated results so far)."""
+
+    @abc.abstractmethod
+    def record_run(self, worker_id: int, task_types: Sequence[str]) -> int:
+        """The worker's run as validation counts it, lowest over ``task_types``; 0 without a record."""
 
     @abc.abstractmethod
     def reputations(self) -> list[tuple[WorkerRecord, Reputation]]:

@@ -34,6 +34,7 @@ from coopgrid.store.base import (
     LeaseReplicaView,
     LeaseView,
     ModelRecord,
+    NewGoldTask,
     NewJob,
     NewTask,
     Lone,
@@ -342,7 +343,9 @@ class SqlStore(
 
     # -- jobs -------------------------------------------------------------------
 
-    def create_job(self, job: NewJob, tasks: Iterable[NewTask], now: float) -> JobRecord:
+    def create_job(
+        self, job: NewJob, tasks: Iterable[NewTask], now: float, gold: Sequence[NewGoldTask] = ()
+    ) -> JobRecord:
         with self._write() as conn:
             conn.execute(
                 insert(s.jobs).values(
@@ -391,6 +394,14 @@ class SqlStore(
                         "SELECT id, job_id, :ready, :now, 'normal' FROM tasks WHERE job_id = :job ORDER BY idx"
                     ),
                     {"ready": int(ReplicaState.READY), "now": now, "job": job.id},
+                )
+            if gold:  # after the first replicas: none is made for them
+                conn.execute(
+                    insert(s.tasks),
+                    # numbered after the job's own tasks (a task index is signed as an unsigned number)
+                    [{"job_id": job.id, "idx": n_tasks + i, "input_hash": g.input_hash, "input_data": g.input_data,
+                      "first_item": 0, "n_items": g.n_items, "state": TaskState.GOLD.value, "errors": 0,
+                      "issued": 0, "known": g.known} for i, g in enumerate(gold)],
                 )
             row = conn.execute(select(s.jobs).where(s.jobs.c.id == job.id)).one()
         return _job(row)
@@ -562,6 +573,7 @@ class SqlStore(
         exclude_jobs: Sequence[str] = (),
         platform_class: str | None = None,
         homogeneous_jobs: Sequence[str] = (),
+        audits: bool = True,
     ) -> Lease | None:
         types = list(task_types)
         placement = (
@@ -576,6 +588,7 @@ class SqlStore(
             "SELECT r.id FROM replicas r WHERE r.state = :ready"
             + (type_filter.replace("job_id", "r.job_id") if types else "")
             + (" AND r.job_id NOT IN :excluded" if exclude_jobs else "")
+            + ("" if audits else " AND r.kind != 'audit'")
             + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.worker_id IN :kin"
             " AND o.state IN (:leased, :done))"  # a replica that failed or expired may go back to its worker
             " AND r.id = (SELECT min(r2.id) FROM replicas r2 WHERE r2.task_id = r.task_id AND r2.state = :ready)"
@@ -669,11 +682,13 @@ class SqlStore(
         finished jobs' tasks the grid has piled up. ``placement``: the lease's homogeneous-redundancy
         parameters (:func:`_same_class`): a known answer from another platform class is no fair test
         of this worker. Rooted answers (a trusted worker took part) first: only those can prove a
-        lie; the others, decided by ordinary workers, are disputes when failed (see validation)."""
-        running = select(s.jobs.c.id).where(s.jobs.c.state == JobState.RUNNING.value)
+        lie; the others, decided by ordinary workers, are disputes when failed (see validation).
+        Before both, the submitters' labelled items (``gold`` tasks): the strongest root of all."""
+        running = select(s.jobs.c.id, s.jobs.c.n_tasks).where(s.jobs.c.state == JobState.RUNNING.value)
         if types:
             running = running.where(s.jobs.c.task_type.in_(types))
-        job_ids = sorted(conn.execute(running).scalars())
+        sizes = dict(conn.execute(running).all())
+        job_ids = sorted(sizes)
         rng.shuffle(job_ids)
         # the id range is walked on ix_tasks_done (only done tasks); SQLite would rather walk every
         # task of the job on (job_id, idx), which the unary + keeps it from doing
@@ -695,8 +710,34 @@ class SqlStore(
         if placement:
             stmts = [st.bindparams(bindparam("homogeneous", expanding=True)) for st in stmts]
         found: dict[int, Any] = {}
-        ranges = {job_id: self._task_id_range(conn, job_id) for job_id in job_ids}
-        for stmt in stmts:
+        # the submitters' own labelled items (--gold FILE) first: no worker decided their answers.
+        # They follow the job's n_tasks own tasks: one index probe finds how many, a random pivot
+        # spreads the draws
+        submitted = text(
+            "SELECT t.id, t.job_id FROM tasks t WHERE t.job_id = :job AND t.idx >= :lo AND t.idx <= :hi"
+            " AND t.state = 'gold'"
+            " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = t.id AND o.worker_id IN :kin)"
+            + (_same_class("t.id", "t.job_id") if placement else "")
+            + " ORDER BY t.idx LIMIT :k"
+        ).bindparams(bindparam("kin", expanding=True))
+        if placement:
+            submitted = submitted.bindparams(bindparam("homogeneous", expanding=True))
+        for job_id in job_ids:
+            first = sizes[job_id]
+            last = conn.execute(select(func.max(s.tasks.c.idx)).where(s.tasks.c.job_id == job_id)).scalar()
+            if last is None or last < first:
+                continue
+            pivot = rng.randint(first, last)
+            params = {"kin": kin, "job": job_id, **(placement or {})}
+            for a, b in ((pivot, last), (first, pivot - 1)):
+                if len(found) >= k:
+                    break
+                for t in conn.execute(submitted, {**params, "lo": a, "hi": b, "k": k - len(found)}):
+                    found[t.id] = t
+            if len(found) >= k:
+                break
+        ranges = {job_id: self._task_id_range(conn, job_id) for job_id in job_ids} if len(found) < k else {}
+        for stmt in stmts if len(found) < k else []:
             for job_id in job_ids:
                 lo, hi = ranges[job_id]
                 if lo is None or hi is None:
