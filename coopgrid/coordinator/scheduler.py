@@ -270,8 +270,9 @@ class Scheduler:
         # short job is spread over every active worker instead of the first
         # one to ask; a long queue still goes out in full batches.
         want = min(request.max_replicas, self.settings.max_lease_batch)
-        # counted only as far as a full batch for every active worker: enough to know each one's share
-        ready, active = self.store.queue_depth(now - self.settings.lease_seconds, cap=want, per_worker=True)
+        # counted up to a batch per active worker, for at most 64 of them: enough to know each one's
+        # share (a bigger grid shares 64 batches), without counting a million-replica queue every time
+        ready, active = self.store.queue_depth(now - self.settings.lease_seconds, cap=want, per_worker=64)
         if ready == 0:
             return None  # nothing to do: no write transaction for an idle poll
         fair = max(1, -(-ready // max(active, 1)))

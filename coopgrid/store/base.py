@@ -592,9 +592,9 @@ class Store(abc.ABC):
         this worker (:func:`coopgrid.coordinator.trust.may_audit`)."""
 
     @abc.abstractmethod
-    def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: bool = False) -> tuple[int, int]:
-        """Ready replicas (counted up to ``cap``, or ``cap`` per active worker), and workers seen since
-        ``active_since``."""
+    def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: int = 0) -> tuple[int, int]:
+        """Ready replicas (counted up to ``cap``; with ``per_worker``, up to ``cap`` per active worker for
+        at most that many workers), and workers seen since ``active_since``."""
 
     @abc.abstractmethod
     def extend_lease(self, lease_id: int, worker_id: int, lease_seconds: float, now: float) -> float:

@@ -772,7 +772,7 @@ class SqlStore(
         hi = conn.execute(q.order_by(s.tasks.c.idx.desc()).limit(1)).scalar()
         return lo, hi
 
-    def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: bool = False) -> tuple[int, int]:
+    def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: int = 0) -> tuple[int, int]:
         with self._read() as conn:
             active = conn.execute(
                 select(func.count()).select_from(s.workers).where(s.workers.c.last_seen >= active_since)
@@ -780,7 +780,7 @@ class SqlStore(
             # counting stops at ``cap``: callers only need to know "at least this many"
             ready = conn.execute(
                 text("SELECT count(*) FROM (SELECT 1 FROM replicas WHERE state = :ready LIMIT :cap) AS q"),
-                {"ready": int(ReplicaState.READY), "cap": cap * max(active, 1) if per_worker else cap},
+                {"ready": int(ReplicaState.READY), "cap": cap * min(max(active, 1), per_worker) if per_worker else cap},
             ).scalar_one()
         return ready, active
 

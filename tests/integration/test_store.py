@@ -337,6 +337,17 @@ def test_planner_statistics_are_refreshed_where_the_server_does_not(store: SqlSt
     assert "tasks" not in store.refresh_statistics()  # nothing changed since
 
 
+def test_queue_depth_counts_only_as_far_as_each_active_workers_share_needs(store: SqlStore) -> None:
+    make_job(store, 10)
+    make_worker(store, "a")
+    make_worker(store, "b")
+    make_worker(store, "gone", now=T0 - 3600)  # not seen lately: not active
+    assert store.queue_depth(T0 - 60) == (10, 2)
+    assert store.queue_depth(T0 - 60, cap=3, per_worker=64) == (6, 2)  # a batch of 3 for each of 2
+    assert store.queue_depth(T0 - 60, cap=3, per_worker=1) == (3, 2)  # for at most one worker
+    assert store.queue_depth(T0 - 60, cap=100, per_worker=64) == (10, 2)  # fewer than that wait
+
+
 def test_list_jobs_by_owner(store: SqlStore) -> None:
     alice = store.add_token("alice", "submitter", secrets.token_hex(32), T0).id
     bob = store.add_token("bob", "submitter", secrets.token_hex(32), T0).id
