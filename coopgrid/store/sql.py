@@ -660,13 +660,21 @@ class SqlStore(
         )
 
     def _kin(self, conn: Any, worker_id: int, by_network: bool = False) -> list[int]:
-        """The worker, every worker of the same (declared) owner and, when asked, of the same network."""
-        me = conn.execute(select(s.workers.c.owner, s.workers.c.network).where(s.workers.c.id == worker_id)).one()
+        """The worker, every worker of the same (declared) owner and, when asked, of the same network;
+        for a suspect (it shared a real part of a quarantined worker's decisions), every other suspect:
+        the survivors of a colluding group never decide a task together (they could agree by
+        arrangement), while an honest worker flagged by mistake still pairs with everyone else."""
+        me = conn.execute(
+            select(s.workers.c.owner, s.workers.c.network, s.workers.c.partner_quarantines)
+            .where(s.workers.c.id == worker_id)
+        ).one()
         related = []
         if me.owner:
             related.append(s.workers.c.owner == me.owner)
         if by_network and me.network:
             related.append(s.workers.c.network == me.network)
+        if me.partner_quarantines:
+            related.append(s.workers.c.partner_quarantines > 0)
         if not related:
             return [worker_id]
         return sorted({worker_id, *conn.execute(select(s.workers.c.id).where(or_(*related))).scalars()})

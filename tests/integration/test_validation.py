@@ -262,6 +262,19 @@ def test_two_agreeing_workers_make_a_quorum_and_a_disagreeing_third_is_invalid(g
     assert lease is not None and len(lease["replicas"]) == 1
 
 
+def test_suspects_never_decide_a_task_together_but_each_pairs_with_others(store: SqlStore) -> None:
+    grid = Grid(store)
+    job = grid.job(2, {"replicas": 3, "quorum": 2, "adaptive": False, "gold_rate": 0, "record_run": 0})
+    s1, s2, clean = grid.worker("s1"), grid.worker("s2"), grid.worker("clean")
+    with store.engine.begin() as conn:  # both shared a real part of a quarantined worker's decisions
+        conn.execute(update(s.workers).where(s.workers.c.id.in_([s1.id, s2.id])).values(partner_quarantines=1))
+    first = grid.lease(s1, 100)
+    assert first is not None and sorted(r.task_index for r in first.replicas) == [0, 1]
+    assert grid.lease(s2, 100) is None  # every task it could take, its fellow suspect holds
+    got = grid.lease(clean, 100)  # an unflagged worker pairs with a suspect as with anyone
+    assert got is not None and sorted(r.task_index for r in got.replicas) == [0, 1]
+
+
 def test_placement_never_gives_two_replicas_of_a_task_to_one_worker_or_one_owner(grid: Grid) -> None:
     job = grid.job(4, {"replicas": 4, "quorum": 2, "adaptive": False, "gold_rate": 0, "record_run": 0})
     assert grid.store.replica_counts(job.id) == {"ready": 16}  # every replica made at once
