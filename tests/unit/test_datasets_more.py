@@ -114,3 +114,18 @@ def test_load_for_task_keeps_named_sets_and_reads_files_as_items(tmp_path):
     d = datasets.load_for_task(str(tmp_path), "classify", {"input": {"image_size": [8, 8], "value_max": 16}})
     assert d.kind == "bytes" and d.media == "image"
     assert datasets.load(str(tmp_path)).kind == "array"  # the digits path still decodes at load
+
+
+def test_item_ids_travel_as_utf8_and_come_back_as_given():
+    # ids are stored as UTF-8 bytes (a quarter of NumPy's four bytes per character) and read
+    # back as the same text, ASCII or not, whole or a slice at a time
+    from coopgrid.datasets import Dataset
+
+    ids = [f"part-{i % 3:03d}.csv:{i + 2}" for i in range(1000)]
+    d = Dataset.from_items([b"x"] * 1000, "text", ids=ids)
+    back = Dataset.from_npz(d.to_npz())
+    assert back.item_ids() == ids and back.item_ids(10, 12) == ids[10:12]
+    assert back.ids.dtype.kind == "S" and back.ids.nbytes < d.ids.nbytes / 3
+    odd = ["naïve.csv:2", "数据.csv:3", "plain"]
+    back = Dataset.from_npz(Dataset.from_items([b"a", b"b", b"c"], "text", ids=odd).to_npz())
+    assert back.item_ids() == odd and back.item_ids(1, 2) == ["数据.csv:3"]
