@@ -22,6 +22,7 @@ from coopgrid import tasks
 from coopgrid.blobs import BlobStore
 from coopgrid.dataset_shards import concat_datasets
 from coopgrid.datasets import Dataset
+from coopgrid.memory import release_unused
 from coopgrid.store.base import JobRecord, Store
 from coopgrid.tasks.base import TaskOutput, store_blob_files
 
@@ -78,7 +79,10 @@ class Summarizer:
             job = self.store.get_job(job_id)
             if job is None or job.state != "running" or not job.complete:
                 return job
-            figures, output_hash = self._reduce(job)
+            try:
+                figures, output_hash = self._reduce(job)
+            finally:
+                release_unused()  # the reduction's buffers are job-sized and not needed again
             now = time.time()
             summary = self.figures(job, now) | figures
             if job.tasks_failed or job.tasks_inconclusive:
