@@ -37,3 +37,38 @@ def test_memory_freed_by_an_archive_sized_piece_of_work_is_given_back():
     assert live == 0  # nothing of pyarrow's is still in use: what RSS drops by was held, not used
     assert after <= before - 8 * 2**20, f"RSS {before / 2**20:.0f} MB -> {after / 2**20:.0f} MB"
 
+
+
+ARENAS = textwrap.dedent(
+    """
+    import ctypes, sys, threading
+    from coopgrid.memory import limit_malloc_arenas
+
+    if sys.argv[1] == "limit":
+        assert limit_malloc_arenas(1)
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    go, held = threading.Barrier(8), []
+
+    def allocate():
+        go.wait()  # all at once: glibc gives a thread its own arena when the others' are busy
+        held.extend(libc.malloc(4096) for _ in range(2000))
+
+    threads = [threading.Thread(target=allocate) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    libc.malloc_stats()  # glibc writes one "Arena N:" block per arena to stderr
+    """
+)
+
+
+def test_request_threads_share_the_malloc_arenas_they_are_limited_to():
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    counts = {}
+    for mode in ("limit", "default"):
+        run = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, timeout=60, env=env)
+        assert run.returncode == 0, run.stderr
+        counts[mode] = run.stderr.count("Arena ")
+    assert counts["limit"] == 1 and counts["default"] > 1, counts
