@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from coopgrid import tasks
 from coopgrid.blobs import BlobStore
 from coopgrid.config import REWARD_CEILING, Settings
-from coopgrid.memory import release_unused
 from coopgrid.datasets import Dataset
 from coopgrid.limits import DatasetLimits
+from coopgrid.memory import release_unused
 from coopgrid.coordinator.access import can_read, unreadable_dataset
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.trust import TrustPolicy, gold_probability
