@@ -601,7 +601,8 @@ def policy_series(bench: Bench, data_dir: Path, database: str, url: str | None) 
     def job(policy: str, spec: dict[str, Any]) -> PolicyJob:
         time.sleep(args.settle)  # idle between jobs; also lets the stats file catch up (written once a second)
         s0 = db_totals(stats)
-        run = bench.run_job(f"policy {policy}", spec, npz, n, workers)
+        run = bench.run_job(f"policy {policy}", spec, npz, n, workers,
+                            profile_as=f"policy-{database}-{policy.replace(' ', '').replace('#', '')}")
         time.sleep(1.2)
         s1 = db_totals(stats)
         if run.summary.get("echo_mismatches"):

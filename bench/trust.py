@@ -20,6 +20,12 @@ checks the EIP-712 signature and runs validation (quorum, adaptive acceptance,
 gold, audits, reputation, quarantine, finality). A worker that is refused
 (quarantined) stops. When a job completes it is reduced, as the API does.
 
+In every "our policy" scenario, ``--trusted`` (default 2) of the honest workers are
+the operator's own: registered with ``trusted`` by the same store call that
+``POST /v1/workers`` makes once it has checked the operator token (what
+``coopgrid worker --trusted`` does), the deployment the README recommends.
+``fixed-q2`` and the ``-q2`` variants (BOINC's plain replication) have none.
+
 Scenarios (one run, each on its own coordinator):
 
 * ``adaptive``: the default TrustPolicy, 20% dishonest workers spread evenly
@@ -129,6 +135,7 @@ class Scenario:
     policy: dict[str, Any]
     dishonest: list[str]  # one behaviour spec per dishonest worker
     jobs: int = 1  # the tasks split into this many jobs, submitted one after another
+    trusted: int = 0  # honest workers the operator vouches for (registered as `coopgrid worker --trusted` is)
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -200,6 +207,12 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                     [args.collude_spec] * c,
                 )
             )
+    for sc in out:
+        # the deployment the README recommends: the operator runs a few workers of its own; plain
+        # fixed replication (BOINC's default) has no such notion and is left as it is
+        if sc.policy is ours and args.trusted:
+            sc.trusted = args.trusted
+            sc.label += f", {args.trusted} of the honest workers the operator's own (--trusted)"
     wanted = set(args.only.split(",")) if args.only else None
     return [s for s in out if wanted is None or s.name in wanted]
 
@@ -213,6 +226,7 @@ class SimWorker:
     kind: str  # "honest" or the dishonest spec
     behaviour: Behaviour
     record: Any = None  # WorkerRecord
+    trusted: bool = False
     held: dict[str, Any] | None = None  # the lease in hand
     stopped: str | None = None
     submitted: int = 0
@@ -301,12 +315,17 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, root: str) -> dict[str,
         workers: list[SimWorker] = []
         kinds = ["honest"] * (args.workers - len(sc.dishonest)) + list(sc.dishonest)
         rng.shuffle(kinds)
+        # the first sc.trusted honest workers are the operator's own
+        vouched = set([i for i, k in enumerate(kinds) if k == "honest"][: sc.trusted])
         for i, kind in enumerate(kinds):
             ident = Identity(rng.randbytes(32))
             behaviour = Behaviour() if kind == "honest" else parse(kind, seed=rng.randrange(2**32))
-            w = SimWorker(ident, kind, behaviour)
-            # every worker declares its own owner; colluders lie about being unrelated
-            w.record = app.store.register_worker(ident.address, f"sim-{i}", f"owner-{i}", time.time())
+            w = SimWorker(ident, kind, behaviour, trusted=i in vouched)
+            # every worker declares its own owner; colluders lie about being unrelated. A vouched-for
+            # worker is registered by the call POST /v1/workers makes once it has checked the operator
+            # token (`coopgrid worker --trusted`)
+            w.record = app.store.register_worker(ident.address, f"sim-{i}", f"owner-{i}", time.time(),
+                                                 trusted=w.trusted)
             workers.append(w)
 
         t_sim = time.perf_counter()
@@ -387,6 +406,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, root: str) -> dict[str,
         figures.update(
             name=sc.name,
             label=sc.label,
+            trusted=sc.trusted,
             policy=policy.model_dump(),
             jobs=len(job_ids),
             wall=wall,
@@ -479,6 +499,7 @@ def measure(db: Path, workers: list[SimWorker]) -> dict[str, Any]:
 
     # per worker: tasks done before quarantine
     kind_of = {w.record.id: w.kind for w in workers}
+    trusted = {w.record.id for w in workers if w.trusted}
     rows = con.execute(
         "SELECT w.id, w.quarantined_at, w.quarantine_reason, "
         " (SELECT count(*) FROM results r WHERE r.worker_id = w.id AND r.error IS NULL"
@@ -509,6 +530,7 @@ def measure(db: Path, workers: list[SimWorker]) -> dict[str, Any]:
             {
                 "id": wid,
                 "kind": kind_of.get(wid, "?"),
+                "trusted": wid in trusted,
                 "quarantined": q_at is not None,
                 "reason": reason,
                 "before": before,
@@ -863,6 +885,13 @@ def main() -> int:
         "--only",
         default="",
         help="comma-separated scenario names to run (default: all)",
+    )
+    p.add_argument(
+        "--trusted",
+        type=int,
+        default=2,
+        help="honest workers, of --workers, that the operator vouches for (`coopgrid worker --trusted`) in the "
+        "our-policy scenarios (0: none, every worker a fresh key)",
     )
     p.add_argument("--lease-min", type=int, default=10)
     p.add_argument("--lease-max", type=int, default=50)

@@ -489,6 +489,16 @@ def submit(
     adaptive: Annotated[
         bool | None, typer.Option(help="Trust: proven workers' results accepted alone.", rich_help_panel="Trust")
     ] = None,
+    gold: Annotated[
+        Path | None,
+        typer.Option(
+            help='Trust: labelled items you know the answers to, a JSON line each: {"input": ONE_ITEM, '
+                 '"output": ITS_ANSWER} (input: a row of numbers, or text / {"base64": ...} for files; output: '
+                 'echo the item, classify the label). Used only as gold tests: a worker failing one is '
+                 'quarantined; they are not in the job\'s tasks or output.',
+            rich_help_panel="Trust",
+        ),
+    ] = None,
     coordinator: Coordinator = DEFAULT_URL,
     token: TokenOpt = None,
 ) -> None:
@@ -503,6 +513,14 @@ def submit(
 
     if output is not None:
         check_output_path(output)  # before the job runs, not after
+    labelled = []
+    if gold is not None:
+        from coopgrid.gold import GoldFileError, read_gold
+
+        try:
+            labelled = read_gold(gold)  # before the dataset is uploaded, not after
+        except GoldFileError as exc:
+            fail(exc.message)
     with _client(coordinator, token) as client:
         manifest = client.model(model) if model else None
         if manifest is not None:
@@ -530,6 +548,7 @@ def submit(
                 "name": name, "task_type": task_type, "model": model, "dataset": digest, "shards": more,
                 "task_size": task_size, "reward_per_task": reward, "params": _params(param or []), "trust": trust,
                 "funder": funder.address if funder else None, "min_stake": min_stake,
+                **({"gold": labelled} if labelled else {}),
             }
         )
         console.print(f"job {job['id']}: {job['items']:,} items in {job['tasks']:,} tasks", highlight=False)

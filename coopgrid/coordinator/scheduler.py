@@ -25,21 +25,34 @@ from coopgrid.limits import DatasetLimits
 from coopgrid.memory import release_unused
 from coopgrid.coordinator.access import can_read, unreadable_dataset
 from coopgrid.coordinator.metrics import Metrics
-from coopgrid.coordinator.trust import TrustPolicy, gold_probability
+from coopgrid.coordinator.trust import TrustPolicy, gold_probability, may_audit, record_threshold
 from coopgrid.coordinator.validation import Validator
 from coopgrid.coordinator.wakeup import Wakeup
 from coopgrid.errors import (
     AuthError, CoopgridError, DatasetError, Forbidden, IntegrityError, InvalidInput, JobNotFound, LeaseError,
 )
+from coopgrid.gold import MAX_GOLD
 from coopgrid.identity import recover_batch_signer
 from coopgrid.protocol import ZERO_HASH, LeaseRequest, ResultBatch, ResultRef, b64decode, b64encode, sha256_hex
 from coopgrid.registry import ModelRegistry
-from coopgrid.store.base import IncomingResult, JobRecord, NewJob, NewTask, RecordOutcome, Store, Token, WorkerRecord
+from coopgrid.store.base import (
+    IncomingResult, JobRecord, NewGoldTask, NewJob, NewTask, RecordOutcome, Store, Token, WorkerRecord,
+)
 
 log = logging.getLogger(__name__)
 
 #: most further shards one job may name (each at most one upload)
 MAX_SHARDS = 10_000
+
+
+class GoldItem(BaseModel):
+    """A submitter's labelled item: one item and the answer it knows (``coopgrid submit --gold FILE``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Any = Field(description="One item: a row of numbers (array datasets), or text / {\"base64\": ...} (files).")
+    output: Any = Field(description="The task type's answer for that item (echo: the item; classify: the label).")
+    line: int | None = Field(None, ge=1, description="Its line in the submitter's file, for error messages.")
 
 
 class JobSpec(BaseModel):
@@ -69,6 +82,11 @@ class JobSpec(BaseModel):
     )
     params: dict[str, Any] = Field(default_factory=dict)
     trust: TrustPolicy = Field(default_factory=TrustPolicy, description="Replication, quorum, gold, adaptive.")
+    gold: list[GoldItem] = Field(
+        default_factory=list, max_length=MAX_GOLD,
+        description="Labelled items whose answers the submitter knows: gold tests that quarantine a worker "
+                    "failing them; not part of the job's tasks or output.",
+    )
 
 
 class Scheduler:
@@ -137,6 +155,7 @@ class Scheduler:
         dataset = Dataset.from_npz(self.blobs.get(spec.dataset), limits)
         if model_hash is not None:
             task_type.check_input(dataset, model.manifest)
+        gold = self._gold(spec, task_type, params, dataset)
         job = NewJob(
             id=secrets.token_hex(32),
             owner_token_id=token.id,
@@ -157,7 +176,7 @@ class Scheduler:
         )
         new_tasks = self._tasks(spec, task_type, params, dataset, limits, model.manifest if model_hash else None)
         try:
-            record = self.store.create_job(job, new_tasks, time.time())
+            record = self.store.create_job(job, new_tasks, time.time(), gold=gold)
         finally:
             del dataset
             release_unused()  # the decoded dataset and the task rows made for the inserts
@@ -169,6 +188,32 @@ class Scheduler:
                    "items": record.n_items, "tasks": record.n_tasks},
         )
         return record
+
+    def _gold(self, spec: JobSpec, task_type: Any, params: BaseModel, dataset: Dataset) -> list[NewGoldTask]:
+        """The submitter's labelled items as gold tasks, each checked against the job's dataset and type."""
+        if not spec.gold:
+            return []
+        if spec.trust.gold_rate == 0:
+            raise InvalidInput("labelled items (gold) are only used as gold tests: give the job a gold rate "
+                               "above 0 (--gold-rate), or leave the labelled items out")
+        out = []
+        for i, g in enumerate(spec.gold):
+            try:
+                data, n, known = task_type.gold_task(g.input, g.output, dataset, params)
+                task_type.decode(known)  # what validation will read back
+            except Exception as exc:  # noqa: BLE001 - the item is wrong, whatever raised: say which and why
+                where = f"line {g.line}" if g.line else f"item {i + 1}"
+                raise InvalidInput(
+                    f"labelled item at {where} of the gold file: {exc}; each line is "
+                    '{"input": ONE_ITEM, "output": ITS_ANSWER} (`coopgrid submit --help`, --gold)',
+                    line=g.line or i + 1,
+                ) from None
+            if len(data) <= self.settings.inline_input_bytes:
+                out.append(NewGoldTask(sha256_hex(data), data, n, known))
+            else:
+                self.blobs.put(data)
+                out.append(NewGoldTask(sha256_hex(data), None, n, known))
+        return out
 
     def _tasks(
         self, spec: JobSpec, task_type: Any, params: BaseModel, first: Dataset, limits: DatasetLimits,
@@ -230,7 +275,9 @@ class Scheduler:
         # short job is spread over every active worker instead of the first
         # one to ask; a long queue still goes out in full batches.
         want = min(request.max_replicas, self.settings.max_lease_batch)
-        ready, active = self.store.queue_depth(now - self.settings.lease_seconds, cap=want * 64)
+        # counted up to a batch per active worker, for at most 64 of them: enough to know each one's
+        # share (a bigger grid shares 64 batches), without counting a million-replica queue every time
+        ready, active = self.store.queue_depth(now - self.settings.lease_seconds, cap=want, per_worker=64)
         if ready == 0:
             return None  # nothing to do: no write transaction for an idle poll
         fair = max(1, -(-ready // max(active, 1)))
@@ -240,8 +287,11 @@ class Scheduler:
         validated //= 1 + worker.prior_quarantines
         gold_p = gold_probability(TrustPolicy(gold_rate=self._job_gold_rate(now)), validated)
         gold = sum(self.rng.random() < gold_p for _ in range(n)) if gold_p else 0
+        audits = may_audit(self._record_threshold(now), worker.trusted,
+                           0 if worker.trusted else self.store.record_run(worker.id, request.task_types))
         lease = self.store.lease(
             worker.id, n, request.task_types, self.settings.lease_seconds, now, gold=gold, rng=self.rng,
+            audits=audits,
             separate_networks=self.settings.separate_networks, exclude_jobs=sorted(excluded),
             platform_class=worker.platform_class, homogeneous_jobs=self._homogeneous_jobs(now),
         )
@@ -346,6 +396,16 @@ class Scheduler:
             self._gold_rate = (rate, now)
         return rate
 
+    def _record_threshold(self, now: float) -> int:
+        """The lowest run that gives a record among running jobs (re-read at most once a second)."""
+        need, when = getattr(self, "_record_need", (0, -1.0))
+        if now - when > 1.0:
+            needs = [record_threshold(TrustPolicy.model_validate(j.policy or {})) for j in self.store.list_jobs()
+                     if j.state == "running"]
+            need = min(needs, default=record_threshold(TrustPolicy()))
+            self._record_need = (need, now)
+        return need
+
     def heartbeat(self, worker: WorkerRecord, lease_id: int) -> float:
         return self.store.extend_lease(lease_id, worker.id, self.settings.lease_seconds, time.time())
 
@@ -381,13 +441,15 @@ class Scheduler:
                 f"the result batch is signed by {signer}, not by lease {lease_id}'s worker {worker.address}",
                 lease_id=lease_id,
             )
-        outcome = self.store.record_results(lease_id, worker.id, batch.signature, incoming, batch.release, time.time())
+        outcome = self.store.record_results(lease_id, worker.id, batch.signature, incoming, batch.release,
+                                            time.time(), judge=self.validator.lone)
         self.metrics.count_results(outcome.statuses)
+        self.metrics.count_validations(outcome.judged)
         if outcome.tasks and not outcome.lease_expired:
             outcome.completed_jobs += self.validator.validate(outcome.tasks)
         if batch.release:
             self.wakeup.notify(others=True)
-        elif outcome.tasks and self.wakeup.waiting:
+        elif (outcome.tasks or outcome.replicas_added) and self.wakeup.waiting:
             self.wakeup.notify()  # validation may have issued more replicas (a dispute, an audit)
         if outcome.lease_expired:
             raise LeaseError(

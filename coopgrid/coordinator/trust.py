@@ -117,9 +117,35 @@ class Candidate:
     trusted: bool = False  # vouched for by an operator
 
 
+def record_threshold(policy: TrustPolicy) -> int:
+    """The run that gives a worker a record under this policy."""
+    return policy.trust_run if policy.record_run is None else policy.record_run
+
+
 def established(policy: TrustPolicy, c: Candidate) -> bool:
     """A worker with a record: vouched for, or a run long enough to be trusted alone."""
-    return c.trusted or c.run >= (policy.trust_run if policy.record_run is None else policy.record_run)
+    return c.trusted or c.run >= record_threshold(policy)
+
+
+def confirmation(policy: TrustPolicy, canonical: Candidate, auditor: Candidate) -> tuple[bool, bool]:
+    """An audit that agrees with a provisional result: (the result is final, the auditor passed a check).
+
+    Final when the auditor has a record (another newcomer's agreement proves nothing more). The
+    auditor passed a check when the answer it agreed with is an established worker's: it would have
+    disputed the answer had it lied, exactly as a gold test would have caught it; checks are what
+    make a worker's own provisional results final (``finality_checks``)."""
+    final = established(policy, auditor)
+    return final, final and established(policy, canonical)
+
+
+def may_audit(threshold: int, trusted: bool, run: int) -> bool:
+    """Whether a worker may take audit replicas: only one whose agreement can make a result final.
+
+    A newcomer's audit that agrees settles nothing (another newcomer's opinion), so it would only
+    cost a replica and leave the task provisional for good; an audit waits for a worker with a
+    record instead. ``threshold``: :func:`record_threshold` of the running jobs (their lowest);
+    ``run``: the worker's run as validation counts it (slowed by quarantined partners and lineage)."""
+    return trusted or run >= threshold
 
 
 @dataclass
@@ -189,17 +215,11 @@ def decide(
     # (the store counts them; without it, assume every issued replica not answered is out)
     if outstanding is None:
         outstanding = max(issued - len(cands), 0)
-    if len(cands) == 1 and outstanding == 0 and policy.adaptive:
-        only = cands[0]
-        if only.trusted:  # the operator vouches for it: a root of trust, final alone
-            d.accept = only.result_id
-            d.rooted = True
-            return d
-        if only.run >= policy.trust_run and rng.random() < 1 - 1 / only.run:
-            d.accept = only.result_id
-            d.provisional = True
-            d.audit = rng.random() < audit_probability(policy, only.run)
-            return d
+    if len(cands) == 1 and outstanding == 0:
+        lone = alone(policy, cands[0].run, cands[0].trusted, rng)
+        if lone is not None:
+            lone.accept = cands[0].result_id
+            return lone
     need = max(policy.quorum - len(best), 1)
     if need <= outstanding:
         return d  # wait for the replicas still out
@@ -208,6 +228,21 @@ def decide(
         return d
     d.more = min(need - outstanding, policy.max_replicas - issued)
     return d
+
+
+def alone(policy: TrustPolicy, run: int, trusted: bool, rng: random.Random) -> Decision | None:
+    """Adaptive replication: a task's only result, with no other replica out, accepted without a
+    second opinion (its ``accept`` left for the caller to fill), or None: more replicas are needed.
+
+    :func:`decide` applies it, and so does the store as it records a result batch (through
+    ``Validator.lone``), so that a grid of proven workers needs no validation round."""
+    if not policy.adaptive:
+        return None
+    if trusted:  # the operator vouches for it: a root of trust, final alone
+        return Decision(rooted=True)
+    if run >= policy.trust_run and rng.random() < 1 - 1 / run:
+        return Decision(provisional=True, audit=rng.random() < audit_probability(policy, run))
+    return None
 
 
 def suspicion(
@@ -238,6 +273,39 @@ def suspicion(
         # a worker with more at stake than asked has more to lose by lying
         evidence /= 1.0 + max(stake_ratio - 1.0, 0.0)
     return round(1.0 - math.exp(-evidence / 2.0), 3)
+
+
+#: the chance that an honest worker is taken for a quarantined worker's partner, per quarantine
+PARTNER_FALSE_ALARM = 0.001
+
+
+def close_partners(shared: dict[int, int], workers: int) -> set[int]:
+    """The workers a quarantined worker shared a real part of its decisions with: those re-examined.
+
+    ``shared``: per other worker, its result batches holding decisions (normal replicas agreeing on
+    an accepted answer) it shared with the quarantined one (batches, since one lease can pair two
+    workers on a run of tasks by chance); ``workers``: the others, not quarantined. By chance, those
+    batches spread evenly over the others, so how many one worker has is about Poisson with
+    mean ``sum(shared) / workers``; a partner shares at least 3 and more than chance explains
+    (tail below :data:`PARTNER_FALSE_ALARM`, over all the workers tested). A colluder in a group of
+    g shares about 1/g of them and stands out; an honest worker that met an occasional cheater a
+    few times does not (3 shared decisions flagged a quarter of the honest workers of a grid with
+    20% independent cheaters: their runs reset, their trust slowed for good)."""
+    if not shared:
+        return set()
+    mean = sum(shared.values()) / max(workers, 1)
+    alarm = PARTNER_FALSE_ALARM / len(shared)
+    return {w for w, n in shared.items() if n >= 3 and _poisson_tail(mean, n) < alarm}
+
+
+def _poisson_tail(mean: float, n: int) -> float:
+    """P(X >= n) for X ~ Poisson(mean)."""
+    term = math.exp(-mean)
+    below = 0.0
+    for k in range(n):
+        below += term
+        term *= mean / (k + 1)
+    return max(0.0, 1.0 - below)
 
 
 def check(agree: Callable[[Any, Any], bool], canonical: Any, candidate: Any) -> bool:

@@ -8,6 +8,7 @@ replicas of decided tasks. The whole round is written by one store call.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -19,8 +20,8 @@ from sqlalchemy.exc import OperationalError
 from coopgrid import tasks
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.errors import DatabaseUnavailable
-from coopgrid.coordinator.trust import Candidate, TrustPolicy, decide, established
-from coopgrid.store.base import Accept, CandidateRow, Store, TaskCheck, ValidationWrite
+from coopgrid.coordinator.trust import Candidate, TrustPolicy, alone, confirmation, decide
+from coopgrid.store.base import Accept, CandidateRow, Lone, Store, TaskCheck, ValidationWrite
 from coopgrid.store.schema import ReplicaKind, ResultStatus, TaskState
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,29 @@ class Validator:
         # on accepted results still stops a double acceptance); across processes
         # sharing a database, the round's tasks are locked in it (Store.locked_tasks)
         self._lock = threading.Lock()
+        # job id -> its policy and the verdicts a lone result can get, made once (see lone)
+        self._lone_rules: dict[str, tuple[TrustPolicy, tuple[Lone, ...]]] = {}
+
+    def lone(self, job_id: str, policy: str, run: int, trusted: bool, n: int) -> list[Lone]:
+        """What :meth:`_task` would decide for ``n`` open tasks' only results, each by this worker
+        (the store's ``LoneJudge``): :func:`decide`'s rule for a lone result, drawn once per result."""
+        rules = self._lone_rules.get(job_id)
+        if rules is None:
+            p = TrustPolicy.model_validate(json.loads(policy) if policy else {})
+            only = Candidate(0, 0, "", ResultStatus.PENDING.value, None, 0, ReplicaKind.NORMAL.value, False)
+            more = decide(p, [only], 1, _always, self.rng, outstanding=0).more  # no run: nothing drawn
+            rules = self._lone_rules[job_id] = (p, (
+                Lone(accept=False, more=more),
+                Lone(accept=True, final=True, rooted=True),  # a trusted worker's
+                *(Lone(accept=True, final=p.finality_checks == 0, checks=p.finality_checks, audit=a)
+                  for a in (False, True)),
+            ))
+        p, (wait, rooted, provisional, audited) = rules
+        out = []
+        for _ in range(n):
+            d = alone(p, run, trusted, self.rng)
+            out.append(wait if d is None else rooted if d.rooted else audited if d.audit else provisional)
+        return out
 
     def validate(self, task_ids: list[int] | None = None) -> list[str]:
         """Validate these tasks (all with pending results when None); returns jobs completed."""
@@ -113,6 +137,12 @@ class Validator:
             except Exception:  # outputs of the wrong shape disagree
                 return False
 
+        def read_known(data: bytes) -> Any:
+            try:
+                return task_type.decode(data)
+            except Exception:  # checked at submission; a task type changed since would land here
+                return _UNDECODABLE
+
         def rep(worker_id: int) -> Any:
             return w.rep(worker_id, c.task_type, policy.max_invalid)
 
@@ -169,6 +199,21 @@ class Validator:
                     w.statuses[p.result_id] = (ResultStatus.REJECTED.value, False)
             return
 
+        if c.state == TaskState.GOLD.value and c.known is not None:
+            # a submitter's labelled item: its answer is a root of trust no worker decided
+            known = read_known(c.known)
+            for p in live:
+                r = rep(p.worker_id)
+                if fails_gold(task_type, known, read(p)):
+                    w.statuses[p.result_id] = (ResultStatus.INVALID.value, False)
+                    r.gold_failed += 1  # quarantined, as on failing rooted gold
+                else:
+                    w.statuses[p.result_id] = (ResultStatus.VALID.value, True)  # rewarded like any gold test
+                    r.valid += 1
+                    r.gold_passed += 1
+                    r.checks += 1
+            return
+
         if c.canonical is None or c.state not in (TaskState.DONE.value, TaskState.PROVISIONAL.value):
             for p in live:  # inconclusive or failed already
                 w.statuses[p.result_id] = (ResultStatus.DUPLICATE.value, False)
@@ -199,11 +244,13 @@ class Validator:
             elif provisional:
                 # an audit (or any second opinion) of a result accepted provisionally
                 if ok:
-                    confirms = established(policy, Candidate(p.result_id, p.worker_id, p.owner, "", None, p.run,
-                                                             p.kind, p.trusted))
+                    confirms, checked = confirmation(policy, _candidate(c.canonical), _candidate(p))
                     w.statuses[p.result_id] = (ResultStatus.VALID.value, confirms)
                     if confirms:  # a worker with a record agrees: final
-                        rep(p.worker_id).valid += 1
+                        auditor = rep(p.worker_id)
+                        auditor.valid += 1
+                        if checked:  # and it agreed with a record: a check of the auditor too
+                            auditor.checks += 1
                         w.accepts.append(Accept(c.task_id, c.canonical.result_id, True, None, p.trusted))
                         w.task_states[c.task_id] = TaskState.DONE.value
                         w.finalized.append(c.task_id)
@@ -234,6 +281,26 @@ def _credit(w: ValidationWrite, rep: Any, group: list[int], worker_id: int) -> N
     if group != [worker_id] and not fresh:
         r.repeated += 1
     w.pairs.update(fresh)
+
+
+def _always(_a: Any, _b: Any) -> bool:
+    return True
+
+
+def fails_gold(task_type: Any, known: Any, got: Any) -> bool:
+    """Whether a result fails a submitter's labelled item (:meth:`TaskType.fails_gold`); an output
+    that cannot be read, or one of the wrong shape, fails it."""
+    if known is _UNDECODABLE or got is _UNDECODABLE:
+        return True
+    try:
+        return bool(task_type.fails_gold(known, got))
+    except Exception:  # an output of the wrong shape is no answer to it
+        return True
+
+
+def _candidate(row: CandidateRow) -> Candidate:
+    """A decided task's result as the trust rules see it (who, and with what record)."""
+    return Candidate(row.result_id, row.worker_id, row.owner, "", None, row.run, row.kind, row.trusted)
 
 
 def _deadlock(exc: BaseException) -> bool:

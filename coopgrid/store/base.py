@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,16 @@ class NewTask:
     input_data: bytes | None  # inline bytes, or None when the input is a blob
     first_item: int
     n_items: int
+
+
+@dataclass(frozen=True)
+class NewGoldTask:
+    """A submitter's labelled item: a task only ever leased as gold, with its answer known."""
+
+    input_hash: str
+    input_data: bytes | None  # inline bytes, or None when the input is a blob
+    n_items: int
+    known: bytes  # the answer, as the task type's canonical output bytes
 
 
 @dataclass(frozen=True)
@@ -216,6 +226,8 @@ class RecordOutcome:
     completed_jobs: list[str] = field(default_factory=list)
     lease_expired: bool = False
     tasks: list[int] = field(default_factory=list)  # tasks with a new pending result, to validate
+    judged: dict[str, int] = field(default_factory=dict)  # lone results judged at once: outcome -> count
+    replicas_added: int = 0  # replicas the batch's judged results asked for (a second opinion, an audit)
 
 
 @dataclass(frozen=True)
@@ -304,6 +316,7 @@ class TaskCheck:
     outstanding: int = 0  # replicas of the task still ready or leased (gold excluded)
     rooted: bool = False  # its accepted answer came from a root of trust (gold that quarantines)
     sealed: bool = False  # its accepted result is in an epoch already (cannot be reopened)
+    known: bytes | None = None  # a submitter's gold item: the answer it supplied
 
 
 @dataclass(frozen=True)
@@ -326,6 +339,26 @@ class RepDelta:
     contested: int = 0
     repeated: int = 0  # of ``valid``, agreements with a partner already counted this round: no run credit
     max_invalid: int = 3
+
+
+@dataclass(frozen=True)
+class Lone:
+    """What validation would decide for a task's only result, with no other replica out.
+
+    :meth:`Store.record_results` asks its ``judge`` for each such result and writes the verdict in
+    the batch's own transaction, so that a grid of proven workers needs no validation round."""
+
+    accept: bool  # accepted as the task's answer (else ``more`` replicas are issued)
+    final: bool = False  # final at once (a trusted worker's, or no finality checks asked for)
+    checks: int = 0  # a provisional result is final once its worker has passed this many more checks
+    audit: bool = False  # issue one audit replica of the accepted result
+    rooted: bool = False  # a root of trust decided it: fit for gold that quarantines
+    more: int = 0  # normal replicas to issue when not accepted
+
+
+#: (job id, the job's policy as stored, the worker's run, vouched for by the operator, how many of its
+#: lone results in that job) -> a verdict for each
+LoneJudge = Callable[[str, str, int, bool, int], list[Lone]]
 
 
 @dataclass
@@ -450,8 +483,14 @@ class Store(abc.ABC):
     # -- jobs -------------------------------------------------------------------
 
     @abc.abstractmethod
-    def create_job(self, job: NewJob, tasks: Iterable[NewTask], now: float) -> JobRecord:
-        """Create the job, its tasks (streamed: never all held at once) and its first replicas, atomically."""
+    def create_job(
+        self, job: NewJob, tasks: Iterable[NewTask], now: float, gold: Sequence[NewGoldTask] = ()
+    ) -> JobRecord:
+        """Create the job, its tasks (streamed: never all held at once) and its first replicas, atomically.
+
+        ``gold``: the submitter's labelled items, stored as tasks in state ``gold`` numbered after the
+        job's own (idx n_tasks, n_tasks + 1, ...; not counted in n_tasks) that no replica is made for:
+        :meth:`lease` draws gold replicas from them first."""
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -541,6 +580,7 @@ class Store(abc.ABC):
         exclude_jobs: Sequence[str] = (),
         platform_class: str | None = None,
         homogeneous_jobs: Sequence[str] = (),
+        audits: bool = True,
     ) -> Lease | None:
         """Lease up to ``max_replicas`` ready replicas to a worker in one lease, plus ``gold`` replicas
         of tasks whose answer is known; None if none are ready.
@@ -548,11 +588,13 @@ class Store(abc.ABC):
         Never two replicas of one task to the same worker or to workers of the same owner (or,
         with ``separate_networks``, of the same network). In ``homogeneous_jobs`` every replica
         of a task (gold ones included) goes to workers of one platform class: this worker's is
-        ``platform_class`` (None: it reported none)."""
+        ``platform_class`` (None: it reported none). ``audits``: whether audit replicas may go to
+        this worker (:func:`coopgrid.coordinator.trust.may_audit`)."""
 
     @abc.abstractmethod
-    def queue_depth(self, active_since: float, cap: int = 1_000_000) -> tuple[int, int]:
-        """Ready replicas (counted up to ``cap``), and workers seen since ``active_since``."""
+    def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: int = 0) -> tuple[int, int]:
+        """Ready replicas (counted up to ``cap``; with ``per_worker``, up to ``cap`` per active worker for
+        at most that many workers), and workers seen since ``active_since``."""
 
     @abc.abstractmethod
     def extend_lease(self, lease_id: int, worker_id: int, lease_seconds: float, now: float) -> float:
@@ -571,13 +613,17 @@ class Store(abc.ABC):
         items: Sequence[IncomingResult],
         release: Sequence[int],
         now: float,
+        judge: LoneJudge | None = None,
     ) -> RecordOutcome:
         """Record a verified result batch in one transaction.
 
         A result for a task already done is recorded as a duplicate and not
         counted; results after the lease's deadline are recorded as late and
         not counted (``lease_expired`` is set). Replicas in ``release`` go back
-        to the ready queue.
+        to the ready queue. A result of a quorum-of-one job is accepted at once;
+        with a ``judge``, so is the only result of an open task of any other
+        job, as the judge decides (adaptive replication); every other result
+        waits for a validation round (``RecordOutcome.tasks``).
         """
 
     @abc.abstractmethod
@@ -705,6 +751,10 @@ class Store(abc.ABC):
         """(Most replicas the worker may lease now, its validated results so far)."""
 
     @abc.abstractmethod
+    def record_run(self, worker_id: int, task_types: Sequence[str]) -> int:
+        """The worker's run as validation counts it, lowest over ``task_types``; 0 without a record."""
+
+    @abc.abstractmethod
     def reputations(self) -> list[tuple[WorkerRecord, Reputation]]:
         """Every worker's record per task type."""
 
@@ -755,6 +805,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def duty_holders(self, now: float) -> dict[str, str]:
         """duty -> the process holding its unexpired lease."""
+
+    @abc.abstractmethod
+    def refresh_statistics(self) -> list[str]:
+        """Refresh the query planner's statistics of the tables that changed much since (a leader duty).
+
+        Where the database server analyzes tables itself (PostgreSQL with autovacuum on), nothing is
+        done. Returns the tables analyzed."""
 
     @abc.abstractmethod
     def remember_nonce(self, address: str, nonce: str, expires_at: float) -> bool:

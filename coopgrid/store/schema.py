@@ -45,6 +45,9 @@ class TaskState(str, enum.Enum):
     DONE = "done"  # accepted and final
     INCONCLUSIVE = "inconclusive"  # max_replicas results and no quorum: reported, not guessed
     FAILED = "failed"  # every attempt reported an error
+    # an item the submitter labelled (--gold FILE): only ever leased as gold, its answer ``known``;
+    # outside the job's tasks as its submitter sees them (idx from n_tasks on, not in its output)
+    GOLD = "gold"
 
 
 class JobState(str, enum.Enum):
@@ -207,6 +210,8 @@ tasks = Table(
     Column("issued", Integer, nullable=False, server_default=text("1")),  # normal replicas made so far
     # its answer came from a root of trust (a trusted worker took part in accepting it): fit for gold
     Column("rooted", Boolean, nullable=False, server_default=text("false")),
+    # a submitter's gold item (state 'gold'): the answer it supplied, as the task type's canonical bytes
+    Column("known", LargeBinary, nullable=True),
     UniqueConstraint("job_id", "idx", name="uq_tasks_job_idx"),
 )
 # who may read a task's input blob (inline inputs are no blobs, so they stay out of the index)

@@ -34,8 +34,11 @@ from coopgrid.store.base import (
     LeaseReplicaView,
     LeaseView,
     ModelRecord,
+    NewGoldTask,
     NewJob,
     NewTask,
+    Lone,
+    LoneJudge,
     RecordOutcome,
     Store,
     Token,
@@ -156,6 +159,7 @@ class SqlStore(
         self.engine = engine
         self.dialect = engine.dialect.name
         self._single: dict[str, bool] = {}  # job id -> quorum of one (see record_results)
+        self._job_rules: dict[str, tuple[str, str]] = {}  # job id -> (task type, policy): never change
         self._grid_id: str | None = None
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
@@ -339,7 +343,9 @@ class SqlStore(
 
     # -- jobs -------------------------------------------------------------------
 
-    def create_job(self, job: NewJob, tasks: Iterable[NewTask], now: float) -> JobRecord:
+    def create_job(
+        self, job: NewJob, tasks: Iterable[NewTask], now: float, gold: Sequence[NewGoldTask] = ()
+    ) -> JobRecord:
         with self._write() as conn:
             conn.execute(
                 insert(s.jobs).values(
@@ -388,6 +394,14 @@ class SqlStore(
                         "SELECT id, job_id, :ready, :now, 'normal' FROM tasks WHERE job_id = :job ORDER BY idx"
                     ),
                     {"ready": int(ReplicaState.READY), "now": now, "job": job.id},
+                )
+            if gold:  # after the first replicas: none is made for them
+                conn.execute(
+                    insert(s.tasks),
+                    # numbered after the job's own tasks (a task index is signed as an unsigned number)
+                    [{"job_id": job.id, "idx": n_tasks + i, "input_hash": g.input_hash, "input_data": g.input_data,
+                      "first_item": 0, "n_items": g.n_items, "state": TaskState.GOLD.value, "errors": 0,
+                      "issued": 0, "known": g.known} for i, g in enumerate(gold)],
                 )
             row = conn.execute(select(s.jobs).where(s.jobs.c.id == job.id)).one()
         return _job(row)
@@ -559,6 +573,7 @@ class SqlStore(
         exclude_jobs: Sequence[str] = (),
         platform_class: str | None = None,
         homogeneous_jobs: Sequence[str] = (),
+        audits: bool = True,
     ) -> Lease | None:
         types = list(task_types)
         placement = (
@@ -579,6 +594,7 @@ class SqlStore(
             "SELECT r.id FROM replicas r WHERE r.state = :ready"
             + (type_filter.replace("job_id", "r.job_id") if types else "")
             + (" AND r.job_id NOT IN :excluded" if exclude_jobs else "")
+            + ("" if audits else " AND r.kind != 'audit'")
             + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.worker_id IN :kin"
             " AND o.state IN (:leased, :done))"  # a replica that failed or expired may go back to its worker
             " AND r.id = (SELECT min(r2.id) FROM replicas r2 WHERE r2.task_id = r.task_id AND r2.state = :ready)"
@@ -672,11 +688,13 @@ class SqlStore(
         finished jobs' tasks the grid has piled up. ``placement``: the lease's homogeneous-redundancy
         parameters (:func:`_same_class`): a known answer from another platform class is no fair test
         of this worker. Rooted answers (a trusted worker took part) first: only those can prove a
-        lie; the others, decided by ordinary workers, are disputes when failed (see validation)."""
-        running = select(s.jobs.c.id).where(s.jobs.c.state == JobState.RUNNING.value)
+        lie; the others, decided by ordinary workers, are disputes when failed (see validation).
+        Before both, the submitters' labelled items (``gold`` tasks): the strongest root of all."""
+        running = select(s.jobs.c.id, s.jobs.c.n_tasks).where(s.jobs.c.state == JobState.RUNNING.value)
         if types:
             running = running.where(s.jobs.c.task_type.in_(types))
-        job_ids = sorted(conn.execute(running).scalars())
+        sizes = dict(conn.execute(running).all())
+        job_ids = sorted(sizes)
         rng.shuffle(job_ids)
         # the id range is walked on ix_tasks_done (only done tasks); SQLite would rather walk every
         # task of the job on (job_id, idx), which the unary + keeps it from doing
@@ -698,8 +716,34 @@ class SqlStore(
         if placement:
             stmts = [st.bindparams(bindparam("homogeneous", expanding=True)) for st in stmts]
         found: dict[int, Any] = {}
-        ranges = {job_id: self._task_id_range(conn, job_id) for job_id in job_ids}
-        for stmt in stmts:
+        # the submitters' own labelled items (--gold FILE) first: no worker decided their answers.
+        # They follow the job's n_tasks own tasks: one index probe finds how many, a random pivot
+        # spreads the draws
+        submitted = text(
+            "SELECT t.id, t.job_id FROM tasks t WHERE t.job_id = :job AND t.idx >= :lo AND t.idx <= :hi"
+            " AND t.state = 'gold'"
+            " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = t.id AND o.worker_id IN :kin)"
+            + (_same_class("t.id", "t.job_id") if placement else "")
+            + " ORDER BY t.idx LIMIT :k"
+        ).bindparams(bindparam("kin", expanding=True))
+        if placement:
+            submitted = submitted.bindparams(bindparam("homogeneous", expanding=True))
+        for job_id in job_ids:
+            first = sizes[job_id]
+            last = conn.execute(select(func.max(s.tasks.c.idx)).where(s.tasks.c.job_id == job_id)).scalar()
+            if last is None or last < first:
+                continue
+            pivot = rng.randint(first, last)
+            params = {"kin": kin, "job": job_id, **(placement or {})}
+            for a, b in ((pivot, last), (first, pivot - 1)):
+                if len(found) >= k:
+                    break
+                for t in conn.execute(submitted, {**params, "lo": a, "hi": b, "k": k - len(found)}):
+                    found[t.id] = t
+            if len(found) >= k:
+                break
+        ranges = {job_id: self._task_id_range(conn, job_id) for job_id in job_ids} if len(found) < k else {}
+        for stmt in stmts if len(found) < k else []:
             for job_id in job_ids:
                 lo, hi = ranges[job_id]
                 if lo is None or hi is None:
@@ -734,15 +778,15 @@ class SqlStore(
         hi = conn.execute(q.order_by(s.tasks.c.idx.desc()).limit(1)).scalar()
         return lo, hi
 
-    def queue_depth(self, active_since: float, cap: int = 1_000_000) -> tuple[int, int]:
+    def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: int = 0) -> tuple[int, int]:
         with self._read() as conn:
+            active = conn.execute(
+                select(func.count()).select_from(s.workers).where(s.workers.c.last_seen >= active_since)
+            ).scalar_one()
             # counting stops at ``cap``: callers only need to know "at least this many"
             ready = conn.execute(
                 text("SELECT count(*) FROM (SELECT 1 FROM replicas WHERE state = :ready LIMIT :cap) AS q"),
-                {"ready": int(ReplicaState.READY), "cap": cap},
-            ).scalar_one()
-            active = conn.execute(
-                select(func.count()).select_from(s.workers).where(s.workers.c.last_seen >= active_since)
+                {"ready": int(ReplicaState.READY), "cap": cap * min(max(active, 1), per_worker) if per_worker else cap},
             ).scalar_one()
         return ready, active
 
@@ -789,6 +833,7 @@ class SqlStore(
         items: Sequence[IncomingResult],
         release: Sequence[int],
         now: float,
+        judge: LoneJudge | None = None,
     ) -> RecordOutcome:
         outcome = RecordOutcome()
         with self._write() as conn:
@@ -800,7 +845,8 @@ class SqlStore(
             expired = lease.state == "expired" or lease.expires_at < now
             outcome.lease_expired = expired
             me = conn.execute(
-                select(s.workers.c.quarantined_at, s.workers.c.trusted).where(s.workers.c.id == worker_id)
+                select(s.workers.c.quarantined_at, s.workers.c.trusted, s.workers.c.prior_quarantines,
+                       s.workers.c.partner_quarantines).where(s.workers.c.id == worker_id)
             ).one()
             quarantined = me.quarantined_at is not None
             replica_rows = {
@@ -817,8 +863,6 @@ class SqlStore(
                 raise LeaseError(
                     f"replicas {foreign[:10]} are not part of lease {lease_id}", lease_id=lease_id, replicas=foreign
                 )
-            if self.dialect == "postgresql":
-                self._lock_judged_tasks(conn, [replica_rows[it.replica_id] for it in items])
             batch_id = conn.execute(
                 insert(s.result_batches).values(
                     worker_id=worker_id, lease_id=lease_id, signature=signature, size=len(items), received_at=now,
@@ -831,7 +875,8 @@ class SqlStore(
             live_ids = {it.replica_id for it in live}
             # Jobs with a quorum of one need no validation round: a result for an open task is
             # accepted and final here, in the same transaction (the throughput path of trusted grids).
-            won = set()
+            won: set[int] = set()
+            lone = _LoneRound()
             if live and not quarantined:
                 single = self._quorum_one(conn, {replica_rows[i].job_id for i in live_ids})
                 firsts: dict[int, IncomingResult] = {}
@@ -856,11 +901,29 @@ class SqlStore(
                              "rooted": bool(me.trusted)},
                         ).scalars()
                     )
-            credited: dict[str, int] = {}
+                if judge is not None:
+                    lone = self._judge_lone(conn, judge, me, worker_id, [
+                        replica_rows[it.replica_id] for it in firsts.values()
+                        if it.error is None
+                        and replica_rows[it.replica_id].job_id not in single
+                        and replica_rows[it.replica_id].kind == ReplicaKind.NORMAL.value
+                    ], now)
+            outcome.judged, outcome.replicas_added = lone.counts(), lone.new_replicas
+            if self.dialect == "postgresql":
+                # tasks judged alone were locked by their own update, and no round can be reading them
+                # (they had no result before this batch's): only the others need the lock
+                self._lock_judged_tasks(conn, [
+                    replica_rows[it.replica_id] for it in items
+                    if replica_rows[it.replica_id].task_id not in lone.won
+                    and replica_rows[it.replica_id].task_id not in lone.waiting
+                ])
+            credited: dict[str, int] = {}  # job -> results accepted and final: the worker's record grows
+            done: dict[str, int] = {}  # job -> tasks decided by this batch
             rows = []
             seen: set[int] = set()
             for it in items:
                 rep = replica_rows[it.replica_id]
+                verdict: tuple[bool, int | None] | None = None  # (final, checks_at) of a lone result accepted
                 first = it.replica_id not in seen  # a replica named twice is answered once
                 seen.add(it.replica_id)
                 if it.error is not None:
@@ -875,6 +938,16 @@ class SqlStore(
                     status = ResultStatus.ACCEPTED
                     won.discard(rep.task_id)
                     credited[rep.job_id] = credited.get(rep.job_id, 0) + 1
+                    done[rep.job_id] = done.get(rep.job_id, 0) + 1
+                elif rep.kind == ReplicaKind.NORMAL.value and (verdict := lone.won.pop(rep.task_id, None)):
+                    status = ResultStatus.ACCEPTED
+                    done[rep.job_id] = done.get(rep.job_id, 0) + 1
+                    if verdict[0]:
+                        credited[rep.job_id] = credited.get(rep.job_id, 0) + 1
+                elif rep.task_id in lone.waiting and rep.kind == ReplicaKind.NORMAL.value:
+                    # judged already: it waits for the further replica issued for it, no round needed now
+                    status = ResultStatus.PENDING
+                    lone.waiting.discard(rep.task_id)
                 else:
                     status = ResultStatus.PENDING  # validation decides (quorum, gold, audit)
                     outcome.tasks.append(rep.task_id)
@@ -891,7 +964,8 @@ class SqlStore(
                         "error": it.error,
                         "status": status.value,
                         "received_at": now,
-                        "final": status is ResultStatus.ACCEPTED,
+                        "final": status is ResultStatus.ACCEPTED and (verdict is None or verdict[0]),
+                        "checks_at": verdict[1] if verdict else None,
                     }
                 )
             if rows:
@@ -929,14 +1003,100 @@ class SqlStore(
                     ),
                     {"lease": lease_id, "leased": int(ReplicaState.LEASED)},
                 )
-            for job_id, n in credited.items():
+            for job_id, n in done.items():
                 conn.execute(update(s.jobs).where(s.jobs.c.id == job_id).values(tasks_done=s.jobs.c.tasks_done + n))
             if credited:
                 self._credit(conn, worker_id, credited)
-            if failed or credited:
-                outcome.completed_jobs = self._completed(conn, {r.job_id for r in failed} | set(credited))
+            if failed or done:
+                outcome.completed_jobs = self._completed(conn, {r.job_id for r in failed} | set(done))
             conn.execute(update(s.workers).where(s.workers.c.id == worker_id).values(last_seen=now))
         return outcome
+
+    def _judge_lone(self, conn: Any, judge: LoneJudge, me: Any, worker_id: int, reps: list[Any],
+                    now: float) -> _LoneRound:
+        """Decide now what a validation round would decide for results that are their task's only one.
+
+        Such a result is the answer to an open task with one normal replica issued (its own): no
+        other opinion exists or is out, so the round would call the adaptive rule on it alone.
+        The judge (validation's rule) says accept (provisional or final, perhaps audited) or issue
+        more replicas; the task rows are changed only where still open with one replica issued, so
+        a task another batch or round changed meanwhile falls back to the validation round."""
+        out = _LoneRound()
+        if not reps:
+            return out
+        rules = self._rules(conn, {r.job_id for r in reps})
+        standing = {
+            r.task_type: r for r in conn.execute(
+                select(s.reputation.c.task_type, s.reputation.c.run, s.reputation.c.checks_passed)
+                .where(s.reputation.c.worker_id == worker_id)
+            )
+        }
+        # a worker whose owner, network or partners were quarantined earns trust more slowly (as in
+        # tasks_to_validate)
+        slow = 1 + me.prior_quarantines + me.partner_quarantines
+        final: list[int] = []
+        provisional: list[int] = []
+        more: dict[int, list[int]] = {}
+        verdicts: dict[int, tuple[Lone, int]] = {}
+        by_job: dict[str, list[int]] = {}
+        for r in reps:
+            by_job.setdefault(r.job_id, []).append(r.task_id)
+        for job_id, task_ids in by_job.items():
+            task_type, policy = rules[job_id]
+            rep = standing.get(task_type)
+            passed = rep.checks_passed if rep else 0
+            for task_id, v in zip(task_ids, judge(job_id, policy, (rep.run if rep else 0) // slow,
+                                                  bool(me.trusted), len(task_ids)), strict=True):
+                verdicts[task_id] = (v, passed)
+                if v.accept:
+                    (final if v.final else provisional).append(task_id)
+                elif v.more:
+                    more.setdefault(v.more, []).append(task_id)
+        ids = bindparam("ids", expanding=True)
+        alone = "WHERE state = :open AND issued = 1 AND id IN :ids RETURNING id, job_id"
+        won: list[Any] = []
+        if final:
+            won += conn.execute(
+                text(f"UPDATE tasks SET state = :done, rooted = :rooted {alone}").bindparams(ids),
+                {"done": TaskState.DONE.value, "open": TaskState.OPEN.value, "ids": sorted(final),
+                 "rooted": bool(me.trusted)},
+            ).all()
+        if provisional:
+            won += conn.execute(
+                text(f"UPDATE tasks SET state = :prov {alone}").bindparams(ids),
+                {"prov": TaskState.PROVISIONAL.value, "open": TaskState.OPEN.value, "ids": sorted(provisional)},
+            ).all()
+        replicas: list[dict[str, Any]] = []
+        for t in won:
+            v, passed = verdicts[t.id]
+            out.won[t.id] = (v.final, None if v.final else passed + v.checks)
+            out.outcomes["accepted" if v.final else "provisional"] += 1
+            if v.audit:
+                replicas.append({"task_id": t.id, "job_id": t.job_id, "kind": ReplicaKind.AUDIT.value})
+        for n, task_ids in sorted(more.items()):
+            for t in conn.execute(
+                text(f"UPDATE tasks SET issued = issued + :n {alone}").bindparams(ids),
+                {"n": n, "open": TaskState.OPEN.value, "ids": sorted(task_ids)},
+            ).all():
+                out.waiting.add(t.id)
+                out.outcomes["more_replicas"] += n
+                replicas += [{"task_id": t.id, "job_id": t.job_id, "kind": ReplicaKind.NORMAL.value}] * n
+        if replicas:
+            conn.execute(insert(s.replicas), [
+                {**r, "state": int(ReplicaState.READY), "created_at": now} for r in replicas
+            ])
+            out.new_replicas = len(replicas)
+        return out
+
+    def _rules(self, conn: Any, job_ids: set[str]) -> dict[str, tuple[str, str]]:
+        """Each job's task type and trust policy (as stored; they never change: cached)."""
+        unknown = sorted(j for j in job_ids if j not in self._job_rules)
+        if unknown:
+            for j in conn.execute(
+                select(s.jobs.c.id, s.jobs.c.task_type, s.jobs.c.policy).where(s.jobs.c.id.in_(unknown))
+            ):
+                self._job_rules[j.id] = (j.task_type, j.policy)
+        return {j: self._job_rules[j] for j in job_ids}
 
     def _lock_judged_tasks(self, conn: Any, reps: list[Any]) -> None:
         """Lock the tasks whose results a validation round will judge, before writing those results.
@@ -1059,6 +1219,19 @@ class SqlStore(
                 ).scalars()
                 self._penalise(conn, worker_id, set(jobs), "timeouts")
         return reissued
+
+
+class _LoneRound:
+    """What :meth:`SqlStore._judge_lone` decided for a batch's lone results."""
+
+    def __init__(self) -> None:
+        self.won: dict[int, tuple[bool, int | None]] = {}  # task -> (final, checks_at) of its accepted result
+        self.waiting: set[int] = set()  # tasks given more replicas: the result waits for them
+        self.outcomes: dict[str, int] = {"accepted": 0, "provisional": 0, "more_replicas": 0}
+        self.new_replicas = 0
+
+    def counts(self) -> dict[str, int]:
+        return {k: n for k, n in self.outcomes.items() if n}
 
 
 def _same_class(task_id: str, job_id: str) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from coopgrid.coordinator.trust import close_partners
 from coopgrid.store import schema as s
 from coopgrid.store.base import CandidateRow, Reputation, TaskCheck, ValidationWrite, WorkerRecord
 from coopgrid.store.schema import JobState, ReplicaKind, ReplicaState, ResultStatus, TaskState
@@ -91,6 +92,20 @@ class TrustQueries:
             return QUOTA_MAX, 0
         return max(r.quota for r in rows), min(r.valid for r in rows)
 
+    def record_run(self, worker_id: int, task_types: Sequence[str]) -> int:
+        """The worker's run as validation counts it (slowed by quarantined partners and lineage); the
+        lowest over ``task_types`` (every type it has a record of when empty), 0 without one."""
+        q = (
+            select(s.reputation.c.run, s.workers.c.prior_quarantines, s.workers.c.partner_quarantines)
+            .join(s.workers, s.workers.c.id == s.reputation.c.worker_id)
+            .where(s.reputation.c.worker_id == worker_id)
+        )
+        if task_types:
+            q = q.where(s.reputation.c.task_type.in_(list(task_types)))
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        return min((r.run // (1 + r.prior_quarantines + r.partner_quarantines) for r in rows), default=0)
+
     def reputations(self) -> list[tuple[WorkerRecord, Reputation]]:
         from coopgrid.store.sql import _worker
 
@@ -112,7 +127,7 @@ class TrustQueries:
                 return []
             tasks = conn.execute(
                 select(s.tasks.c.id, s.tasks.c.job_id, s.tasks.c.state, s.tasks.c.issued, s.tasks.c.rooted,
-                       s.jobs.c.task_type, s.jobs.c.policy)
+                       s.tasks.c.known, s.jobs.c.task_type, s.jobs.c.policy)
                 .join(s.jobs, s.jobs.c.id == s.tasks.c.job_id)
                 .where(s.tasks.c.id.in_(ids))
             ).all()
@@ -153,7 +168,7 @@ class TrustQueries:
         by_task: dict[int, TaskCheck] = {
             t.id: TaskCheck(
                 t.id, t.job_id, t.task_type, json.loads(t.policy), t.state, t.issued, None, [], out.get(t.id, 0),
-                rooted=bool(t.rooted),
+                rooted=bool(t.rooted), known=t.known,
             )
             for t in tasks
         }
@@ -266,6 +281,8 @@ class TrustQueries:
 
     def _finalize_provisional(self, conn: Any, worker_id: int) -> set[str]:
         """The worker passed another check: its provisional results with enough checks since become final."""
+        if self.dialect == "sqlite":
+            return self._finalize_provisional_in_place(conn, worker_id)
         finals = conn.execute(
             text(
                 # the literal condition is ix_results_provisional's: a bound one would not select that index
@@ -284,6 +301,30 @@ class TrustQueries:
             )
             self._finalize_partners(conn, [f.task_id for f in finals])
         return {f.job_id for f in finals}
+
+    def _finalize_provisional_in_place(self, conn: Any, worker_id: int) -> set[str]:
+        """:meth:`_finalize_provisional` without the tasks' ids leaving the database: their tasks and
+        partners first, found through the same partial index, then the results themselves.
+
+        SQLite plans these subqueries on the index every time; PostgreSQL keeps the list (its plan for
+        ``IN (subquery)`` depends on statistics it may not have)."""
+        due = (
+            # ix_results_provisional's condition, literally (a bound one would not select that index)
+            "SELECT {} FROM results WHERE worker_id = :w AND status = 'accepted' AND final = false "
+            "AND checks_at <= (SELECT max(checks_passed) FROM reputation WHERE worker_id = :w)"
+        ).format
+        tasks = due("task_id")
+        w = {"w": worker_id}
+        jobs = set(conn.execute(text(due("DISTINCT job_id")), w).scalars())
+        if not jobs:
+            return set()
+        conn.execute(text(f"UPDATE tasks SET state = :done WHERE state = :prov AND id IN ({tasks})"),
+                     {**w, "done": TaskState.DONE.value, "prov": TaskState.PROVISIONAL.value})
+        conn.execute(text(f"UPDATE results SET final = :yes WHERE status = :valid AND final = false "
+                          f"AND task_id IN ({tasks})"), {**w, "yes": True, "valid": ResultStatus.VALID.value})
+        conn.execute(text(f"UPDATE results SET final = :yes WHERE id IN ({due('id')})"),
+                     {**w, "yes": True})
+        return jobs
 
     def _finalize_partners(self, conn: Any, task_ids: list[int]) -> None:
         """A task just became final: the results that agreed with it while it was provisional are paid too."""
@@ -412,14 +453,30 @@ class TrustQueries:
         ).all()
         if not accepted:
             return set()
+        # partners are co-deciders: its quorums' other normal replicas. A gold or audit replica of a
+        # task it decided was a test of that worker against the answer, not a shared decision (counting
+        # them flagged most honest workers of a grid with a few independent cheaters)
+        voted = (
+            select(s.results.c.task_id)
+            .join(s.replicas, s.replicas.c.id == s.results.c.replica_id)
+            .where(s.results.c.worker_id == worker_id, s.replicas.c.kind == ReplicaKind.NORMAL.value,
+                   s.results.c.status.in_([ResultStatus.ACCEPTED.value, ResultStatus.VALID.value]))
+            .scalar_subquery()
+        )
+        # counted in batches, not decisions: leases hand out tasks in order, so the worker that takes
+        # the second replicas of a batch shares all of its decisions at once, by chance
         partners = conn.execute(
-            select(s.results.c.worker_id, func.count())
-            .where(s.results.c.task_id.in_(decided), s.results.c.worker_id != worker_id,
+            select(s.results.c.worker_id, func.count(func.distinct(s.results.c.batch_id)))
+            .join(s.replicas, s.replicas.c.id == s.results.c.replica_id)
+            .where(s.results.c.task_id.in_(voted), s.results.c.worker_id != worker_id,
+                   s.replicas.c.kind == ReplicaKind.NORMAL.value,
                    s.results.c.status.in_([ResultStatus.ACCEPTED.value, ResultStatus.VALID.value]))
             .group_by(s.results.c.worker_id)
         ).all()
-        # a partner is one that shared a real part of its decisions, not an honest worker met by chance
-        close = sorted(w for w, n in partners if n >= max(3, len(accepted) // 20))
+        active = conn.execute(
+            select(func.count()).select_from(s.workers).where(s.workers.c.quarantined_at.is_(None))
+        ).scalar_one()
+        close = sorted(close_partners(dict(partners), active))
         if close:
             conn.execute(
                 update(s.workers).where(s.workers.c.id.in_(close))

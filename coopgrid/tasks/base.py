@@ -124,6 +124,21 @@ class TaskType(abc.ABC):
     def reduce(self, outputs: Sequence[TaskOutput], dataset: Dataset, params: BaseModel, out: Path) -> dict[str, Any]:
         """Write the job's output file to ``out`` (Parquet) and return type-specific summary figures."""
 
+    def gold_task(self, item: Any, output: Any, like: Dataset, params: BaseModel) -> tuple[bytes, int, bytes]:
+        """A submitter's labelled item (a line of ``coopgrid submit --gold FILE``) as a task of a job
+        on dataset ``like``: (input bytes, items, the answer as bytes :meth:`decode` reads).
+
+        ``item`` is one item in JSON: for an array dataset a number or nested list shaped like one
+        of its rows (of its dtype), for a bytes dataset a string (text, UTF-8) or ``{"base64": ...}``;
+        ``output`` is :meth:`gold_output`'s. Raises ValueError saying what is wrong."""
+        data, n = gold_input(self, item, like, params)
+        return data, n, self.gold_output(output, like)
+
+    def gold_output(self, output: Any, like: Dataset) -> bytes:
+        """The known answer of a labelled one-item task, from the JSON a submitter wrote: by default
+        the output as :meth:`decode` returns it (a plugin whose output is not JSON overrides this)."""
+        return self.canonical(output)
+
     # -- worker side ----------------------------------------------------------
 
     def load_model(self, model_bytes: bytes, manifest: dict[str, Any]) -> Any:
@@ -152,6 +167,16 @@ class TaskType(abc.ABC):
         """
         return self.canonical(a) == self.canonical(b)
 
+    def fails_gold(self, known: Any, got: Any) -> bool:
+        """Whether ``got`` fails a submitter's labelled item whose answer is ``known`` (both decoded).
+
+        Judged as slashing judges a lie where the type says what honest hardware cannot explain
+        (an override of :meth:`provably_different`), else by :meth:`agree` (exact, or within its
+        tolerance): an honest worker must never fail it."""
+        if type(self).provably_different is not TaskType.provably_different:
+            return bool(self.provably_different(known, got))
+        return not self.agree(known, got)
+
     def provably_different(self, a: Any, b: Any) -> bool:
         """Whether two outputs differ beyond any doubt: evidence that one of them is a lie (slashing).
 
@@ -163,6 +188,45 @@ class TaskType(abc.ABC):
         if type(self).agree is not TaskType.agree:
             return False
         return self.canonical(a) != self.canonical(b)
+
+
+def gold_input(task: TaskType, item: Any, like: Dataset, params: BaseModel) -> tuple[bytes, int]:
+    """One labelled item, in JSON, as the input of a one-item task of a job on dataset ``like``."""
+    import base64
+    import binascii
+
+    import numpy as np
+
+    if like.kind == "array":
+        raw = np.asarray(item)
+        if raw.dtype.kind not in "biuf":
+            raise ValueError(f"input must be numbers (a row of the dataset), not {type(item).__name__}")
+        row = like.x.shape[1:]
+        if raw.shape != row:
+            raise ValueError(f"input has shape {list(raw.shape)}; the dataset's items have shape {list(row)}")
+        arr = raw.astype(like.x.dtype)
+        if not np.array_equal(arr, raw):
+            raise ValueError(f"input does not fit the dataset's type {like.x.dtype} (it would be rounded)")
+        one = Dataset(arr.reshape((1, *row)), meta=dict(like.meta))
+    elif like.kind == "bytes":
+        if isinstance(item, str):
+            data = item.encode()
+        elif isinstance(item, dict) and set(item) == {"base64"} and isinstance(item["base64"], str):
+            try:
+                data = base64.b64decode(item["base64"], validate=True)
+            except binascii.Error as exc:
+                raise ValueError(f"input's base64 does not decode: {exc}") from None
+        else:
+            raise ValueError('input of a dataset of files is a string (text) or {"base64": "..."} (any bytes)')
+        if not data:
+            raise ValueError("input is empty")
+        one = Dataset.from_items([data], like.media, meta=dict(like.meta))
+    else:
+        raise ValueError(f"labelled items are not supported for {like.kind} datasets (only arrays and files)")
+    tasks = list(task.split(one, 1, params))
+    if len(tasks) != 1:
+        raise ValueError(f"input makes {len(tasks)} tasks, not one")
+    return tasks[0]
 
 
 def run_local(

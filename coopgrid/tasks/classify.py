@@ -245,6 +245,24 @@ class ClassifyTask(TaskType):
     def decode(self, data: bytes) -> dict[str, list[Any]]:
         return orjson.loads(data)
 
+    def gold_output(self, output: Any, like: Dataset) -> bytes:
+        # a submitter knows the label, not this model's confidence: the label is what gold checks
+        # (fails_gold), so it is all a labelled item needs
+        label = output.get("labels", [None])[0] if isinstance(output, dict) else output
+        if isinstance(output, dict) and (set(output) - {"labels", "confidence"} or len(output.get("labels", [])) != 1):
+            raise ValueError('output of classify is the label: 3, "cat" or {"labels": [3]}')
+        if isinstance(label, bool) or not isinstance(label, (int, str)):
+            raise ValueError('output of classify is the label: 3, "cat" or {"labels": [3]}')
+        return orjson.dumps({"labels": [label]})
+
+    def fails_gold(self, known: dict[str, list[Any]], got: dict[str, list[Any]]) -> bool:
+        # a submitter may write a class as 3 or "3" whichever the model emits: the label is what counts.
+        # An item every honest worker reports it cannot decode (a broken image in the gold file) is no
+        # evidence against anyone: quorums judge a worker that claims errors where others do not
+        if got.get("errors"):
+            return False
+        return [str(v) for v in known["labels"]] != [str(v) for v in got.get("labels", [])]
+
     def provably_different(self, a: dict[str, list[Any]], b: dict[str, list[Any]]) -> bool:
         # labels are compared exactly (argmax of one model on one input); confidences with a tolerance
         return a.get("labels") != b.get("labels")

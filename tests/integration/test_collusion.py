@@ -9,10 +9,21 @@ are re-examined.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import select
 
+from coopgrid.protocol import LeaseRequest, b64decode, sha256_hex
 from coopgrid.store import schema as s
-from tests.integration.test_validation import READY, Grid, grid, honest, wrong  # noqa: F401 (grid: fixture)
+from coopgrid.store.base import IncomingResult, WorkerRecord
+from tests.integration.test_validation import (  # noqa: F401 (grid: fixture)
+    READY,
+    Grid,
+    grid,
+    honest,
+    scheduler,
+    wrong,
+)
 
 #: the default policy (newcomers' quorums provisional) without random gold or adaptive acceptance
 DEFAULT = {"gold_rate": 0, "adaptive": False, "replicas": 2}
@@ -118,6 +129,8 @@ def test_a_quarantined_workers_decisions_are_decided_again_and_sealed_ones_repor
     grid.work(grid.worker("operator's own", trusted=True))
     job = grid.job(3, DEFAULT | {"max_invalid": 5})
     c1, c2 = grid.worker("colluder-1"), grid.worker("colluder-2")
+    for i in range(20):  # the rest of the grid: three shared decisions are more than chance gives among 22
+        grid.worker(f"bystander-{i}")
     grid.set_run(c1, 50)  # a long honest record first, then the pair lies together
     grid.set_run(c2, 50)
     grid.work(c1, 1, answer=lie)
@@ -165,3 +178,77 @@ def test_a_quarantined_workers_decisions_are_decided_again_and_sealed_ones_repor
             )
         ).scalar_one()
     assert canonical == f"{job.id[:8]}/input/{other}".encode()
+
+
+# -- audits where they settle something; checks; partners ---------------------------------------
+
+
+def scheduled_work(grid: Grid, tmp_path: Path, w: WorkerRecord) -> list[int]:
+    """Lease through the real scheduler (its placement rules), answer honestly and validate: task ids."""
+    record = grid.store.get_worker(w.address)
+    lease = scheduler(grid.store, tmp_path).lease(record, LeaseRequest(max_replicas=10))
+    if lease is None:
+        return []
+    items = [IncomingResult(r["id"], sha256_hex(b64decode(r["input"])), b64decode(r["input"]), None)
+             for r in lease["replicas"]]
+    outcome = grid.store.record_results(lease["lease_id"], w.id, "0x" + "00" * 65, items, [], grid.tick())
+    grid.validator.validate(outcome.tasks)
+    return outcome.tasks
+
+
+def test_a_newcomers_quorum_waits_for_an_auditor_with_a_record_and_is_then_final(grid: Grid, tmp_path: Path) -> None:
+    job = grid.job(1, DEFAULT)
+    ann, bob, cal, vet = grid.worker("ann"), grid.worker("bob"), grid.worker("cal"), grid.worker("vet")
+    grid.set_run(vet, 50)
+    scheduled_work(grid, tmp_path, ann)
+    scheduled_work(grid, tmp_path, bob)
+    assert grid.task(job, 0)[0] == "provisional"
+    assert grid.kinds(job, 0, READY) == ["audit"]
+    # a third fresh key's agreement would settle nothing: the audit is not leased to it
+    assert scheduled_work(grid, tmp_path, cal) == []
+    assert grid.kinds(job, 0, READY) == ["audit"]
+    assert scheduled_work(grid, tmp_path, vet) == [grid.task_id(job, 0)]
+    assert grid.task(job, 0)[0] == "done"
+    assert grid.results(job, 0) == {"ann": ("accepted", True), "bob": ("valid", True), "vet": ("valid", True)}
+
+
+def test_an_auditor_that_confirms_an_established_workers_result_passes_a_check(grid: Grid) -> None:
+    job = grid.job(1, {"gold_rate": 0, "audit_scale": 10})  # every lone acceptance audited
+    own, vet = grid.worker("owner"), grid.worker("vet")
+    grid.set_run(own, 50)
+    grid.set_run(vet, 50)
+    grid.work(own)  # accepted alone: provisional, audited
+    assert grid.task(job, 0)[0] == "provisional" and grid.kinds(job, 0, READY) == ["audit"]
+    grid.work(vet)
+    assert grid.task(job, 0)[0] == "done"
+    assert grid.rep(own).checks_passed == 1  # its result was checked
+    assert grid.rep(vet).checks_passed == 1  # and so was the auditor, by agreeing with a record
+
+
+def test_confirming_a_newcomers_quorum_is_no_check_of_the_auditor(grid: Grid) -> None:
+    job = grid.job(1, DEFAULT)
+    ann, bob, vet = grid.worker("ann"), grid.worker("bob"), grid.worker("vet")
+    grid.set_run(vet, 50)
+    grid.work(ann)
+    grid.work(bob)
+    grid.work(vet)  # the audit
+    assert grid.task(job, 0)[0] == "done"
+    assert grid.rep(vet).checks_passed == 0
+
+
+def test_an_honest_worker_that_took_one_batch_of_a_cheaters_second_opinions_is_no_partner(grid: Grid) -> None:
+    grid.job(1, QUORUM_ONE)
+    grid.work(grid.worker("operator's own", trusted=True))  # a rooted answer, for the gold test below
+    for i in range(20):
+        grid.worker(f"bystander-{i}")
+    job = grid.job(5, DEFAULT | {"max_invalid": 5})
+    cheater, ann = grid.worker("cheater"), grid.worker("ann")
+    grid.work(cheater, 5)  # right this time
+    grid.work(ann, 5)  # the second opinions of the same five tasks, in one lease: five shared decisions
+    assert [grid.task(job, i)[0] for i in range(5)] == ["provisional"] * 5
+    grid.job(1, DEFAULT)  # filler work to carry the gold test
+    grid.work(cheater, 1, answer=lie, gold=1)
+    assert grid.quarantined(cheater) == "failed a gold task (echo)"
+    assert [grid.task(job, i)[0] for i in range(5)] == ["open"] * 5  # decided again without it
+    partner = grid.store.get_worker(ann.address)
+    assert partner is not None and partner.partner_quarantines == 0  # one batch together is chance

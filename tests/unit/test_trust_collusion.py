@@ -9,8 +9,12 @@ from typing import Any
 from coopgrid.coordinator.trust import (
     Candidate,
     TrustPolicy,
+    close_partners,
+    confirmation,
     decide,
     established,
+    may_audit,
+    record_threshold,
     suspicion,
     suspicion_scores,
 )
@@ -155,3 +159,42 @@ def test_scores_see_registration_cohorts_and_quarantined_neighbours() -> None:
     assert scores[1] > 0 and scores[2] > 0  # registered together with a worker now quarantined
     assert scores[5] > 0
     assert scores[6] == 0.0  # vouched for by the operator
+
+
+# -- audits go where they can settle something ------------------------------------------------
+
+
+def test_only_a_worker_with_a_record_may_take_an_audit() -> None:
+    need = record_threshold(FIXED)
+    assert not may_audit(need, trusted=False, run=need - 1)
+    assert may_audit(need, trusted=False, run=need)
+    assert may_audit(need, trusted=True, run=0)
+    assert record_threshold(TrustPolicy(record_run=0)) == 0 and may_audit(0, trusted=False, run=0)
+
+
+def test_an_audit_by_a_worker_with_a_record_is_final_and_a_check_of_it_when_it_confirms_a_record() -> None:
+    vet, newcomer = cand(1, "x", run=50), cand(2, "x")
+    assert confirmation(FIXED, canonical=cand(3, "x", run=50), auditor=vet) == (True, True)
+    # a newcomer quorum's answer confirmed: final, but agreeing with newcomers tests the auditor little
+    assert confirmation(FIXED, canonical=newcomer, auditor=vet) == (True, False)
+    assert confirmation(FIXED, canonical=cand(3, "x", run=50), auditor=newcomer) == (False, False)
+    assert confirmation(FIXED, canonical=cand(3, "x", trusted=True), auditor=cand(4, "x", trusted=True)) == (True, True)
+
+
+# -- partners of a quarantined worker -----------------------------------------------------------
+
+
+def test_a_partner_shares_far_more_of_its_batches_than_chance_explains() -> None:
+    # 100 workers: a colluder shares 8 batches; honest workers met it once or twice, one of them 3 times
+    shared = {i: 1 + (i % 2) for i in range(10, 60)} | {7: 3, 99: 8}
+    assert close_partners(shared, workers=100) == {99}
+
+
+def test_three_shared_batches_make_a_partner_on_a_grid_where_chance_explains_less() -> None:
+    assert close_partners({2: 3}, workers=20) == {2}
+    assert close_partners({2: 2}, workers=20) == set()  # never fewer than three
+
+
+def test_on_a_grid_of_two_nobody_is_a_partner_by_sharing_what_chance_gives() -> None:
+    assert close_partners({2: 3, 3: 2}, workers=2) == set()
+    assert close_partners({}, workers=50) == set()
