@@ -12,7 +12,8 @@ One coordinator with its defaults (SQLite store, embedded chain sealing epochs) 
    of the upload to the job's ``finished_at``, its output written);
 2. the big job: ``--tasks`` (1,000,000) echo tasks, the same figure, and submission time;
 3. the coordinator's peak resident memory (VmHWM of its process) over the measured jobs,
-   sealing and retention (reset after the warm-up; its peak while starting is printed beside);
+   sealing and retention (reset after the warm-up, and between phases to print each phase's
+   peak; its peak while starting is printed beside);
 4. the database's bytes per task once the big job is sealed and retention has archived and
    purged its rows: the SQLite pages in use (page_count - freelist_count; freed pages are
    reused, the file does not shrink without VACUUM) divided by every task the grid ran; the
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         grid.start_coordinator(*extra, *(() if args.ledger == "default" else ("--ledger", args.ledger)))
         coordinator = grid.coordinator
         assert coordinator is not None
+        console.print(f"  coordinator pid {coordinator.pid}, data dir {tmp}", highlight=False)
         workers = [grid.start_worker(i, "--batch", str(args.batch), "--task-type", "echo") for i in range(args.workers)]
         with ApiClient(grid.url, grid.token, timeout=600) as client:
             with console.status("warming up…"):
@@ -152,11 +154,14 @@ def main(argv: list[str] | None = None) -> int:
                 base = run_job(client, args.baseline_tasks, args.timeout, coordinator)
             console.print(f"  baseline {args.baseline_tasks:,}: {args.baseline_tasks / base['_done_s']:,.0f} tasks/s")
             time.sleep(1.5)
+            phases = {"baseline job": status_bytes(coordinator.pid, "VmHWM")}
+            reset_peak(coordinator.pid)
             with console.status(f"big job: {args.tasks:,} tasks…"):
                 big = run_job(client, args.tasks, args.timeout, coordinator)
             console.print(f"  big job {args.tasks:,}: {args.tasks / big['_done_s']:,.0f} tasks/s "
                           f"(submission {big['_submit_s']:.1f}s)")
-            peak = status_bytes(coordinator.pid, "VmHWM")
+            phases["big job"] = status_bytes(coordinator.pid, "VmHWM")
+            reset_peak(coordinator.pid)
             with console.status("sealing, then retention…"):
                 if args.ledger != "none":
                     client.seal()
@@ -170,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                     if time.monotonic() > deadline:
                         raise RuntimeError("retention did not archive every job within 300s")
                     time.sleep(1)
-            peak = max(peak, status_bytes(coordinator.pid, "VmHWM"))
+            phases["sealing and retention"] = status_bytes(coordinator.pid, "VmHWM")
+            peak = max(phases.values())
             used, on_disk = db_bytes(grid.data_dir / "coopgrid.sqlite")
         for w in workers:
             w.terminate()
@@ -187,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(f"submission of {args.tasks:,} tasks (upload + POST)", f"{big['_submit_s']:.1f} s", "", "")
         table.add_row(f"coordinator peak RSS (VmHWM, {measured_from})", f"{peak / 2**20:,.0f} MB",
                       f"<= {RSS_TARGET // 2**20} MB", "yes" if peak <= RSS_TARGET else "NO")
+        table.add_row("  by phase: " + ", ".join(f"{k} {v / 2**20:,.0f} MB" for k, v in phases.items()), "", "", "")
         table.add_row("  (its peak while starting and warming up)", f"{startup_peak / 2**20:,.0f} MB", "", "")
         table.add_row("database bytes per task after retention", f"{per_task:,.0f} B ({used / 2**20:,.1f} MB in use "
                       f"for {total_tasks:,} tasks; file + WAL {on_disk / 2**20:,.0f} MB)", f"<= {DB_BYTES_TARGET} B",

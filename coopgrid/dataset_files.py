@@ -15,6 +15,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from coopgrid.datasets import (
@@ -185,31 +186,101 @@ def csv_records(data: bytes, budget: Budget | None = None, name: str = "") -> li
     return records
 
 
-def _csv_items(files: list[Path], root: Path, budget: Budget) -> tuple[list[bytes], list[str], dict[str, Any]]:
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True  # what bytes.strip() strips
+
+
+def csv_spans(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`csv_records` of ``data`` as arrays, with no Python object per record: each record's
+    (start, end) in ``data`` and its first line's number; None when ``data`` holds a carriage
+    return (a line may then end three ways: :func:`csv_records` reads it).
+
+    A record ends with the line that leaves an even number of quotes since the file's start, so
+    a quoted field's newlines stay inside its record; blank records are left out."""
+    if b"\r" in data:
+        return None
+    arr = np.frombuffer(data, dtype=np.uint8)
+    nl = np.flatnonzero(arr == 10)
+    starts = np.concatenate([[0], nl + 1])
+    ends = np.concatenate([nl, [len(arr)]])
+    if starts[-1] == ends[-1]:  # no line after the last newline (or no data)
+        starts, ends = starts[:-1], ends[:-1]
+    if not len(starts):
+        return starts, ends, starts
+    quotes = np.flatnonzero(arr == 34)
+    closed = np.searchsorted(quotes, ends) % 2 == 0  # the quotes opened so far are all closed at this line's end
+    closed[-1] = True  # an open quote at the end: what is pending is one last record (its worker says why)
+    last = np.flatnonzero(closed)
+    first = np.concatenate([[0], last[:-1] + 1])
+    rec_start, rec_end = starts[first], ends[last]
+    # a record's span and the newline after it: any byte that is not whitespace keeps the record
+    keep = np.logical_or.reduceat(~_WHITESPACE[arr], rec_start) & (rec_end > rec_start)
+    return rec_start[keep], rec_end[keep], first[keep] + 1
+
+
+def _gather(data: bytes, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The spans ``starts[i]:ends[i]`` of ``data`` end to end, and their offsets (n + 1)."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    lengths = (ends - starts).astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    # +1 where a span starts, -1 where one ends: inside a span the running sum is 1 (spans never overlap)
+    mark = np.zeros(len(arr) + 1, dtype=np.int8)
+    mark[starts] += 1
+    mark[ends] -= 1
+    return arr[np.cumsum(mark[:-1], dtype=np.int8) > 0], offsets
+
+
+def _csv_dataset(files: list[Path], root: Path, budget: Budget) -> Dataset:
     import csv
 
-    items, ids = [], []
+    xs, offs, ids = [], [], []
     header: list[str] | None = None
     delimiter = "\t" if files[0].suffix.lower() == ".tsv" else ","
+    total = 0
     for f in files:
         name = str(f.relative_to(root)) if f != root else f.name
-        records = csv_records(_read(f, budget), budget, name)
-        if not records:
-            continue
+        data = _read(f, budget)
+        spans = csv_spans(data)
+        if spans is None:
+            records = csv_records(data, budget, name)
+            if not records:
+                continue
+            first = records[0][1]
+            body = [rec for _, rec in records[1:]]
+            x = np.frombuffer(b"".join(body), dtype=np.uint8)
+            offsets = np.zeros(len(body) + 1, dtype=np.int64)
+            np.cumsum([len(r) for r in body], out=offsets[1:])
+            line_numbers = np.array([line for line, _ in records[1:]], dtype=np.int64)
+        else:
+            starts, ends, line_numbers = spans
+            if not len(starts):
+                continue
+            first = data[starts[0] : ends[0]]
+            starts, ends, line_numbers = starts[1:], ends[1:], line_numbers[1:]
+            budget.take(int((ends - starts).sum()), name, len(starts))  # as csv_records counts them
+            x, offsets = _gather(data, starts, ends)
         try:
-            this = next(csv.reader([records[0][1].decode("utf-8-sig")], delimiter=delimiter))
+            this = next(csv.reader([first.decode("utf-8-sig")], delimiter=delimiter))
         except (UnicodeDecodeError, csv.Error) as exc:
             raise DatasetError(f"cannot read the header of {name}: {exc}") from exc
         if header is None:
             header = this
         elif this != header:
             raise DatasetError(f"{name}'s header {this} differs from the first shard's {header}")
-        for line, rec in records[1:]:
-            items.append(rec)
-            ids.append(f"{name}:{line}")
-    if header is None or not items:
+        xs.append(x)
+        offs.append(offsets[1:] + total)
+        total += int(offsets[-1])
+        # "file:line" as UTF-8 bytes, the form Dataset.to_npz stores ids in
+        width = len(str(int(line_numbers.max()))) if len(line_numbers) else 1
+        ids.append(np.strings.add(np.bytes_(f"{name}:".encode()), line_numbers.astype(f"S{width}")))
+    if header is None or not sum(len(o) for o in offs):
         raise DatasetError(f"{root} holds no CSV records")
-    return items, ids, {"header": header, "delimiter": delimiter}
+    offsets = np.concatenate([np.zeros(1, dtype=np.int64), *offs])
+    return Dataset(
+        x=np.concatenate(xs) if xs else np.zeros(0, dtype=np.uint8), ids=np.concatenate(ids), offsets=offsets,
+        kind="bytes", media="csv", meta={"header": header, "delimiter": delimiter},
+    )
 
 
 def load_items(path: Path | str, pdf_dpi: int = 200, limits: DatasetLimits | None = None) -> Dataset:
@@ -245,8 +316,7 @@ def load_items(path: Path | str, pdf_dpi: int = 200, limits: DatasetLimits | Non
         items, ids = _text_items(files, root, budget)
         return Dataset.from_items(items, "text", ids)
     if cat == "csv":
-        items, ids, meta = _csv_items(files, root, budget)
-        return Dataset.from_items(items, "csv", ids, meta=meta)
+        return _csv_dataset(files, root, budget)
     # parquet: one table; a preprocess job's output becomes its items again
     tables, ids = [], []
     for f in files:

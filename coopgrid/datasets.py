@@ -119,6 +119,8 @@ class Dataset:
         """The ids of items ``start`` to ``stop`` (default: all), a shard's continuing its job's numbering."""
         stop = len(self) if stop is None else stop
         if self.ids is not None:
+            if self.ids.dtype.kind == "S":  # UTF-8, as to_npz writes them
+                return [i.decode("utf-8", "replace") for i in self.ids[start:stop]]
             return [str(i) for i in self.ids[start:stop]]
         return [f"item-{self.id_offset + i}" for i in range(start, stop)]
 
@@ -230,7 +232,7 @@ class Dataset:
         if self.y is not None:
             arrays["y"] = self.y.astype(str) if self.y.dtype == object else self.y
         if self.ids is not None:
-            arrays["ids"] = self.ids.astype(str)
+            arrays["ids"] = _compact_ids(self.ids)
         if self.kind != "array":
             arrays["kind"] = np.array(self.kind)
             arrays["media"] = np.array(self.media)
@@ -269,6 +271,19 @@ class Dataset:
         )
         dataset.__dict__["_limits"] = limits
         return dataset
+
+
+def _compact_ids(ids: np.ndarray) -> np.ndarray:
+    """Item ids as UTF-8 bytes (``S``), a quarter of NumPy's four bytes per character for the
+    usual ASCII ids ("part-000.csv:17"): a million rows' ids are then 19 MB instead of 76 MB in
+    the upload, the blob store and every read of the dataset."""
+    if ids.dtype.kind == "S":
+        return ids
+    text = ids.astype(str)
+    try:
+        return text.astype("S")  # ASCII: one C pass
+    except UnicodeEncodeError:
+        return np.strings.encode(text, "utf-8")
 
 
 # -- task input bundles ---------------------------------------------------------------

@@ -70,6 +70,8 @@ def _content_refusal(reason: str | None) -> bool:
 #: broadcast) or right after it is broadcast (before its receipt is seen): the crashes that the
 #: reconciliation on start exists for, driven by tests/acceptance/test_coordinator_crash.py.
 TEST_CRASH_VARIABLE = "COOPGRID_TEST_CRASH"
+#: results trees kept for proofs and sealing, in leaves (the newest tree is kept whatever its size)
+TREE_CACHE_LEAVES = 40_000
 
 
 def _test_crash(point: str) -> None:
@@ -363,9 +365,11 @@ class Sealer:
                 tree = merkle.StandardMerkleTree.load(json.loads(self.blobs.get(e.results_dump)))
             else:
                 tree = merkle.result_tree(leaf_value(r) for r in self.store.epoch_results(n))
-            if len(self._trees) > 8:
-                self._trees.pop(next(iter(self._trees)))
             self._trees[n] = tree
+            # bounded by leaves, not trees: an epoch's tree holds ~1 KB of Python objects a leaf, and
+            # nine epochs of 20,000 results each held ~180 MB in a million-task job
+            while len(self._trees) > 1 and sum(map(len, self._trees.values())) > TREE_CACHE_LEAVES:
+                self._trees.pop(next(iter(self._trees)))
         return tree
 
     def rewards_tree(self, n: int) -> merkle.StandardMerkleTree | None:

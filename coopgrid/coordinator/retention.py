@@ -25,6 +25,7 @@ from sqlalchemy import Boolean, Float, Integer, LargeBinary
 
 from coopgrid.blobs import BlobStore
 from coopgrid.coordinator.summary import put_file
+from coopgrid.memory import release_unused
 from coopgrid.store import schema as s
 from coopgrid.store.base import JobRecord, SealedResult, Store
 from coopgrid.store.schema import ResultStatus
@@ -77,6 +78,7 @@ def purge_sealed_jobs(store: Store, blobs: BlobStore, retention_seconds: float, 
     for job_id in store.jobs_to_archive(now - retention_seconds, sealed, limit):
         archive = archive_job(store, blobs, job_id)
         rows = store.purge_job(job_id, archive, now)
+        release_unused()  # the archive's Parquet buffers and row dicts: job-sized, not needed again
         if rows:
             purged.append(job_id)
             log.info("job %s archived to %s and %d rows purged", job_id, archive, rows,

@@ -22,6 +22,7 @@ from coopgrid.blobs import BlobStore
 from coopgrid.config import REWARD_CEILING, Settings
 from coopgrid.datasets import Dataset
 from coopgrid.limits import DatasetLimits
+from coopgrid.memory import release_unused
 from coopgrid.coordinator.access import can_read, unreadable_dataset
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.coordinator.trust import TrustPolicy, gold_probability, may_audit, record_threshold
@@ -174,7 +175,11 @@ class Scheduler:
             shards=tuple(spec.shards),
         )
         new_tasks = self._tasks(spec, task_type, params, dataset, limits, model.manifest if model_hash else None)
-        record = self.store.create_job(job, new_tasks, time.time(), gold=gold)
+        try:
+            record = self.store.create_job(job, new_tasks, time.time(), gold=gold)
+        finally:
+            del dataset
+            release_unused()  # the decoded dataset and the task rows made for the inserts
         self.wakeup.notify(others=True)
         log.info(
             "job %s submitted by %s: %s, %d items in %d tasks", record.id, token.name, record.task_type,

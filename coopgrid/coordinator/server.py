@@ -215,6 +215,9 @@ def serve(
     announce: Callable[[str], None] = print,
 ) -> None:
     """Serve until SIGINT/SIGTERM. Prints the operator token the first time only."""
+    from coopgrid.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before the request threads start, each with an arena of its own
     # the database, blobs and keys are nobody else's business on a shared machine
     os.umask(0o077)
     try:

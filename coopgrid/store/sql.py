@@ -582,6 +582,12 @@ class SqlStore(
             if homogeneous_jobs else {}
         )
         type_filter = " AND job_id IN (SELECT id FROM jobs WHERE state = 'running' AND task_type IN :types)"
+        if self.dialect == "sqlite":
+            # the unary + keeps SQLite off ix_replicas_job_state: through it, each lease read every
+            # ready replica of the job and sorted them all for the first :n (a million-task job's
+            # leases grew slower as it went); on ix_replicas_ready_task the order is the index's and
+            # the walk stops after :n
+            type_filter = type_filter.replace(" AND job_id", " AND +job_id")
         # Placement: never a second replica of a task to the same worker or to a
         # worker of the same owner, and at most one replica of a task per lease.
         candidates = (

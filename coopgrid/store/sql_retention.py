@@ -17,6 +17,10 @@ from coopgrid.store.schema import EpochState, JobState, ReplicaState, ResultStat
 
 #: rows read (and written to the archive) at a time
 ARCHIVE_BATCH = 5_000
+#: a result batch's row holds its signed list (~80 B a result, so ~80 KB for a lease of 1,000):
+#: 5,000 of them at once were a million-task job's every batch, ~80 MB of text that its Python
+#: rows, Arrow table and Parquet pages held several times over (the coordinator peaked ~900 MB)
+ARCHIVE_BATCH_ROWS = {"result_batches": 20}
 
 
 class RetentionQueries:
@@ -76,9 +80,10 @@ class RetentionQueries:
         else:
             t = {"tasks": s.tasks, "replicas": s.replicas}[table]
             q = select(t).where(t.c.job_id == job_id).order_by(t.c.id)
+        size = ARCHIVE_BATCH_ROWS.get(table, ARCHIVE_BATCH)
         with self._read() as conn:
-            result = conn.execute(q.execution_options(yield_per=ARCHIVE_BATCH))
-            for part in result.partitions(ARCHIVE_BATCH):
+            result = conn.execute(q.execution_options(yield_per=size))
+            for part in result.partitions(size):
                 yield [row._asdict() for row in part]
 
     def purge_job(self, job_id: str, archive_hash: str, now: float) -> int:

@@ -148,11 +148,14 @@ def column_partial(values: np.ndarray, missing: int, edges: tuple[float, float] 
     n = len(values)
     part: dict[str, Any] = {"n": n, "missing": missing}
     if n:
-        mean = math.fsum(values) / n
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        # fsum over a memoryview: its floats are made one at a time, not as NumPy scalars or a list
+        total = math.fsum(memoryview(values))
+        mean = total / n
         part |= {
-            "sum": math.fsum(values),
+            "sum": total,
             "mean": mean,
-            "m2": math.fsum((values - mean) ** 2),
+            "m2": math.fsum(memoryview((values - mean) ** 2)),
             "min": float(values.min()),
             "max": float(values.max()),
         }
@@ -315,20 +318,38 @@ def _arrow_table(
 _PLAIN_NUMBER = r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 
 
-def column_numbers(col: pa.ChunkedArray) -> tuple[np.ndarray, int, list[tuple[int, str]]]:
+def column_numbers(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, int, list[tuple[int, str]]]:
     """A string column's finite numbers, its count of missing values, and (row, reason) of the others.
 
-    One cast for the whole column when every value is a plain finite number;
-    otherwise the plain ones are cast and only the rest go through
-    :func:`_number` one by one (missing, a word, spaces around a number, ``inf``)."""
+    One cast per chunk when every value of the chunk is a plain finite number
+    (a few bad values slow down their own chunk only, not the column); otherwise
+    the plain ones are cast and only the rest go through :func:`_number` one by
+    one (missing, a word, spaces around a number, ``inf``)."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    kept: list[np.ndarray] = []
+    n_missing = 0
+    problems: list[tuple[int, str]] = []
+    offset = 0
+    for chunk in chunks:
+        vals, missing, bad = _chunk_numbers(chunk)
+        kept.append(vals)
+        n_missing += missing
+        problems += [(offset + row, reason) for row, reason in bad]
+        offset += len(chunk)
+    if not kept:
+        return np.zeros(0, dtype=np.float64), 0, []
+    return (kept[0] if len(kept) == 1 else np.concatenate(kept)), n_missing, problems
+
+
+def _chunk_numbers(chunk: pa.Array) -> tuple[np.ndarray, int, list[tuple[int, str]]]:
     try:
-        vals = pc.cast(col, pa.float64()).to_numpy()
+        vals = pc.cast(chunk, pa.float64()).to_numpy(zero_copy_only=False)
         if np.isfinite(vals).all():
             return np.ascontiguousarray(vals, dtype=np.float64), 0, []
     except pa.ArrowInvalid:
         pass
-    plain = np.array(pc.match_substring_regex(col, _PLAIN_NUMBER).to_numpy(zero_copy_only=False), dtype=bool)
-    vals = pc.cast(col.filter(pa.array(plain)), pa.float64()).to_numpy()
+    plain = np.array(pc.match_substring_regex(chunk, _PLAIN_NUMBER).to_numpy(zero_copy_only=False), dtype=bool)
+    vals = pc.cast(chunk.filter(pa.array(plain)), pa.float64()).to_numpy(zero_copy_only=False)
     finite = np.isfinite(vals)
     if not finite.all():  # 1e999 is plain, and infinite
         plain[np.flatnonzero(plain)[~finite]] = False
@@ -337,7 +358,7 @@ def column_numbers(col: pa.ChunkedArray) -> tuple[np.ndarray, int, list[tuple[in
     kept = [vals]
     n_missing = 0
     problems: list[tuple[int, str]] = []
-    for row, text in zip(np.flatnonzero(rest).tolist(), col.filter(pa.array(rest)).to_pylist()):
+    for row, text in zip(np.flatnonzero(rest).tolist(), chunk.filter(pa.array(rest)).to_pylist()):
         try:
             v = _number(text)
         except ValueError as exc:
@@ -557,7 +578,6 @@ class StatsTask(TaskType):
 
     def reduce(self, outputs: Sequence[TaskOutput], dataset: Dataset, params: BaseModel, out: Path) -> dict[str, Any]:
         assert isinstance(params, StatsParams)
-        ids = dataset.item_ids()
         merged: dict[str, dict[str, Any]] = {}
         bad_ids, bad_reasons = [], []
         rows = 0
@@ -566,7 +586,8 @@ class StatsTask(TaskType):
             rows += o.output["rows"]
             k = o.output["k"]
             for i, reason in o.output["errors"]:
-                bad_ids.append(ids[o.first_item + i])
+                # the ids of the bad rows only: a million rows' ids would cost more than the reduction
+                bad_ids += dataset.item_ids(o.first_item + i, o.first_item + i + 1)
                 bad_reasons.append(reason)
             for c, part in o.output["columns"].items():
                 merged[c] = merge_partials(merged[c], part) if c in merged else part

@@ -93,3 +93,25 @@ def test_a_negative_retention_is_refused_with_the_setting_named(tmp_path):
 
     with pytest.raises(ValidationError, match="retention_seconds"):
         Settings(data_dir=tmp_path, retention_seconds=-1)
+
+
+def test_result_batches_are_archived_a_few_at_a_time(tmp_path, monkeypatch):
+    # a result batch's row carries its signed list (~80 KB for a lease of 1,000 results): read
+    # 5,000 at a time, a million-task job's batches all came at once and the coordinator's memory
+    # peaked at ~900 MB while archiving them
+    from coopgrid.coordinator.retention import archive_job
+    from coopgrid.store import sql_retention
+
+    monkeypatch.setattr(sql_retention, "ARCHIVE_BATCH_ROWS", {"result_batches": 4})
+    app = open_app(tmp_path)
+    try:
+        job_id = run_job(app, 30, reward=0)  # two replicas a lease: 15 result batches
+        app.summarizer.finalize(job_id)
+        sizes = [len(b) for b in app.store.archive_rows(job_id, "result_batches")]
+        assert sizes == [4, 4, 4, 3]
+        assert [len(b) for b in app.store.archive_rows(job_id, "results")] == [30]  # the others as before
+        app.store.purge_job(job_id, archive_job(app.store, app.blobs, job_id), time.time())
+        batches = archived_table(app.blobs, app.store.get_job(job_id), "result_batches")
+        assert batches.num_rows == 15 and all(batches.column("signed").to_pylist())
+    finally:
+        app.close()

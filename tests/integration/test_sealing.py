@@ -392,3 +392,26 @@ def test_an_epoch_of_held_jobs_only_gives_its_number_to_the_next(tmp_path, monke
         assert epoch.number == 1 and {r.job_id for r in app.store.epoch_results(1)} == {later}
     finally:
         app.close()
+
+
+def test_results_trees_kept_for_proofs_are_bounded_by_leaves_and_proofs_still_work(tmp_path, monkeypatch):
+    # each epoch's tree was kept, up to nine of them whatever their size (~650 B a leaf: a
+    # million-task job held ~120 MB of them); now the cache holds a bounded number of leaves and
+    # an older epoch's proof is read back from its dump
+    from coopgrid.coordinator import epochs
+
+    monkeypatch.setattr(epochs, "TREE_CACHE_LEAVES", 5)
+    app = open_app(tmp_path)
+    try:
+        jobs = []
+        for _ in range(3):
+            jobs.append(run_job(app, 4, reward=0))
+            app.sealer.step(force=True)
+            assert sum(map(len, app.sealer._trees.values())) <= 5 and len(app.sealer._trees) == 1
+        for n, job_id in enumerate(jobs, 1):
+            for task in range(4):
+                p = app.sealer.result_proof(job_id, task)
+                assert p["epoch"] == n and app.ledger.verify_result(n, p["leaf_hash"], p["proof"])
+        assert sum(map(len, app.sealer._trees.values())) <= 5
+    finally:
+        app.close()

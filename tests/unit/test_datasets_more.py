@@ -114,3 +114,54 @@ def test_load_for_task_keeps_named_sets_and_reads_files_as_items(tmp_path):
     d = datasets.load_for_task(str(tmp_path), "classify", {"input": {"image_size": [8, 8], "value_max": 16}})
     assert d.kind == "bytes" and d.media == "image"
     assert datasets.load(str(tmp_path)).kind == "array"  # the digits path still decodes at load
+
+
+def test_item_ids_travel_as_utf8_and_come_back_as_given():
+    # ids are stored as UTF-8 bytes (a quarter of NumPy's four bytes per character) and read
+    # back as the same text, ASCII or not, whole or a slice at a time
+    from coopgrid.datasets import Dataset
+
+    ids = [f"part-{i % 3:03d}.csv:{i + 2}" for i in range(1000)]
+    d = Dataset.from_items([b"x"] * 1000, "text", ids=ids)
+    back = Dataset.from_npz(d.to_npz())
+    assert back.item_ids() == ids and back.item_ids(10, 12) == ids[10:12]
+    assert back.ids.dtype.kind == "S" and back.ids.nbytes < d.ids.nbytes / 3
+    odd = ["naïve.csv:2", "数据.csv:3", "plain"]
+    back = Dataset.from_npz(Dataset.from_items([b"a", b"b", b"c"], "text", ids=odd).to_npz())
+    assert back.item_ids() == odd and back.item_ids(1, 2) == ["数据.csv:3"]
+
+
+def _records_by_reference(data: bytes) -> list[tuple[int, bytes]]:
+    from coopgrid.dataset_files import csv_records
+
+    return csv_records(data)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_csv_records_found_with_arrays_are_those_the_line_reader_finds(seed):
+    # the array path (no Python object per record) against csv_records, on CSV with quoted
+    # newlines, blank and whitespace-only lines, a quote left open at the end, no final newline
+    import random
+
+    from coopgrid.dataset_files import csv_spans
+
+    rng = random.Random(seed)
+    pieces = [b"a,b", b"1,2", b'"x\ny",3', b"", b"  ", b"\t", b'4,"5', b'6"', b"7,8", b'""', b'"q",""""']
+    data = b"\n".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+    if rng.random() < 0.5:
+        data += b"\n"
+    starts, ends, lines = csv_spans(data)
+    got = [(int(n), data[a:b]) for n, a, b in zip(lines, starts, ends)]
+    assert got == _records_by_reference(data), data
+
+
+def test_a_csv_with_carriage_returns_is_read_line_by_line_as_before(tmp_path):
+    from coopgrid.dataset_files import csv_spans
+
+    assert csv_spans(b"a,b\r\n1,2\r\n") is None
+    (tmp_path / "w.csv").write_bytes(b"a,b\r\n1,2\r\n\r\n3,\"4\r\n5\"\r\n")
+    (tmp_path / "x.csv").write_bytes(b"a,b\n6,7\n\n  \n\"8\n9\",10")
+    d = datasets.load_items(tmp_path)
+    assert d.items() == [b"1,2", b'3,"4\n5"', b"6,7", b'"8\n9",10']
+    assert d.item_ids() == ["w.csv:2", "w.csv:4", "x.csv:2", "x.csv:5"]
+    assert d.meta == {"header": ["a", "b"], "delimiter": ","}

@@ -163,3 +163,34 @@ def test_a_task_split_before_csv_blocks_still_runs(tmp_path):
             "bins": 4, "k": 64}
     out = t.run(pack([b"1,x", b"3,y", b"oops,z"], meta), None, params)
     assert out["rows"] == 3 and out["columns"]["a"]["n"] == 2 and out["errors"] == [[2, "column 'a': 'oops' is not a number"]]
+
+
+def test_bad_values_in_a_later_chunk_are_pinned_on_their_own_rows():
+    # each chunk is cast on its own: a bad value costs its chunk the slow path, and the rows it
+    # reports count from the column's start, not the chunk's
+    from coopgrid.tasks.stats import column_numbers
+
+    col = pa.chunked_array([["1", "2", "3"], ["4", "oops", ""], ["7", "inf"], ["8"]])
+    values, missing, problems = column_numbers(col)
+    assert sorted(values.tolist()) == [1.0, 2.0, 3.0, 4.0, 7.0, 8.0] and missing == 1
+    assert problems == [(4, "'oops' is not a number"), (7, "'inf' is not a finite number")]
+    assert column_numbers(pa.chunked_array([], pa.string()))[0].tolist() == []
+
+
+def test_every_bad_row_of_a_big_csv_keeps_its_own_id_and_reason(tmp_path):
+    # past pyarrow's one-block size the reader hands back several chunks per column; the bad rows
+    # of every task still come back one by one, each under its own file:line id
+    truth = write_csv_shards(tmp_path / "shards", 60_000, shards=2, bad_rows=12)
+    data = datasets.load_items(tmp_path / "shards")
+    t = tasks.get("stats")
+    figures, _ = run_local(t, data, 30_000, {"columns": ["x", "y"]}, out=tmp_path / "o.parquet")
+    rows = pq.read_table(tmp_path / "o.parquet").to_pylist()
+    bad = {r["item_id"]: r["error"] for r in rows if r["kind"] == "bad_item"}
+    assert figures["bad_items"] == 12 and len(bad) == 12
+    x = next(r for r in rows if r["column"] == "x")
+    assert x["count"] == len(truth["x"])
+    for item_id, error in bad.items():
+        name, line = item_id.split(":")
+        record = (tmp_path / "shards" / name).read_text().splitlines()[int(line) - 1]
+        assert ("oops" in record) == ("'oops' is not a number" in error), (record, error)
+        assert (record.count(",") == 1) == error.startswith("bad CSV row: 2 fields"), (record, error)
