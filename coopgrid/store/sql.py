@@ -616,6 +616,8 @@ class SqlStore(
             take = take.bindparams(bindparam("homogeneous", expanding=True))
         expires = now + lease_seconds
         with self._write() as conn:
+            if conn.execute(select(s.workers.c.quarantined_at).where(s.workers.c.id == worker_id)).scalar():
+                return None  # quarantined by a round that committed since the caller looked
             kin = self._kin(conn, worker_id, separate_networks)
             params: dict[str, Any] = {
                 "ready": int(ReplicaState.READY),
@@ -980,6 +982,24 @@ class SqlStore(
                 conn.execute(insert(s.results), rows)
             ok = [it.replica_id for it in live if it.error is None]
             failed = [replica_rows[it.replica_id] for it in live if it.error is not None]
+            if quarantined and ok:
+                # its answers count for nothing, so the replicas are not done: back to the queue, as
+                # quarantine does with what a worker holds (this lease may have been taken in the
+                # instant before the quarantine was written); a gold test is simply dropped
+                outcome.replicas_added += conn.execute(
+                    text(
+                        "UPDATE replicas SET state = :ready, worker_id = NULL, lease_id = NULL "
+                        "WHERE id IN :ids AND kind != 'gold'"
+                    ).bindparams(bindparam("ids", expanding=True)),
+                    {"ready": int(ReplicaState.READY), "ids": ok},
+                ).rowcount
+                conn.execute(
+                    text("UPDATE replicas SET state = :st WHERE id IN :ids AND kind = 'gold'").bindparams(
+                        bindparam("ids", expanding=True)
+                    ),
+                    {"st": int(ReplicaState.CANCELLED), "ids": ok},
+                )
+                ok = []
             if ok:
                 conn.execute(
                     text("UPDATE replicas SET state = :st WHERE id IN :ids").bindparams(

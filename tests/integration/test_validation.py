@@ -684,3 +684,20 @@ def test_a_lone_result_is_judged_as_it_is_recorded_without_a_validation_round(st
     grid.validator.validate(out.tasks)
     assert grid.task(jobs[1], 0) == ("done", 2)
     assert grid.results(jobs[1], 0) == {"newbie": ("accepted", True), "vet": ("valid", True)}
+
+
+def test_a_lease_taken_in_the_instant_before_its_worker_was_quarantined_goes_back_to_the_queue(grid: Grid) -> None:
+    job = grid.job(1, QUORUM)
+    cheat, a, b = grid.worker("cheat"), grid.worker("a"), grid.worker("b")
+    lease = grid.lease(cheat)
+    assert lease is not None
+    # the round that quarantines it committed after this lease was taken (their write transactions
+    # queued one behind the other), so quarantine found nothing held to release
+    with grid.store.engine.begin() as conn:
+        conn.execute(update(s.workers).where(s.workers.c.id == cheat.id).values(quarantined_at=grid.tick()))
+    assert grid.lease(cheat) is None  # and no more leases, whatever its caller last read
+    assert set(grid.answer(cheat, lease).values()) == {"rejected"}
+    assert grid.kinds(job, 0, READY) == ["normal"]  # its replica is not spent: someone else does it
+    grid.work(a)
+    grid.work(b)
+    assert grid.task(job, 0)[0] == "done" and grid.completed == [job.id]
