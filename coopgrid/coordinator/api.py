@@ -181,12 +181,6 @@ def create_api(app: App) -> FastAPI:
                     await run_in_threadpool(_catch_up)
                 if rounds % 30 == 15:
                     await run_in_threadpool(_retain)
-                if rounds % 10 == 5:
-                    # PostgreSQL without autovacuum never learns how big the tables grew: plans for an
-                    # empty grid (sequential scans) would stay in use at a million tasks
-                    analyzed = await run_in_threadpool(app.store.refresh_statistics)
-                    if analyzed:
-                        log.debug("planner statistics refreshed: %s", ", ".join(analyzed))
             except (DatabaseUnavailable, OperationalError) as exc:  # restarting, failing over: the next round
                 log.warning("reaping expired leases failed: the database is unavailable (%s)",
                             getattr(exc, "orig", None) or exc)

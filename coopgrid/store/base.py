@@ -807,13 +807,6 @@ class Store(abc.ABC):
         """duty -> the process holding its unexpired lease."""
 
     @abc.abstractmethod
-    def refresh_statistics(self) -> list[str]:
-        """Refresh the query planner's statistics of the tables that changed much since (a leader duty).
-
-        Where the database server analyzes tables itself (PostgreSQL with autovacuum on), nothing is
-        done. Returns the tables analyzed."""
-
-    @abc.abstractmethod
     def remember_nonce(self, address: str, nonce: str, expires_at: float) -> bool:
         """Record a signed request's nonce; False if it is recorded already (a replay)."""
 

@@ -39,29 +39,6 @@ class DutyQueries:
 
     # -- duties -------------------------------------------------------------------
 
-    #: tables whose plans follow their size (leasing, recording, validation, gold): analyzed as
-    #: autovacuum would (50 rows + 10% changed since the last time), when the server does not
-    ANALYZED = ("tasks", "replicas", "results", "reputation", "leases", "result_batches", "workers")
-
-    def refresh_statistics(self) -> list[str]:
-        if self.dialect != "postgresql":
-            return []  # SQLite plans without statistics, and its queries are written for that
-        with self._read() as conn:
-            if conn.execute(text("SELECT current_setting('autovacuum') = 'on'")).scalar():
-                return []
-            stale = list(conn.execute(
-                text(
-                    "SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid "
-                    "WHERE s.relname IN :tables AND s.n_mod_since_analyze > 50 + 0.1 * greatest(c.reltuples, 0) "
-                    "ORDER BY s.relname"
-                ).bindparams(bindparam("tables", expanding=True)),
-                {"tables": list(self.ANALYZED)},
-            ).scalars())
-        for table in stale:  # each on its own: a lock wait on one table does not hold up the others
-            with self._write() as conn:
-                conn.execute(text(f'ANALYZE "{table}"'))
-        return stale
-
     def hold_duty(self, name: str, holder: str, ttl: float, now: float) -> bool:
         with self._write() as conn:
             # compare-and-set: renew our own lease or take an expired one; the row lock taken by the

@@ -25,7 +25,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, insert, inspect, select, text, update
+from sqlalchemy import func, insert, inspect, select, update
 
 from coopgrid.coordinator.validation import Validator
 from coopgrid.errors import Conflict, JobNotFound, LeaseError
@@ -307,34 +307,6 @@ def test_create_job_makes_its_tasks_with_one_ready_replica_each(store: SqlStore)
         assert r.n_items == 3
     assert lease.jobs[job.id].task_type == "echo"
     assert lease.jobs[job.id].params == {"k": 1}
-
-
-def test_planner_statistics_are_refreshed_where_the_server_does_not(store: SqlStore) -> None:
-    make_job(store, 300)
-    if store.dialect == "sqlite":
-        assert store.refresh_statistics() == []  # SQLite's queries are written to plan without them
-        return
-    with store.engine.connect() as conn:
-        if conn.execute(text("SHOW autovacuum")).scalar() == "on":
-            assert store.refresh_statistics() == []  # the server analyzes by itself
-            return
-    # the inserting sessions report their counts when they end: end them, and wait for the report
-    store.engine.dispose()
-    for _ in range(100):
-        with store.engine.connect() as conn:
-            changed = conn.execute(
-                text("SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relname = 'tasks'")
-            ).scalar()
-        if changed >= 300:
-            break
-        threading.Event().wait(0.1)
-    analyzed = store.refresh_statistics()
-    assert {"tasks", "replicas"} <= set(analyzed)
-    with store.engine.connect() as conn:
-        when = conn.execute(text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'tasks'")).scalar()
-        rows = conn.execute(text("SELECT reltuples FROM pg_class WHERE relname = 'tasks'")).scalar()
-    assert when is not None and rows == 300  # the planner knows how many tasks there are
-    assert "tasks" not in store.refresh_statistics()  # nothing changed since
 
 
 def test_queue_depth_counts_only_as_far_as_each_active_workers_share_needs(store: SqlStore) -> None:
