@@ -71,6 +71,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _postgres_session(dbapi_conn: Any, _record: Any) -> None:
+    # short statements by the thousand: JIT compiling one whose estimated cost crosses
+    # jit_above_cost (a lease over a big job, once the tables are analyzed) took longer than running it
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SET jit = off")
+    dbapi_conn.commit()
+
+
 def open_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
@@ -82,6 +90,7 @@ def open_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql"):
         engine = create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        event.listen(engine, "connect", _postgres_session)
         maybe_attach(engine)
         return engine
     raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql+psycopg://...")

@@ -309,6 +309,16 @@ def test_create_job_makes_its_tasks_with_one_ready_replica_each(store: SqlStore)
     assert lease.jobs[job.id].params == {"k": 1}
 
 
+@pytest.mark.postgres
+def test_postgres_sessions_do_not_jit_compile_statements(pg_database) -> None:
+    store = SqlStore.open(pg_database())
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
+    finally:
+        store.close()
+
+
 def test_queue_depth_counts_only_as_far_as_each_active_workers_share_needs(store: SqlStore) -> None:
     make_job(store, 10)
     make_worker(store, "a")
