@@ -599,8 +599,10 @@ class SqlStore(
             type_filter = type_filter.replace(" AND job_id", " AND +job_id")
         # Placement: never a second replica of a task to the same worker or to a
         # worker of the same owner, and at most one replica of a task per lease.
+        windowed = self.dialect == "postgresql"
         candidates = (
             "SELECT r.id FROM replicas r WHERE r.state = :ready"
+            + (" AND r.task_id > :after AND r.task_id <= :edge" if windowed else "")
             + (type_filter.replace("job_id", "r.job_id") if types else "")
             + (" AND r.job_id NOT IN :excluded" if exclude_jobs else "")
             + ("" if audits else " AND r.kind != 'audit'")
@@ -642,7 +644,10 @@ class SqlStore(
             lease_id = conn.execute(
                 insert(s.leases).values(worker_id=worker_id, created_at=now, expires_at=expires, state="open")
             ).inserted_primary_key[0]
-            taken = conn.execute(take, {**params, "lease": lease_id}).rowcount
+            if windowed:
+                taken = self._take_in_windows(conn, take, {**params, "lease": lease_id}, max_replicas)
+            else:
+                taken = conn.execute(take, {**params, "lease": lease_id}).rowcount
             if gold and taken:
                 taken += self._add_gold(conn, worker_id, kin, lease_id, gold, types, now, rng or random.Random(),
                                         placement)
@@ -675,6 +680,36 @@ class SqlStore(
             replicas=replicas,
             jobs={j.id: LeaseJob(j.id, j.task_type, j.model_hash, json.loads(j.params)) for j in jobs},
         )
+
+    #: ready replicas a PostgreSQL lease looks at per window, per replica it wants; windows per lease
+    #: before it looks at the whole queue
+    WINDOW_PER_REPLICA, WINDOWS = 2, 4
+
+    def _take_in_windows(self, conn: Any, take: Any, params: dict[str, Any], n: int) -> int:
+        """Run the lease's ``take`` over the ready queue a window of task ids at a time.
+
+        Without a bound, PostgreSQL's plan for the lease read every ready replica of the job and
+        sorted them for the first ``n`` (~50 ms per lease at 20,000 ready, a million rows per lease
+        in a million-task job). Each window is a range of task ids holding about ``2n`` ready
+        replicas, found on ix_replicas_ready_task; a worker for which the first windows hold too
+        little (its own tasks' second replicas, other types) gets the rest of the queue in one last
+        look, so no work it may take is ever out of its reach."""
+        edge_of = text(
+            "SELECT max(task_id) FROM (SELECT task_id FROM replicas WHERE state = :ready AND task_id > :after "
+            "ORDER BY task_id LIMIT :scan) AS w"
+        )
+        taken, after = 0, 0
+        for _ in range(self.WINDOWS):
+            edge = conn.execute(edge_of, {"ready": params["ready"], "after": after,
+                                          "scan": self.WINDOW_PER_REPLICA * n}).scalar()
+            if edge is None:
+                return taken  # nothing ready beyond: the queue is done
+            taken += conn.execute(take, {**params, "n": n - taken, "after": after, "edge": edge}).rowcount
+            if taken >= n:
+                return taken
+            after = edge
+        big = 2**62  # the rest of the queue, whatever its size
+        return taken + conn.execute(take, {**params, "n": n - taken, "after": after, "edge": big}).rowcount
 
     def _kin(self, conn: Any, worker_id: int, by_network: bool = False) -> list[int]:
         """The worker, every worker of the same (declared) owner and, when asked, of the same network;

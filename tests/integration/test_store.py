@@ -319,6 +319,20 @@ def test_postgres_sessions_do_not_jit_compile_statements(pg_database) -> None:
         store.close()
 
 
+def test_work_behind_a_long_run_of_replicas_a_worker_may_not_take_still_reaches_it(store: SqlStore) -> None:
+    # PostgreSQL leases look at the queue a window at a time: the windows here hold only second
+    # replicas of tasks the worker already holds, and the work it may take lies past all of them
+    policy = {"replicas": 2, "quorum": 2, "adaptive": False, "gold_rate": 0}
+    first = make_job(store, 20, policy=policy, initial_replicas=2)
+    w = make_worker(store, "w")
+    held = store.lease(w.id, 100, [], LEASE, T0)
+    assert held is not None and len(held.replicas) == 20  # one of each task: the other 20 are not for it
+    later = make_job(store, 5)
+    got = store.lease(w.id, 2, [], LEASE, T0 + 1)
+    assert got is not None and [r.job_id for r in got.replicas] == [later.id, later.id]
+    assert store.replica_counts(first.id) == {"leased": 20, "ready": 20}
+
+
 def test_queue_depth_counts_only_as_far_as_each_active_workers_share_needs(store: SqlStore) -> None:
     make_job(store, 10)
     make_worker(store, "a")
