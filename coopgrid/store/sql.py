@@ -167,8 +167,8 @@ class SqlStore(
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self._single: dict[str, bool] = {}  # job id -> quorum of one (see record_results)
-        self._job_rules: dict[str, tuple[str, str]] = {}  # job id -> (task type, policy): never change
+        # job id -> (task type, policy as stored, quorum of one): a job's never change (see record_results)
+        self._job_rules: dict[str, tuple[str, str, bool]] = {}
         self._grid_id: str | None = None
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
@@ -627,9 +627,13 @@ class SqlStore(
             take = take.bindparams(bindparam("homogeneous", expanding=True))
         expires = now + lease_seconds
         with self._write() as conn:
-            if conn.execute(select(s.workers.c.quarantined_at).where(s.workers.c.id == worker_id)).scalar():
+            me = conn.execute(
+                select(s.workers.c.owner, s.workers.c.network, s.workers.c.partner_quarantines,
+                       s.workers.c.quarantined_at).where(s.workers.c.id == worker_id)
+            ).one()
+            if me.quarantined_at is not None:
                 return None  # quarantined by a round that committed since the caller looked
-            kin = self._kin(conn, worker_id, separate_networks)
+            kin = self._kin(conn, worker_id, me, separate_networks)
             params: dict[str, Any] = {
                 "ready": int(ReplicaState.READY),
                 "leased": int(ReplicaState.LEASED),
@@ -711,15 +715,12 @@ class SqlStore(
         big = 2**62  # the rest of the queue, whatever its size
         return taken + conn.execute(take, {**params, "n": n - taken, "after": after, "edge": big}).rowcount
 
-    def _kin(self, conn: Any, worker_id: int, by_network: bool = False) -> list[int]:
+    def _kin(self, conn: Any, worker_id: int, me: Any, by_network: bool = False) -> list[int]:
         """The worker, every worker of the same (declared) owner and, when asked, of the same network;
         for a suspect (it shared a real part of a quarantined worker's decisions), every other suspect:
         the survivors of a colluding group never decide a task together (they could agree by
-        arrangement), while an honest worker flagged by mistake still pairs with everyone else."""
-        me = conn.execute(
-            select(s.workers.c.owner, s.workers.c.network, s.workers.c.partner_quarantines)
-            .where(s.workers.c.id == worker_id)
-        ).one()
+        arrangement), while an honest worker flagged by mistake still pairs with everyone else.
+        ``me``: the worker's row (owner, network, partner_quarantines), read once by the lease."""
         related = []
         if me.owner:
             related.append(s.workers.c.owner == me.owner)
@@ -1114,7 +1115,7 @@ class SqlStore(
         for r in reps:
             by_job.setdefault(r.job_id, []).append(r.task_id)
         for job_id, task_ids in by_job.items():
-            task_type, policy = rules[job_id]
+            task_type, policy, _ = rules[job_id]
             rep = standing.get(task_type)
             passed = rep.checks_passed if rep else 0
             for task_id, v in zip(task_ids, judge(job_id, policy, (rep.run if rep else 0) // slow,
@@ -1160,15 +1161,16 @@ class SqlStore(
             out.new_replicas = len(replicas)
         return out
 
-    def _rules(self, conn: Any, job_ids: set[str]) -> dict[str, tuple[str, str]]:
-        """Each job's task type and trust policy (as stored; they never change: cached)."""
+    def _rules(self, conn: Any, job_ids: set[str]) -> dict[str, tuple[str, str, bool]]:
+        """Each job's task type, trust policy (as stored) and whether it accepts a single result
+        (quorum of one); they never change: cached."""
         unknown = sorted(j for j in job_ids if j not in self._job_rules)
         if unknown:
             for j in conn.execute(
                 select(s.jobs.c.id, s.jobs.c.task_type, s.jobs.c.policy).where(s.jobs.c.id.in_(unknown))
             ):
-                self._job_rules[j.id] = (j.task_type, j.policy)
-        return {j: self._job_rules[j] for j in job_ids}
+                self._job_rules[j.id] = (j.task_type, j.policy, json.loads(j.policy).get("quorum", 2) == 1)
+        return {j: self._job_rules[j] for j in job_ids if j in self._job_rules}
 
     def _lock_judged_tasks(self, conn: Any, reps: list[Any]) -> None:
         """Lock the tasks whose results a validation round will judge, before writing those results.
@@ -1188,12 +1190,8 @@ class SqlStore(
             )
 
     def _quorum_one(self, conn: Any, job_ids: set[str]) -> set[str]:
-        """Those jobs whose trust policy accepts a single result (policies never change: cached)."""
-        unknown = sorted(j for j in job_ids if j not in self._single)
-        if unknown:
-            for job_id, policy in conn.execute(select(s.jobs.c.id, s.jobs.c.policy).where(s.jobs.c.id.in_(unknown))):
-                self._single[job_id] = json.loads(policy).get("quorum", 2) == 1
-        return {j for j in job_ids if self._single.get(j)}
+        """Those jobs whose trust policy accepts a single result."""
+        return {j for j, (_, _, single) in self._rules(conn, job_ids).items() if single}
 
     def _completed(self, conn: Any, job_ids: set[str]) -> list[str]:
         """Those of ``job_ids`` still running whose every task is resolved."""
