@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 from functools import lru_cache
 from typing import Any
@@ -71,3 +72,24 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_ARENA_MAX, arenas))
+
+
+#: objects allocated (less those freed) between two collections of the youngest generation: a
+#: 1,000-result batch makes tens of thousands of short-lived objects, and at CPython's 700 most of
+#: them were still alive at each collection, promoted and scanned again in the older generations
+YOUNG_COLLECTION_AFTER = 50_000
+
+
+def settle_collector() -> None:
+    """Make the cyclic garbage collector cheap for a long-running server, once it has started.
+
+    Every full collection scanned all of start-up's ~200,000 objects (modules, functions, the
+    ORM's tables): 0.35-0.4 s of a coordinator's CPU per 20,000-task job, ~12%. Start-up's
+    objects live as long as the process, so they are frozen out of every later collection
+    (``gc.freeze``, as CPython's documentation suggests for servers), and young collections run
+    less often. Reference counting frees almost everything anyway; this only times the search
+    for cycles."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_AFTER, older, oldest)

@@ -23,6 +23,7 @@ from fastapi import FastAPI, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import OperationalError
 
@@ -505,13 +506,29 @@ def create_api(app: App) -> FastAPI:
     async def results(lease_id: Id, request: Request) -> Response:
         worker = await worker_of(request)
         batch = ResultBatch.model_validate_json(await request.body())
-        outcome = await run_in_threadpool(app.scheduler.submit_results, worker, lease_id, batch)
+        # the round over tasks with several opinions, gold and audits runs after the answer: the
+        # worker leases its next batch meanwhile instead of waiting behind other batches' writes
+        outcome = await run_in_threadpool(app.scheduler.submit_results, worker, lease_id, batch, True)
         for job_id in outcome.completed_jobs:
             asyncio.get_running_loop().run_in_executor(None, _finalize, job_id)
         counts: dict[str, int] = {}
         for status in outcome.statuses.values():
             counts[status] = counts.get(status, 0) + 1
-        return _json({"lease_id": lease_id, "results": counts})
+        response = _json({"lease_id": lease_id, "results": counts})
+        if outcome.tasks:
+            response.background = BackgroundTask(_validate_deferred)
+        return response
+
+    def _validate_deferred() -> None:
+        """The rounds deferred by result uploads; one that fails leaves its results pending for the
+        periodic catch-up round, and never fails the upload that was answered already."""
+        try:
+            completed = app.scheduler.validate_deferred()
+        except Exception:
+            log.exception("a deferred validation round failed; the catch-up round validates its tasks")
+            return
+        for job_id in completed:
+            _finalize(job_id)
 
     # -- ledger -------------------------------------------------------------------
 

@@ -409,7 +409,10 @@ class Scheduler:
     def heartbeat(self, worker: WorkerRecord, lease_id: int) -> float:
         return self.store.extend_lease(lease_id, worker.id, self.settings.lease_seconds, time.time())
 
-    def submit_results(self, worker: WorkerRecord, lease_id: int, batch: ResultBatch) -> RecordOutcome:
+    def submit_results(self, worker: WorkerRecord, lease_id: int, batch: ResultBatch,
+                       defer_validation: bool = False) -> RecordOutcome:
+        """Record a worker's result batch and validate the tasks it touched; with ``defer_validation``
+        the round is left to :meth:`validate_deferred` (the API runs it after answering the worker)."""
         view = self.store.lease_view(lease_id)
         if view is None or view.worker_id != worker.id:
             raise LeaseError(f"lease {lease_id} is unknown to this coordinator", lease_id=lease_id)
@@ -445,12 +448,20 @@ class Scheduler:
                                             time.time(), judge=self.validator.lone)
         self.metrics.count_results(outcome.statuses)
         self.metrics.count_validations(outcome.judged)
+        validated = False
         if outcome.tasks and not outcome.lease_expired:
-            outcome.completed_jobs += self.validator.validate(outcome.tasks)
+            if defer_validation:
+                self.validator.defer(outcome.tasks)
+            else:
+                outcome.completed_jobs += self.validator.validate(outcome.tasks)
+                validated = True
         if batch.release:
             self.wakeup.notify(others=True)
-        elif (outcome.tasks or outcome.replicas_added) and self.wakeup.waiting:
-            self.wakeup.notify()  # validation may have issued more replicas (a dispute, an audit)
+        elif (validated or outcome.replicas_added) and self.wakeup.waiting:
+            # a task waits for the replicas just issued; an audit does not: it rides with the next
+            # lease, or an idle worker's periodic look (RECHECK), instead of waking every idle worker
+            # into a lease of a few replicas each
+            self.wakeup.notify()
         if outcome.lease_expired:
             raise LeaseError(
                 f"lease {lease_id} expired at {view.expires_at:.0f} and its replicas were reissued; "
@@ -458,6 +469,13 @@ class Scheduler:
                 lease_id=lease_id,
             )
         return outcome
+
+    def validate_deferred(self) -> list[str]:
+        """Run the validation rounds :meth:`submit_results` deferred; returns the jobs they completed."""
+        completed, urgent = self.validator.drain()
+        if urgent and self.wakeup.waiting:
+            self.wakeup.notify()
+        return completed
 
     def reap(self) -> int:
         n = self.store.reap_expired(time.time())

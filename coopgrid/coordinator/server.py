@@ -215,7 +215,7 @@ def serve(
     announce: Callable[[str], None] = print,
 ) -> None:
     """Serve until SIGINT/SIGTERM. Prints the operator token the first time only."""
-    from coopgrid.memory import limit_malloc_arenas
+    from coopgrid.memory import limit_malloc_arenas, settle_collector
 
     limit_malloc_arenas()  # before the request threads start, each with an arena of its own
     # the database, blobs and keys are nobody else's business on a shared machine
@@ -232,6 +232,7 @@ def serve(
     except BaseException:
         sock.close()
         raise
+    settle_collector()  # everything start-up built is in memory now
     secret = app.auth.ensure_operator()
     if secret:
         if operator_token_file:

@@ -4,6 +4,10 @@ After each result batch is recorded, the tasks it touched are validated:
 :func:`coopgrid.coordinator.trust.decide` for open tasks (quorum, adaptive
 acceptance), and a comparison with the known answer for gold and audit
 replicas of decided tasks. The whole round is written by one store call.
+
+A worker need not wait for that round: the coordinator defers it (:meth:`Validator.defer`)
+and runs it after answering the upload (:meth:`Validator.drain`), as BOINC's validator runs
+apart from its upload handler. Rounds deferred meanwhile are merged into one.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from coopgrid.store.schema import ReplicaKind, ResultStatus, TaskState
 log = logging.getLogger(__name__)
 
 _UNDECODABLE = object()  # an output the task type cannot read agrees with nothing
+#: most tasks in one drained round (a round reads and locks all of its tasks at once)
+DRAIN_ROUND = 2000
 
 
 class Validator:
@@ -41,6 +47,10 @@ class Validator:
         self._lock = threading.Lock()
         # job id -> its policy and the verdicts a lone result can get, made once (see lone)
         self._lone_rules: dict[str, tuple[TrustPolicy, tuple[Lone, ...]]] = {}
+        # tasks whose round was deferred (defer), and whether a thread is running their rounds (drain)
+        self._deferred: set[int] = set()
+        self._draining = False
+        self._deferred_lock = threading.Lock()
 
     def lone(self, job_id: str, policy: str, run: int, trusted: bool, n: int) -> list[Lone]:
         """What :meth:`_task` would decide for ``n`` open tasks' only results, each by this worker
@@ -63,8 +73,45 @@ class Validator:
             out.append(wait if d is None else rooted if d.rooted else audited if d.audit else provisional)
         return out
 
+    def defer(self, task_ids: list[int]) -> None:
+        """Validate these tasks at the next :meth:`drain` instead of now. Their results are recorded
+        (pending) already, so a process that stops first leaves them to the catch-up round."""
+        with self._deferred_lock:
+            self._deferred.update(task_ids)
+
+    def drain(self) -> tuple[list[str], bool]:
+        """Run the deferred rounds: (jobs completed, whether they made work a task waits for). One
+        thread drains at a time; a caller that finds another draining returns at once, and that one
+        takes its tasks too, so the rounds of batches that arrived together are merged (DRAIN_ROUND
+        tasks at most per round)."""
+        with self._deferred_lock:
+            if self._draining:
+                return [], False
+            self._draining = True
+        completed: list[str] = []
+        urgent = False
+        try:
+            while True:
+                with self._deferred_lock:
+                    if not self._deferred:
+                        self._draining = False
+                        return completed, urgent
+                    ids = sorted(self._deferred)[:DRAIN_ROUND]
+                    self._deferred.difference_update(ids)
+                done, more = self._validate(ids)
+                completed += done
+                urgent = urgent or more
+        except BaseException:
+            # the failed round's tasks keep their pending results: the periodic catch-up round takes them
+            with self._deferred_lock:
+                self._draining = False
+            raise
+
     def validate(self, task_ids: list[int] | None = None) -> list[str]:
         """Validate these tasks (all with pending results when None); returns jobs completed."""
+        return self._validate(task_ids)[0]
+
+    def _validate(self, task_ids: list[int] | None) -> tuple[list[str], bool]:
         for attempt in range(3):
             try:
                 return self._round(task_ids)
@@ -76,11 +123,13 @@ class Validator:
                 log.info("validation round rolled back by a deadlock with another process; running it again")
         raise AssertionError("unreachable")
 
-    def _round(self, task_ids: list[int] | None) -> list[str]:
+    def _round(self, task_ids: list[int] | None) -> tuple[list[str], bool]:
+        """One round: (jobs completed, whether it made work a task waits for: a second opinion, a
+        dispute's replica, or a quarantined worker's replicas back in the queue; audits are not)."""
         with self._lock, self.store.locked_tasks(task_ids):
             checks = self.store.tasks_to_validate(task_ids)
             if not checks:
-                return []
+                return [], False
             write = ValidationWrite()
             policies: dict[str, TrustPolicy] = {}  # parsed once per job, not per task
             for check in checks:
@@ -89,7 +138,7 @@ class Validator:
                 self._task(check, policies[check.job_id], write)
             completed = self.store.apply_validation(write, time.time())
         self._report(write)
-        return completed
+        return completed, bool(write.issued or write.reopen or write.quarantine)
 
     def _report(self, w: ValidationWrite) -> None:
         """Count a round's outcomes and log its quarantines (filled in by the store as it writes)."""

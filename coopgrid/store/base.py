@@ -227,7 +227,8 @@ class RecordOutcome:
     lease_expired: bool = False
     tasks: list[int] = field(default_factory=list)  # tasks with a new pending result, to validate
     judged: dict[str, int] = field(default_factory=dict)  # lone results judged at once: outcome -> count
-    replicas_added: int = 0  # replicas the batch's judged results asked for (a second opinion, an audit)
+    replicas_added: int = 0  # replicas a task waits for: second opinions its judged results asked for
+    audits_added: int = 0  # audits of its results accepted alone: spot checks no task waits for
 
 
 @dataclass(frozen=True)

@@ -963,7 +963,7 @@ class SqlStore(
                         and replica_rows[it.replica_id].job_id not in single
                         and replica_rows[it.replica_id].kind == ReplicaKind.NORMAL.value
                     ], now)
-            outcome.judged, outcome.replicas_added = lone.counts(), lone.new_replicas
+            outcome.judged, outcome.replicas_added, outcome.audits_added = lone.counts(), lone.more, lone.audits
             if self.dialect == "postgresql":
                 # tasks judged alone were locked by their own update, and no round can be reading them
                 # (they had no result before this batch's): only the others need the lock
@@ -1158,7 +1158,8 @@ class SqlStore(
             conn.execute(insert(s.replicas), [
                 {**r, "state": int(ReplicaState.READY), "created_at": now} for r in replicas
             ])
-            out.new_replicas = len(replicas)
+            out.audits = sum(r["kind"] == ReplicaKind.AUDIT.value for r in replicas)
+            out.more = len(replicas) - out.audits
         return out
 
     def _rules(self, conn: Any, job_ids: set[str]) -> dict[str, tuple[str, str, bool]]:
@@ -1298,7 +1299,8 @@ class _LoneRound:
         self.won: dict[int, tuple[bool, int | None]] = {}  # task -> (final, checks_at) of its accepted result
         self.waiting: set[int] = set()  # tasks given more replicas: the result waits for them
         self.outcomes: dict[str, int] = {"accepted": 0, "provisional": 0, "more_replicas": 0}
-        self.new_replicas = 0
+        self.more = 0  # second opinions issued
+        self.audits = 0  # audits issued
 
     def counts(self) -> dict[str, int]:
         return {k: n for k, n in self.outcomes.items() if n}

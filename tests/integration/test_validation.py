@@ -662,17 +662,17 @@ def test_a_lone_result_is_judged_as_it_is_recorded_without_a_validation_round(st
                                     judge=grid.validator.lone)
 
     out = record(vet, jobs[0])  # a proven worker: accepted alone, provisionally, and audited
-    assert out.tasks == [] and out.judged == {"provisional": 1} and out.replicas_added == 1
+    assert out.tasks == [] and out.judged == {"provisional": 1} and (out.replicas_added, out.audits_added) == (0, 1)
     assert grid.task(jobs[0], 0) == ("provisional", 1) and grid.kinds(jobs[0], 0, READY) == ["audit"]
     assert grid.results(jobs[0], 0) == {"vet": ("accepted", False)}
     assert store.get_job(jobs[0].id).tasks_done == 1 and out.completed_jobs == [jobs[0].id]
 
     out = record(newbie, jobs[1])  # no run: a second opinion is issued at once, and its result waits for it
-    assert out.tasks == [] and out.judged == {"more_replicas": 1} and out.replicas_added == 1
+    assert out.tasks == [] and out.judged == {"more_replicas": 1} and (out.replicas_added, out.audits_added) == (1, 0)
     assert grid.task(jobs[1], 0) == ("open", 2) and grid.results(jobs[1], 0) == {"newbie": ("pending", False)}
 
     out = record(boss, jobs[2])  # the operator vouches for it: final alone, a root of trust, its record grows
-    assert out.tasks == [] and out.judged == {"accepted": 1} and out.replicas_added == 0
+    assert out.tasks == [] and out.judged == {"accepted": 1} and (out.replicas_added, out.audits_added) == (0, 0)
     assert grid.task(jobs[2], 0) == ("done", 1) and grid.results(jobs[2], 0) == {"boss": ("accepted", True)}
     with store.engine.connect() as conn:
         assert conn.execute(select(s.tasks.c.rooted).where(s.tasks.c.id == grid.task_id(jobs[2], 0))).scalar_one()
@@ -701,3 +701,109 @@ def test_a_lease_taken_in_the_instant_before_its_worker_was_quarantined_goes_bac
     grid.work(a)
     grid.work(b)
     assert grid.task(job, 0)[0] == "done" and grid.completed == [job.id]
+
+
+# -- rounds deferred past the upload ------------------------------------------------------------
+
+
+class CountingStore:
+    """The store, with its validation rounds counted and, when ``hold`` is set, held open at their
+    start until ``release`` is set (a round in progress in another thread)."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self.rounds = 0
+        self.fail_next = False
+        self.hold: Any = None
+        self.entered: Any = None
+        self.release: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def tasks_to_validate(self, task_ids: Any = None) -> Any:
+        self.rounds += 1
+        if self.hold is not None:
+            self.hold = None
+            self.entered.set()
+            assert self.release.wait(10)
+        return self._store.tasks_to_validate(task_ids)
+
+    def apply_validation(self, w: Any, now: float) -> Any:
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("the database went away mid-round")
+        return self._store.apply_validation(w, now)
+
+
+def deferred_uploads(grid: Grid, counting: CountingStore, validator: Validator, workers: list[WorkerRecord]) -> None:
+    """Each worker uploads its lease as the API does: recorded now, its round deferred."""
+    for w in workers:
+        lease = grid.lease(w, 4)
+        assert lease is not None
+        items = [IncomingResult(r.replica_id, sha256_hex(honest(r)), honest(r), None) for r in lease.replicas]
+        out = grid.store.record_results(lease.id, w.id, "0x" + "00" * 65, items, [], grid.tick(), judge=validator.lone)
+        assert set(out.statuses.values()) == {"pending"} and out.tasks  # nothing decided before the round
+        validator.defer(out.tasks)
+
+
+def test_rounds_deferred_by_uploads_that_came_together_run_as_one(store: SqlStore) -> None:
+    grid = Grid(store)
+    counting = CountingStore(store)
+    validator = Validator(counting, rng=Fixed())  # type: ignore[arg-type]
+    job = grid.job(4, QUORUM | {"adaptive": False})  # two replicas of each task from the start
+    ann, bob = grid.worker("ann"), grid.worker("bob")
+
+    deferred_uploads(grid, counting, validator, [ann, bob])
+    assert [grid.task(job, i)[0] for i in range(4)] == ["open"] * 4  # uploads answered, rounds not run
+
+    completed, urgent = validator.drain()
+    assert counting.rounds == 1  # both uploads' tasks in one round
+    assert completed == [job.id] and not urgent  # nothing issued that a task waits for
+    assert [grid.results(job, i) for i in range(4)] == [{"ann": ("accepted", True), "bob": ("valid", True)}] * 4
+    assert validator.drain() == ([], False)  # nothing left
+
+
+def test_a_drain_that_finds_another_running_leaves_its_tasks_to_that_one(store: SqlStore) -> None:
+    import threading
+
+    grid = Grid(store)
+    counting = CountingStore(store)
+    validator = Validator(counting, rng=Fixed())  # type: ignore[arg-type]
+    first = grid.job(2, QUORUM | {"adaptive": False})
+    ann, bob, cat, dan = (grid.worker(n) for n in ("ann", "bob", "cat", "dan"))
+
+    deferred_uploads(grid, counting, validator, [ann, bob])  # the first job's two opinions
+    counting.hold, counting.entered, counting.release = True, threading.Event(), threading.Event()
+    results: list[Any] = []
+    drainer = threading.Thread(target=lambda: results.append(validator.drain()))
+    drainer.start()
+    assert counting.entered.wait(10)  # its round is in progress
+
+    second = grid.job(2, QUORUM | {"adaptive": False})
+    deferred_uploads(grid, counting, validator, [cat, dan])  # a second job's, meanwhile
+    assert validator.drain() == ([], False)  # another thread drains: this upload leaves its tasks to it
+    counting.release.set()
+    drainer.join(10)
+    assert results and sorted(results[0][0]) == sorted([first.id, second.id])
+    assert counting.rounds == 2  # its own round, then the tasks deferred while it ran
+    for job in (first, second):
+        assert [grid.task(job, i)[0] for i in range(2)] == ["done", "done"]
+
+
+def test_a_deferred_round_that_fails_leaves_its_results_pending_for_the_catch_up_round(store: SqlStore) -> None:
+    grid = Grid(store)
+    counting = CountingStore(store)
+    validator = Validator(counting, rng=Fixed())  # type: ignore[arg-type]
+    job = grid.job(2, QUORUM | {"adaptive": False})
+    deferred_uploads(grid, counting, validator, [grid.worker("ann"), grid.worker("bob")])
+
+    counting.fail_next = True
+    with pytest.raises(RuntimeError, match="went away"):
+        validator.drain()
+    assert [grid.task(job, i)[0] for i in range(2)] == ["open", "open"]
+    assert set(grid.results(job, 0).values()) == {("pending", False)}  # recorded, nothing lost
+
+    assert validator.drain() == ([], False)  # the failed round's tasks are not queued twice...
+    assert validator.validate() == [job.id]  # ...the periodic catch-up round decides them
+    assert [grid.task(job, i)[0] for i in range(2)] == ["done", "done"]
