@@ -608,7 +608,11 @@ class SqlStore(
             + ("" if audits else " AND r.kind != 'audit'")
             + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.worker_id IN :kin"
             " AND o.state IN (:leased, :done))"  # a replica that failed or expired may go back to its worker
-            " AND r.id = (SELECT min(r2.id) FROM replicas r2 WHERE r2.task_id = r.task_id AND r2.state = :ready)"
+            # the lowest ready replica of its task; on PostgreSQL as "+ 0": with planner statistics it
+            # turned min(id) into a walk of ix_replicas_ready in id order, filtered by task (0.2 ms a
+            # candidate, 400 ms a lease of 1,000), where the task's own one or two rows were enough
+            + f" AND r.id = (SELECT min(r2.id{' + 0' if windowed else ''}) FROM replicas r2"
+            " WHERE r2.task_id = r.task_id AND r2.state = :ready)"
             + (_same_class("r.task_id", "r.job_id") if homogeneous_jobs else "")
             # task order, not replica order: replicas added by validation (a second opinion,
             # an audit, a tie-breaker) go out before later tasks' first replicas
