@@ -72,3 +72,19 @@ def test_request_threads_share_the_malloc_arenas_they_are_limited_to():
         assert run.returncode == 0, run.stderr
         counts[mode] = run.stderr.count("Arena ")
     assert counts["limit"] == 1 and counts["default"] > 1, counts
+
+
+def test_settle_collector_freezes_start_up_out_of_later_collections() -> None:
+    import gc
+
+    from coopgrid.memory import YOUNG_COLLECTION_AFTER, settle_collector
+
+    before = gc.get_threshold()
+    try:
+        settle_collector()
+        assert gc.get_freeze_count() > 10_000  # this process's modules, functions and types
+        assert gc.get_threshold()[0] == YOUNG_COLLECTION_AFTER
+        assert gc.get_threshold()[1:] == before[1:]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
