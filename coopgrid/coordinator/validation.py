@@ -269,7 +269,8 @@ class Validator:
             return
 
         canon = read(c.canonical)
-        provisional = c.state == TaskState.PROVISIONAL.value
+        # accepted provisionally and not made final since by its worker's checks
+        provisional = c.state == TaskState.PROVISIONAL.value and not c.canonical.final
         for p in live:
             ok = agree(canon, read(p))
             if p.kind == ReplicaKind.GOLD.value:

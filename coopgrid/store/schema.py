@@ -41,7 +41,11 @@ class ReplicaState(enum.IntEnum):
 
 class TaskState(str, enum.Enum):
     OPEN = "open"  # waiting for results or for a quorum
-    PROVISIONAL = "provisional"  # accepted from one trusted worker; final after later checks
+    # accepted alone from a worker with a record. Its result becomes final (results.final) after the
+    # worker's later checks, and the task stays provisional: the state says how it was accepted, and
+    # finality is the result's, so no task row is written a second time. An audit that confirms it
+    # makes it DONE.
+    PROVISIONAL = "provisional"
     DONE = "done"  # accepted and final
     INCONCLUSIVE = "inconclusive"  # max_replicas results and no quorum: reported, not guessed
     FAILED = "failed"  # every attempt reported an error
@@ -232,6 +236,11 @@ leases = Table(
     Column("state", String(10), nullable=False),  # open | closed | expired
 )
 Index("ix_tasks_done", tasks.c.id, sqlite_where=text("state = 'done'"), postgresql_where=text("state = 'done'"))
+# provisional tasks, whose results become final in place: gold is drawn from those that have
+Index(
+    "ix_tasks_provisional", tasks.c.id, sqlite_where=text("state = 'provisional'"),
+    postgresql_where=text("state = 'provisional'"),
+)
 Index(
     "ix_tasks_rooted", tasks.c.id, sqlite_where=text("state = 'done' AND rooted"),
     postgresql_where=text("state = 'done' AND rooted"),
@@ -317,6 +326,14 @@ Index(
     results.c.checks_at,
     sqlite_where=text("status = 'accepted' AND final = false"),
     postgresql_where=text("status = 'accepted' AND final = false"),
+)
+# results that agreed with a task still provisional, unpaid until it is final: few, so finality
+# looks here for them instead of at every task it makes final
+Index(
+    "ix_results_unpaid",
+    results.c.task_id,
+    sqlite_where=text("status = 'valid' AND final = false"),
+    postgresql_where=text("status = 'valid' AND final = false"),
 )
 
 

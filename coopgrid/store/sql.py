@@ -601,8 +601,14 @@ class SqlStore(
         # worker of the same owner, and at most one replica of a task per lease.
         windowed = self.dialect == "postgresql"
         candidates = (
-            "SELECT r.id FROM replicas r WHERE r.state = :ready"
-            + (" AND r.task_id > :after AND r.task_id <= :edge" if windowed else "")
+            (
+                # the window's rows first, by task id on ix_replicas_ready_task: with planner statistics
+                # PostgreSQL otherwise preferred ix_replicas_job_state and read the job's whole ready
+                # queue for each lease, filtering it down to the window
+                "WITH w AS MATERIALIZED (SELECT id FROM replicas WHERE state = :ready AND task_id > :after"
+                " AND task_id <= :edge) SELECT r.id FROM w JOIN replicas r ON r.id = w.id WHERE r.state = :ready"
+                if windowed else "SELECT r.id FROM replicas r WHERE r.state = :ready"
+            )
             + (type_filter.replace("job_id", "r.job_id") if types else "")
             + (" AND r.job_id NOT IN :excluded" if exclude_jobs else "")
             + ("" if audits else " AND r.kind != 'audit'")
@@ -619,7 +625,7 @@ class SqlStore(
             + " ORDER BY r.task_id, r.id LIMIT :n"
         )
         if self.dialect == "postgresql":
-            candidates += " FOR UPDATE SKIP LOCKED"
+            candidates += " FOR UPDATE OF r SKIP LOCKED"
         take = text(
             f"UPDATE replicas SET state = :leased, worker_id = :worker, lease_id = :lease WHERE id IN ({candidates})"
         ).bindparams(bindparam("kin", expanding=True))
@@ -770,6 +776,10 @@ class SqlStore(
             text("SELECT t.id, t.job_id FROM tasks t WHERE t.state = 'done' AND t.rooted" + tail)
             .bindparams(bindparam("kin", expanding=True)),
             text("SELECT t.id, t.job_id FROM tasks t WHERE t.state = :done" + tail)
+            .bindparams(bindparam("kin", expanding=True)),
+            # provisional tasks whose result its worker's checks have made final since (on ix_tasks_provisional)
+            text("SELECT t.id, t.job_id FROM tasks t WHERE t.state = 'provisional' AND EXISTS (SELECT 1 FROM results a"
+                 " WHERE a.task_id = t.id AND a.status = 'accepted' AND a.final)" + tail)
             .bindparams(bindparam("kin", expanding=True)),
         ]
         if placement:
@@ -1275,7 +1285,9 @@ class SqlStore(
                     "INSERT INTO replicas (task_id, job_id, state, created_at, kind) "
                     "SELECT r.task_id, r.job_id, :ready, :now, r.kind FROM replicas r JOIN tasks t ON t.id = r.task_id "
                     "WHERE r.lease_id IN :leases AND r.state = :leased AND ("
-                    "(r.kind = 'normal' AND t.state = :open) OR (r.kind = 'audit' AND t.state = :provisional))"
+                    "(r.kind = 'normal' AND t.state = :open) OR (r.kind = 'audit' AND t.state = :provisional"
+                    # an audit of a result its worker's checks made final since is no longer needed
+                    " AND NOT EXISTS (SELECT 1 FROM results a WHERE a.task_id = t.id AND a.status = 'accepted' AND a.final)))"
                 ).bindparams(bindparam("leases", expanding=True)),
                 params,
             ).rowcount

@@ -274,37 +274,34 @@ class TrustQueries:
             touched = set(w.job_deltas)
             touched |= self._reopen_tasks(conn, w.reopen, now)
             for worker_id in sorted(checked):
-                touched |= self._finalize_provisional(conn, worker_id)
+                self._finalize_provisional(conn, worker_id)
             for worker_id, reason in sorted(w.quarantine.items()):
                 touched |= self._quarantine(conn, worker_id, reason, now)
             return self._completed(conn, touched)
 
-    def _finalize_provisional(self, conn: Any, worker_id: int) -> set[str]:
-        """The worker passed another check: its provisional results with enough checks since become final."""
+    def _finalize_provisional(self, conn: Any, worker_id: int) -> None:
+        """The worker passed another check: its provisional results with enough checks since become final.
+
+        Only results are written: a provisional task stays so (its state says how it was accepted),
+        and finality does not change what a job counts as done. This bookkeeping is most of what the
+        default policy costs over a quorum of one, so it is kept to the rows that change."""
         if self.dialect == "sqlite":
-            return self._finalize_provisional_in_place(conn, worker_id)
+            self._finalize_provisional_in_place(conn, worker_id)
+            return
         finals = conn.execute(
             text(
                 # the literal condition is ix_results_provisional's: a bound one would not select that index
                 "UPDATE results SET final = :yes WHERE worker_id = :w AND status = 'accepted' AND final = false "
                 "AND checks_at <= (SELECT max(checks_passed) FROM reputation WHERE worker_id = :w) "
-                "RETURNING task_id, job_id"
+                "RETURNING task_id"
             ),
             {"w": worker_id, "yes": True},
-        ).all()
-        if finals:
-            conn.execute(
-                text("UPDATE tasks SET state = :done WHERE id IN :ids AND state = :prov").bindparams(
-                    bindparam("ids", expanding=True)
-                ),
-                {"done": TaskState.DONE.value, "prov": TaskState.PROVISIONAL.value, "ids": [f.task_id for f in finals]},
-            )
-            self._finalize_partners(conn, [f.task_id for f in finals])
-        return {f.job_id for f in finals}
+        ).scalars().all()
+        self._finalize_partners(conn, list(finals))
 
-    def _finalize_provisional_in_place(self, conn: Any, worker_id: int) -> set[str]:
-        """:meth:`_finalize_provisional` without the tasks' ids leaving the database: their tasks and
-        partners first, found through the same partial index, then the results themselves.
+    def _finalize_provisional_in_place(self, conn: Any, worker_id: int) -> None:
+        """:meth:`_finalize_provisional` without the tasks' ids leaving the database: their partners
+        first, then the results themselves, both found through partial indexes.
 
         SQLite plans these subqueries on the index every time; PostgreSQL keeps the list (its plan for
         ``IN (subquery)`` depends on statistics it may not have)."""
@@ -313,27 +310,21 @@ class TrustQueries:
             "SELECT {} FROM results WHERE worker_id = :w AND status = 'accepted' AND final = false "
             "AND checks_at <= (SELECT max(checks_passed) FROM reputation WHERE worker_id = :w)"
         ).format
-        tasks = due("task_id")
         w = {"w": worker_id}
-        jobs = set(conn.execute(text(due("DISTINCT job_id")), w).scalars())
-        if not jobs:
-            return set()
-        conn.execute(text(f"UPDATE tasks SET state = :done WHERE state = :prov AND id IN ({tasks})"),
-                     {**w, "done": TaskState.DONE.value, "prov": TaskState.PROVISIONAL.value})
-        conn.execute(text(f"UPDATE results SET final = :yes WHERE status = :valid AND final = false "
-                          f"AND task_id IN ({tasks})"), {**w, "yes": True, "valid": ResultStatus.VALID.value})
-        conn.execute(text(f"UPDATE results SET final = :yes WHERE id IN ({due('id')})"),
-                     {**w, "yes": True})
-        return jobs
+        # partners through ix_results_unpaid (the unary + keeps SQLite from looking up each due task)
+        conn.execute(text(f"UPDATE results SET final = :yes WHERE status = 'valid' AND final = false "
+                          f"AND +task_id IN ({due('task_id')})"), {**w, "yes": True})
+        conn.execute(text(f"UPDATE results SET final = :yes WHERE id IN ({due('id')})"), {**w, "yes": True})
 
     def _finalize_partners(self, conn: Any, task_ids: list[int]) -> None:
         """A task just became final: the results that agreed with it while it was provisional are paid too."""
         if task_ids:
             conn.execute(
-                update(s.results)
-                .where(s.results.c.task_id.in_(sorted(task_ids)), s.results.c.status == ResultStatus.VALID.value,
-                       s.results.c.final.is_(False))
-                .values(final=True)
+                text(
+                    # ix_results_unpaid's condition, literally
+                    "UPDATE results SET final = :yes WHERE status = 'valid' AND final = false AND task_id IN :ids"
+                ).bindparams(bindparam("ids", expanding=True)),
+                {"yes": True, "ids": sorted(task_ids)},
             )
 
     def _reopen_tasks(self, conn: Any, tasks: dict[int, str], now: float, culprit: int | None = None) -> set[str]:
@@ -412,7 +403,8 @@ class TrustQueries:
                 "SELECT r.task_id, r.job_id, :ready, :now, p.kind FROM results r "
                 "JOIN replicas p ON p.id = r.replica_id JOIN tasks t ON t.id = r.task_id "
                 "WHERE r.worker_id = :w AND r.status = :pending AND ("
-                "(p.kind = 'normal' AND t.state = :open) OR (p.kind = 'audit' AND t.state = :provisional))"
+                "(p.kind = 'normal' AND t.state = :open) OR (p.kind = 'audit' AND t.state = :provisional"
+                " AND NOT EXISTS (SELECT 1 FROM results a WHERE a.task_id = t.id AND a.status = 'accepted' AND a.final)))"
             ),
             {"ready": int(ReplicaState.READY), "now": now, "w": worker_id, "pending": ResultStatus.PENDING.value,
              "open": TaskState.OPEN.value, "provisional": TaskState.PROVISIONAL.value},
@@ -538,9 +530,12 @@ class TrustQueries:
                     .group_by(s.replicas.c.kind)
                 ).all()
             )
+            # tasks whose accepted result is not final yet (a provisional task's result becomes final
+            # with its worker's later checks; the task's state stays what it was accepted as)
             provisional = conn.execute(
-                select(func.count()).select_from(s.tasks).where(
-                    s.tasks.c.job_id == job_id, s.tasks.c.state == TaskState.PROVISIONAL.value
+                select(func.count()).select_from(s.results).where(
+                    s.results.c.job_id == job_id, s.results.c.status == ResultStatus.ACCEPTED.value,
+                    s.results.c.final.is_(False),
                 )
             ).scalar_one()
         return {"results": statuses, "replicas_by_kind": kinds, "tasks_provisional": provisional}

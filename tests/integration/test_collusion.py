@@ -17,6 +17,7 @@ from coopgrid.protocol import LeaseRequest, b64decode, sha256_hex
 from coopgrid.store import schema as s
 from coopgrid.store.base import IncomingResult, WorkerRecord
 from tests.integration.test_validation import (  # noqa: F401 (grid: fixture)
+    LEASE,
     READY,
     Grid,
     grid,
@@ -252,3 +253,37 @@ def test_an_honest_worker_that_took_one_batch_of_a_cheaters_second_opinions_is_n
     assert [grid.task(job, i)[0] for i in range(5)] == ["open"] * 5  # decided again without it
     partner = grid.store.get_worker(ann.address)
     assert partner is not None and partner.partner_quarantines == 0  # one batch together is chance
+
+
+def test_a_result_made_final_by_its_workers_checks_pays_its_partner_serves_as_gold_and_needs_no_audit(
+    grid: Grid, tmp_path: Path
+) -> None:
+    job = grid.job(1, DEFAULT | {"finality_checks": 1})
+    ann, bob, gus, vet = grid.worker("ann"), grid.worker("bob"), grid.worker("gus"), grid.worker("vet")
+    grid.set_run(vet, 50)
+    scheduled_work(grid, tmp_path, ann)
+    scheduled_work(grid, tmp_path, bob)  # two newcomers agree: provisional, waiting for an audit
+    assert grid.task(job, 0)[0] == "provisional" and grid.kinds(job, 0, READY) == ["audit"]
+    assert grid.results(job, 0) == {"ann": ("accepted", False), "bob": ("valid", False)}
+    audit = grid.lease(vet)  # the auditor takes it, and lets it expire
+    assert audit is not None and [r.job_id for r in audit.replicas] == [job.id]
+
+    grid.job(2, QUORUM_ONE)  # known answers, computed by gus...
+    grid.work(gus, 2)
+    filler = grid.job(1, QUORUM_ONE)  # ...tested on ann in a lease of other work: her check
+    grid.work(ann, 1, gold=1)
+    grid.store.finish_job(filler.id, {}, "00" * 32, grid.tick())  # (gold comes from running jobs only)
+    assert grid.rep(ann).checks_passed == 1
+    # final in the results alone: the partner is paid with it; the task keeps the state it was
+    # accepted with, and the job's summary no longer counts it as provisional
+    assert grid.results(job, 0) == {"ann": ("accepted", True), "bob": ("valid", True)}
+    assert grid.task(job, 0)[0] == "provisional"
+    assert grid.store.trust_counts(job.id)["tasks_provisional"] == 0
+
+    grid.store.reap_expired(grid.tick() + LEASE)  # the audit expired: nothing is left to settle
+    assert grid.kinds(job, 0, READY) == []
+
+    grid.job(1, QUORUM_ONE)  # gus is not tested on its own answers: this task is the only known one left
+    grid.work(gus, 1, gold=1)
+    assert grid.kinds(job, 0)[-1] == "gold"
+    assert grid.results(job, 0)["gus"] == ("valid", True)

@@ -491,7 +491,9 @@ def test_a_long_run_earns_provisional_acceptance_which_becomes_final_after_final
     grid.work(vet, 1, gold=1)
     assert grid.rep(vet).checks_passed == 2
     assert grid.results(job, 0) == {"vet": ("accepted", True)}
-    assert grid.task(job, 0) == ("done", 1)
+    # final in its result alone: the task keeps the state it was accepted with (no second write),
+    # and the job's summary no longer counts it as provisional
+    assert grid.task(job, 0) == ("provisional", 1)
     assert grid.store.trust_counts(job.id)["tasks_provisional"] == 0
     assert grid.store.get_job(job.id).tasks_done == 1
     # paid: 3 warm-up tasks, this one, 2 gold tasks (rewarded like any), 2 ordinary ones; 5 each
