@@ -449,7 +449,9 @@ def measure(db: Path, workers: list[SimWorker]) -> dict[str, Any]:
     states = dict(con.execute("SELECT state, count(*) FROM tasks GROUP BY state"))
     f["states"] = states
     f["accepted_tasks"] = states.get("done", 0) + states.get("provisional", 0)
-    f["provisional"] = states.get("provisional", 0)
+    # still provisional: accepted, and not made final since (by an audit or its worker's checks); a
+    # provisional task keeps its state once final, the result says which
+    f["provisional"] = one("SELECT count(*) FROM results WHERE status = 'accepted' AND NOT final")
     f["inconclusive"] = states.get("inconclusive", 0)
     f["open"] = states.get("open", 0)
     f["failed"] = states.get("failed", 0)
