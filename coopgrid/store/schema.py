@@ -235,12 +235,6 @@ leases = Table(
     Column("expires_at", Float, nullable=False),
     Column("state", String(10), nullable=False),  # open | closed | expired
 )
-Index("ix_tasks_done", tasks.c.id, sqlite_where=text("state = 'done'"), postgresql_where=text("state = 'done'"))
-# provisional tasks, whose results become final in place: gold is drawn from those that have
-Index(
-    "ix_tasks_provisional", tasks.c.id, sqlite_where=text("state = 'provisional'"),
-    postgresql_where=text("state = 'provisional'"),
-)
 Index(
     "ix_tasks_rooted", tasks.c.id, sqlite_where=text("state = 'done' AND rooted"),
     postgresql_where=text("state = 'done' AND rooted"),
@@ -326,6 +320,13 @@ Index(
     results.c.checks_at,
     sqlite_where=text("status = 'accepted' AND final = false"),
     postgresql_where=text("status = 'accepted' AND final = false"),
+)
+# final answers by task: where gold is drawn from (a provisional task's result becomes final in place)
+Index(
+    "ix_results_final_task",
+    results.c.task_id,
+    sqlite_where=text("status = 'accepted' AND final"),
+    postgresql_where=text("status = 'accepted' AND final"),
 )
 # results that agreed with a task still provisional, unpaid until it is final: few, so finality
 # looks here for them instead of at every task it makes final

@@ -761,25 +761,27 @@ class SqlStore(
         sizes = dict(conn.execute(running).all())
         job_ids = sorted(sizes)
         rng.shuffle(job_ids)
-        # the id range is walked on ix_tasks_done (only done tasks); SQLite would rather walk every
-        # task of the job on (job_id, idx), which the unary + keeps it from doing
+        # the id range is walked on a partial index (ix_tasks_rooted, ix_results_final_task); SQLite
+        # would rather walk every task of the job on (job_id, idx), which the unary + keeps it from doing
         same_job = "+t.job_id = :job" if self.dialect == "sqlite" else "t.job_id = :job"
-        tail = (
-            " AND t.id >= :lo AND t.id <= :hi"
-            f" AND {same_job}"
-            " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = t.id AND o.worker_id IN :kin)"
-            + (_same_class("t.id", "t.job_id") if placement else "")
-            + " ORDER BY t.id LIMIT :k"
-        )
-        # rooted ones spelled as the partial index ix_tasks_rooted is, so that it alone is walked
+
+        def tail(task: str) -> str:
+            return (
+                f" AND {task} >= :lo AND {task} <= :hi"
+                f" AND {same_job}"
+                f" AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = {task} AND o.worker_id IN :kin)"
+                + (_same_class(task, "t.job_id") if placement else "")
+                + f" ORDER BY {task} LIMIT :k"
+            )
+
+        # each spelled as its partial index is, so that it alone is walked: rooted answers, then any
+        # final one (a task decided by a quorum, or accepted alone and made final by its worker's
+        # checks since: the result says so, the task keeps the state it was accepted with)
         stmts = [
-            text("SELECT t.id, t.job_id FROM tasks t WHERE t.state = 'done' AND t.rooted" + tail)
+            text("SELECT t.id, t.job_id FROM tasks t WHERE t.state = 'done' AND t.rooted" + tail("t.id"))
             .bindparams(bindparam("kin", expanding=True)),
-            text("SELECT t.id, t.job_id FROM tasks t WHERE t.state = :done" + tail)
-            .bindparams(bindparam("kin", expanding=True)),
-            # provisional tasks whose result its worker's checks have made final since (on ix_tasks_provisional)
-            text("SELECT t.id, t.job_id FROM tasks t WHERE t.state = 'provisional' AND EXISTS (SELECT 1 FROM results a"
-                 " WHERE a.task_id = t.id AND a.status = 'accepted' AND a.final)" + tail)
+            text("SELECT t.task_id AS id, t.job_id FROM results t WHERE t.status = 'accepted' AND t.final"
+                 + tail("t.task_id"))
             .bindparams(bindparam("kin", expanding=True)),
         ]
         if placement:
@@ -818,7 +820,7 @@ class SqlStore(
                 if lo is None or hi is None:
                     continue
                 pivot = rng.randint(lo, hi)
-                params = {"done": TaskState.DONE.value, "kin": kin, "job": job_id, **(placement or {})}
+                params = {"kin": kin, "job": job_id, **(placement or {})}
                 for a, b in ((pivot, hi), (lo, pivot - 1)):
                     if len(found) >= k:
                         break

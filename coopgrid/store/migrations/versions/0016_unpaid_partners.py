@@ -1,8 +1,8 @@
-"""finality in the result alone: a provisional task is no longer rewritten when its result becomes final
+"""finality in the result alone: a provisional task is not rewritten when its result becomes final
 
 ix_results_unpaid finds the results that agreed with a provisional task (paid once it is final)
-without visiting every task made final; ix_tasks_provisional is where gold looks for tasks whose
-result became final since (they stay provisional).
+without visiting every task made final. Gold is drawn from final answers, ix_results_final_task,
+instead of done tasks (ix_tasks_done, dropped): a provisional task made final stays provisional.
 
 Revision ID: 0016
 Revises: 0015
@@ -19,11 +19,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # tasks made final by their worker's checks were rewritten as done; they stay done
+    # (tasks made final by their worker's checks before this were rewritten as done; they stay done)
+    op.drop_index('ix_tasks_done', table_name='tasks')
     op.create_index(
-        'ix_tasks_provisional', 'tasks', ['id'], unique=False,
-        sqlite_where=sa.text("state = 'provisional'"),
-        postgresql_where=sa.text("state = 'provisional'"),
+        'ix_results_final_task', 'results', ['task_id'], unique=False,
+        sqlite_where=sa.text("status = 'accepted' AND final"),
+        postgresql_where=sa.text("status = 'accepted' AND final"),
     )
     op.create_index(
         'ix_results_unpaid', 'results', ['task_id'], unique=False,
@@ -34,4 +35,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index('ix_results_unpaid', table_name='results')
-    op.drop_index('ix_tasks_provisional', table_name='tasks')
+    op.drop_index('ix_results_final_task', table_name='results')
+    op.create_index(
+        'ix_tasks_done', 'tasks', ['id'], unique=False,
+        sqlite_where=sa.text("state = 'done'"), postgresql_where=sa.text("state = 'done'"),
+    )
