@@ -601,14 +601,8 @@ class SqlStore(
         # worker of the same owner, and at most one replica of a task per lease.
         windowed = self.dialect == "postgresql"
         candidates = (
-            (
-                # the window's rows first, by task id on ix_replicas_ready_task: with planner statistics
-                # PostgreSQL otherwise preferred ix_replicas_job_state and read the job's whole ready
-                # queue for each lease, filtering it down to the window
-                "WITH w AS MATERIALIZED (SELECT id FROM replicas WHERE state = :ready AND task_id > :after"
-                " AND task_id <= :edge) SELECT r.id FROM w JOIN replicas r ON r.id = w.id WHERE r.state = :ready"
-                if windowed else "SELECT r.id FROM replicas r WHERE r.state = :ready"
-            )
+            "SELECT r.id FROM replicas r WHERE r.state = :ready"
+            + (" AND r.task_id > :after AND r.task_id <= :edge" if windowed else "")
             + (type_filter.replace("job_id", "r.job_id") if types else "")
             + (" AND r.job_id NOT IN :excluded" if exclude_jobs else "")
             + ("" if audits else " AND r.kind != 'audit'")
@@ -625,7 +619,7 @@ class SqlStore(
             + " ORDER BY r.task_id, r.id LIMIT :n"
         )
         if self.dialect == "postgresql":
-            candidates += " FOR UPDATE OF r SKIP LOCKED"
+            candidates += " FOR UPDATE SKIP LOCKED"
         take = text(
             f"UPDATE replicas SET state = :leased, worker_id = :worker, lease_id = :lease WHERE id IN ({candidates})"
         ).bindparams(bindparam("kin", expanding=True))
