@@ -190,8 +190,14 @@ class LedgerQueries:
             conn.execute(update(s.epochs).where(s.epochs.c.number == epoch).values(result_count=leaves, **_REBUILD))
 
     def epoch_shares(self, number: int) -> list[ShareRow]:
-        accepted_here = select(s.results.c.task_id).where(
-            s.results.c.status == ResultStatus.ACCEPTED.value, s.results.c.final, s.results.c.epoch == number
+        # the task's accepted result is in this epoch: a correlated probe by task (uq_results_accepted_task);
+        # as "task_id IN (every accepted task of the epoch)", PostgreSQL without statistics re-ran the
+        # subquery per row, and a million-result epoch took longer than its job
+        a = s.results.alias("a")
+        accepted_here = (
+            select(a.c.id).where(a.c.task_id == s.results.c.task_id, a.c.status == ResultStatus.ACCEPTED.value,
+                                 a.c.final, a.c.epoch == number)
+            .exists()
         )
         q = (
             select(s.results.c.task_id, s.results.c.job_id, s.jobs.c.reward_per_task, s.workers.c.address,
@@ -200,7 +206,7 @@ class LedgerQueries:
             .join(s.workers, s.workers.c.id == s.results.c.worker_id)
             .join(s.replicas, s.replicas.c.id == s.results.c.replica_id)
             .where(self._PAID, s.results.c.epoch == number, s.replicas.c.kind != ReplicaKind.GOLD.value,
-                   s.results.c.task_id.in_(accepted_here))
+                   accepted_here)
             .order_by(s.results.c.id)
         )
         with self._read() as conn:
