@@ -146,6 +146,12 @@ def create_api(app: App) -> FastAPI:
     def _finalize(job_id: str) -> None:
         """Reduce a complete job; a reducer that fails is logged, and never stops the coordinator."""
         try:
+            # the rounds deferred before it completed run first: one may quarantine a worker whose
+            # results it counted and reopen their tasks (then it is not complete after all), and its
+            # owner must not see it done with that still to come
+            for other in app.scheduler.validator.settle():
+                if other != job_id:
+                    app.summarizer.finalize(other)
             app.summarizer.finalize(job_id)
         except Exception:
             log.exception("reducing job %s failed; its results stay in the store", job_id)

@@ -107,6 +107,17 @@ class Validator:
                 self._draining = False
             raise
 
+    def settle(self) -> list[str]:
+        """Until no round is deferred or running: runs them (or waits for the thread that does);
+        returns the jobs completed by the rounds this call ran."""
+        completed: list[str] = []
+        while True:
+            completed += self.drain()[0]
+            with self._deferred_lock:
+                if not self._draining and not self._deferred:
+                    return completed
+            time.sleep(0.005)  # another thread is draining
+
     def validate(self, task_ids: list[int] | None = None) -> list[str]:
         """Validate these tasks (all with pending results when None); returns jobs completed."""
         return self._validate(task_ids)[0]
