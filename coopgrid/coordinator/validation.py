@@ -50,6 +50,9 @@ class Validator:
         # tasks whose round was deferred (defer), and whether a thread is running their rounds (drain)
         self._deferred: set[int] = set()
         self._draining = False
+        # uploads deferred so far, and how many of the first of them have had their round (settle)
+        self._deferred_seq = 0
+        self._settled_seq = 0
         self._deferred_lock = threading.Lock()
 
     def lone(self, job_id: str, policy: str, run: int, trusted: bool, n: int) -> list[Lone]:
@@ -78,6 +81,7 @@ class Validator:
         (pending) already, so a process that stops first leaves them to the catch-up round."""
         with self._deferred_lock:
             self._deferred.update(task_ids)
+            self._deferred_seq += 1
 
     def drain(self) -> tuple[list[str], bool]:
         """Run the deferred rounds: (jobs completed, whether they made work a task waits for). One
@@ -98,7 +102,12 @@ class Validator:
                         return completed, urgent
                     ids = sorted(self._deferred)[:DRAIN_ROUND]
                     self._deferred.difference_update(ids)
+                    # every upload deferred so far is in this round, unless some of it had to wait
+                    covers = self._deferred_seq if not self._deferred else None
                 done, more = self._validate(ids)
+                if covers is not None:
+                    with self._deferred_lock:
+                        self._settled_seq = max(self._settled_seq, covers)
                 completed += done
                 urgent = urgent or more
         except BaseException:
@@ -107,15 +116,23 @@ class Validator:
                 self._draining = False
             raise
 
-    def settle(self) -> list[str]:
-        """Until no round is deferred or running: runs them (or waits for the thread that does);
-        returns the jobs completed by the rounds this call ran."""
+    def settle(self, timeout: float = 30.0) -> list[str]:
+        """Until the rounds deferred before this call have run: runs them (or waits for the thread
+        that does), not those deferred meanwhile (a busy grid always has some); returns the jobs
+        completed by the rounds this call ran. Gives up after ``timeout`` (a round that failed:
+        the catch-up round takes its tasks)."""
+        with self._deferred_lock:
+            target = self._deferred_seq
         completed: list[str] = []
+        deadline = time.monotonic() + timeout
         while True:
             completed += self.drain()[0]
             with self._deferred_lock:
-                if not self._draining and not self._deferred:
+                if self._settled_seq >= target or (not self._draining and not self._deferred):
                     return completed
+            if time.monotonic() > deadline:
+                log.warning("validation rounds deferred before a job completed did not run within %.0fs", timeout)
+                return completed
             time.sleep(0.005)  # another thread is draining
 
     def validate(self, task_ids: list[int] | None = None) -> list[str]:

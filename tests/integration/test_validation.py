@@ -809,3 +809,14 @@ def test_a_deferred_round_that_fails_leaves_its_results_pending_for_the_catch_up
     assert validator.drain() == ([], False)  # the failed round's tasks are not queued twice...
     assert validator.validate() == [job.id]  # ...the periodic catch-up round decides them
     assert [grid.task(job, i)[0] for i in range(2)] == ["done", "done"]
+
+
+def test_settling_runs_the_rounds_deferred_before_it_and_returns_the_jobs_they_completed(store: SqlStore) -> None:
+    grid = Grid(store)
+    counting = CountingStore(store)
+    validator = Validator(counting, rng=Fixed())  # type: ignore[arg-type]
+    job = grid.job(4, QUORUM | {"adaptive": False})
+    deferred_uploads(grid, counting, validator, [grid.worker("ann"), grid.worker("bob")])
+    assert validator.settle() == [job.id]  # a job is reduced only once these have run
+    assert [grid.task(job, i)[0] for i in range(4)] == ["done"] * 4
+    assert validator.settle() == []  # nothing deferred: returns at once
