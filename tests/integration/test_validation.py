@@ -738,7 +738,13 @@ class CountingStore:
         return self._store.apply_validation(w, now)
 
 
-def deferred_uploads(grid: Grid, counting: CountingStore, validator: Validator, workers: list[WorkerRecord]) -> None:
+def deferring(store: SqlStore) -> tuple[Grid, CountingStore, Validator]:
+    """A grid on ``store`` and a validator whose rounds are counted (and may be held or failed)."""
+    counting = CountingStore(store)
+    return Grid(store), counting, Validator(counting, rng=Fixed())  # type: ignore[arg-type]
+
+
+def deferred_uploads(grid: Grid, validator: Validator, workers: list[WorkerRecord]) -> None:
     """Each worker uploads its lease as the API does: recorded now, its round deferred."""
     for w in workers:
         lease = grid.lease(w, 4)
@@ -750,13 +756,11 @@ def deferred_uploads(grid: Grid, counting: CountingStore, validator: Validator, 
 
 
 def test_rounds_deferred_by_uploads_that_came_together_run_as_one(store: SqlStore) -> None:
-    grid = Grid(store)
-    counting = CountingStore(store)
-    validator = Validator(counting, rng=Fixed())  # type: ignore[arg-type]
+    grid, counting, validator = deferring(store)
     job = grid.job(4, QUORUM | {"adaptive": False})  # two replicas of each task from the start
     ann, bob = grid.worker("ann"), grid.worker("bob")
 
-    deferred_uploads(grid, counting, validator, [ann, bob])
+    deferred_uploads(grid, validator, [ann, bob])
     assert [grid.task(job, i)[0] for i in range(4)] == ["open"] * 4  # uploads answered, rounds not run
 
     completed, urgent = validator.drain()
@@ -769,13 +773,11 @@ def test_rounds_deferred_by_uploads_that_came_together_run_as_one(store: SqlStor
 def test_a_drain_that_finds_another_running_leaves_its_tasks_to_that_one(store: SqlStore) -> None:
     import threading
 
-    grid = Grid(store)
-    counting = CountingStore(store)
-    validator = Validator(counting, rng=Fixed())  # type: ignore[arg-type]
+    grid, counting, validator = deferring(store)
     first = grid.job(2, QUORUM | {"adaptive": False})
     ann, bob, cat, dan = (grid.worker(n) for n in ("ann", "bob", "cat", "dan"))
 
-    deferred_uploads(grid, counting, validator, [ann, bob])  # the first job's two opinions
+    deferred_uploads(grid, validator, [ann, bob])  # the first job's two opinions
     counting.hold, counting.entered, counting.release = True, threading.Event(), threading.Event()
     results: list[Any] = []
     drainer = threading.Thread(target=lambda: results.append(validator.drain()))
@@ -783,7 +785,7 @@ def test_a_drain_that_finds_another_running_leaves_its_tasks_to_that_one(store: 
     assert counting.entered.wait(10)  # its round is in progress
 
     second = grid.job(2, QUORUM | {"adaptive": False})
-    deferred_uploads(grid, counting, validator, [cat, dan])  # a second job's, meanwhile
+    deferred_uploads(grid, validator, [cat, dan])  # a second job's, meanwhile
     assert validator.drain() == ([], False)  # another thread drains: this upload leaves its tasks to it
     counting.release.set()
     drainer.join(10)
@@ -794,11 +796,9 @@ def test_a_drain_that_finds_another_running_leaves_its_tasks_to_that_one(store: 
 
 
 def test_a_deferred_round_that_fails_leaves_its_results_pending_for_the_catch_up_round(store: SqlStore) -> None:
-    grid = Grid(store)
-    counting = CountingStore(store)
-    validator = Validator(counting, rng=Fixed())  # type: ignore[arg-type]
+    grid, counting, validator = deferring(store)
     job = grid.job(2, QUORUM | {"adaptive": False})
-    deferred_uploads(grid, counting, validator, [grid.worker("ann"), grid.worker("bob")])
+    deferred_uploads(grid, validator, [grid.worker("ann"), grid.worker("bob")])
 
     counting.fail_next = True
     with pytest.raises(RuntimeError, match="went away"):
@@ -812,11 +812,9 @@ def test_a_deferred_round_that_fails_leaves_its_results_pending_for_the_catch_up
 
 
 def test_settling_runs_the_rounds_deferred_before_it_and_returns_the_jobs_they_completed(store: SqlStore) -> None:
-    grid = Grid(store)
-    counting = CountingStore(store)
-    validator = Validator(counting, rng=Fixed())  # type: ignore[arg-type]
+    grid, counting, validator = deferring(store)
     job = grid.job(4, QUORUM | {"adaptive": False})
-    deferred_uploads(grid, counting, validator, [grid.worker("ann"), grid.worker("bob")])
+    deferred_uploads(grid, validator, [grid.worker("ann"), grid.worker("bob")])
     assert validator.settle() == [job.id]  # a job is reduced only once these have run
     assert [grid.task(job, i)[0] for i in range(4)] == ["done"] * 4
     assert validator.settle() == []  # nothing deferred: returns at once
