@@ -95,12 +95,11 @@ class Escrow:
 
     def activate_funded(self) -> None:
         """Activate every unfunded job whose escrow is now funded (the sealer's loop)."""
-        for job in self.store.list_jobs():
-            if job.state == JobState.UNFUNDED.value:
-                try:
-                    self.activate(job)
-                except Conflict:
-                    pass
+        for job in self.store.list_jobs(states=[JobState.UNFUNDED.value]):
+            try:
+                self.activate(job)
+            except Conflict:
+                pass
 
     def close_paid(self) -> list[str]:
         """Close on chain the finished jobs whose every paid result is committed; returns their ids."""

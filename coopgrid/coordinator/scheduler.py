@@ -13,6 +13,7 @@ import random
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,6 +39,7 @@ from coopgrid.registry import ModelRegistry
 from coopgrid.store.base import (
     IncomingResult, JobRecord, NewGoldTask, NewJob, NewTask, RecordOutcome, Store, Token, WorkerRecord,
 )
+from coopgrid.store.schema import JobState
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ class Scheduler:
         self.validator = validator
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
-        self._gold_rate: tuple[float, float] = (0.0, -1.0)  # (rate, when read)
+        self._running_jobs: _RunningJobs | None = None  # what leases need of the running jobs (_running)
         #: wakes held lease requests (long polls) when work may have appeared; app.build gives it the database
         self.wakeup = Wakeup()
 
@@ -270,7 +272,6 @@ class Scheduler:
                 f"worker {worker.address} is quarantined ({worker.quarantine_reason}) and gets no more work",
                 address=worker.address,
             )
-        excluded = self._needs_more_stake(worker.address, now)
         # No worker takes more than its fair share of what is waiting, so a
         # short job is spread over every active worker instead of the first
         # one to ask; a long queue still goes out in full batches.
@@ -280,20 +281,22 @@ class Scheduler:
         ready, active = self.store.queue_depth(now - self.settings.lease_seconds, cap=want, per_worker=64)
         if ready == 0:
             return None  # nothing to do: no write transaction for an idle poll
+        running = self._running()
+        excluded = self._needs_more_stake(worker.address, running)
         fair = max(1, -(-ready // max(active, 1)))
         quota, validated = self.store.lease_quota(worker.id, request.task_types)
         n = min(request.max_replicas, self.settings.max_lease_batch, fair, quota)
         # a fresh key of a quarantined worker's owner or network is tested as a newcomer for longer
         validated //= 1 + worker.prior_quarantines
-        gold_p = gold_probability(TrustPolicy(gold_rate=self._job_gold_rate(now)), validated)
+        gold_p = gold_probability(TrustPolicy(gold_rate=running.gold_rate), validated)
         gold = sum(self.rng.random() < gold_p for _ in range(n)) if gold_p else 0
-        audits = may_audit(self._record_threshold(now), worker.trusted,
+        audits = may_audit(running.record_need, worker.trusted,
                            0 if worker.trusted else self.store.record_run(worker.id, request.task_types))
         lease = self.store.lease(
             worker.id, n, request.task_types, self.settings.lease_seconds, now, gold=gold, rng=self.rng,
             audits=audits,
             separate_networks=self.settings.separate_networks, exclude_jobs=sorted(excluded),
-            platform_class=worker.platform_class, homogeneous_jobs=self._homogeneous_jobs(now),
+            platform_class=worker.platform_class, homogeneous_jobs=running.homogeneous,
         )
         if lease is None:
             if excluded:
@@ -366,45 +369,24 @@ class Scheduler:
     def _stake(self, address: str) -> int:
         return int(self.stake_of(address)) if self.stake_of is not None else 0
 
-    def _needs_more_stake(self, address: str, now: float) -> dict[str, int]:
+    def _needs_more_stake(self, address: str, running: _RunningJobs) -> dict[str, int]:
         """Running jobs whose minimum stake this worker does not have: job id -> the stake needed."""
-        stakes, when = getattr(self, "_min_stakes", ({}, -1.0))
-        if now - when > 1.0:  # re-read at most once a second, like the gold rate
-            stakes = {j.id: j.min_stake for j in self.store.list_jobs() if j.state == "running" and j.min_stake}
-            self._min_stakes = (stakes, now)
-        if not stakes:
+        if not running.min_stakes:
             return {}
         have = self._stake(address)
-        return {job_id: need for job_id, need in stakes.items() if need > have}
+        return {job_id: need for job_id, need in running.min_stakes.items() if need > have}
 
-    def _homogeneous_jobs(self, now: float) -> list[str]:
-        """Running jobs whose task type needs homogeneous redundancy (re-read at most once a second)."""
-        found, when = getattr(self, "_homogeneous", ([], -1.0))
-        if now - when > 1.0:
-            found = sorted(j.id for j in self.store.list_jobs()
-                           if j.state == "running" and _homogeneous(j.task_type))
-            self._homogeneous = (found, now)
-        return found
-
-    def _job_gold_rate(self, now: float) -> float:
-        """The highest gold rate among running jobs (re-read at most once a second)."""
-        rate, when = self._gold_rate
-        if now - when > 1.0:
-            rates = [TrustPolicy.model_validate(j.policy or {}).gold_rate for j in self.store.list_jobs()
-                     if j.state == "running"]
-            rate = max(rates, default=0.0)
-            self._gold_rate = (rate, now)
-        return rate
-
-    def _record_threshold(self, now: float) -> int:
-        """The lowest run that gives a record among running jobs (re-read at most once a second)."""
-        need, when = getattr(self, "_record_need", (0, -1.0))
-        if now - when > 1.0:
-            needs = [record_threshold(TrustPolicy.model_validate(j.policy or {})) for j in self.store.list_jobs()
-                     if j.state == "running"]
-            need = min(needs, default=record_threshold(TrustPolicy()))
-            self._record_need = (need, now)
-        return need
+    def _running(self) -> _RunningJobs:
+        """What leases need to know of the running jobs: read again whenever the set of running jobs
+        changed (submitted, funded, finished or cancelled, by any coordinator on the database), so a new
+        job's stake, gold and placement rules hold from its first lease; one indexed read of their ids
+        otherwise, however many jobs the grid ran before."""
+        ids = self.store.running_job_ids()
+        cached = self._running_jobs
+        if cached is None or cached.ids != ids:
+            jobs = self.store.list_jobs(states=[JobState.RUNNING.value])
+            cached = self._running_jobs = _RunningJobs.of(jobs)
+        return cached
 
     def heartbeat(self, worker: WorkerRecord, lease_id: int) -> float:
         return self.store.extend_lease(lease_id, worker.id, self.settings.lease_seconds, time.time())
@@ -482,6 +464,28 @@ class Scheduler:
         if n:
             self.wakeup.notify(others=True)
         return n
+
+
+@dataclass(frozen=True)
+class _RunningJobs:
+    """The running jobs' figures a lease uses, read together (Scheduler._running)."""
+
+    ids: frozenset[str]
+    min_stakes: dict[str, int]  # job -> the stake a worker needs for it (jobs that ask for one)
+    homogeneous: list[str]  # jobs whose task type needs homogeneous redundancy
+    gold_rate: float  # the highest gold rate
+    record_need: int  # the lowest run that gives a record
+
+    @classmethod
+    def of(cls, jobs: list[JobRecord]) -> _RunningJobs:
+        policies = [TrustPolicy.model_validate(j.policy or {}) for j in jobs]
+        return cls(
+            ids=frozenset(j.id for j in jobs),
+            min_stakes={j.id: j.min_stake for j in jobs if j.min_stake},
+            homogeneous=sorted(j.id for j in jobs if _homogeneous(j.task_type)),
+            gold_rate=max((p.gold_rate for p in policies), default=0.0),
+            record_need=min((record_threshold(p) for p in policies), default=record_threshold(TrustPolicy())),
+        )
 
 
 def _check_shard(first: Dataset, shard: Dataset, digest: str) -> None:

@@ -498,8 +498,13 @@ class Store(abc.ABC):
         """The job, or None."""
 
     @abc.abstractmethod
-    def list_jobs(self, owner_token_id: int | None = None) -> list[JobRecord]:
-        """Jobs, newest first; only ``owner_token_id``'s when given."""
+    def list_jobs(self, owner_token_id: int | None = None, states: Sequence[str] | None = None) -> list[JobRecord]:
+        """Jobs, newest first; only ``owner_token_id``'s, or those in ``states``, when given (the running
+        ones are a few of a long-lived grid's every job)."""
+
+    @abc.abstractmethod
+    def running_job_ids(self) -> set[str]:
+        """The ids of the running jobs: one indexed read, for a caller that caches what it knows of them."""
 
     @abc.abstractmethod
     def cancel_job(self, job_id: str, now: float) -> JobRecord:

@@ -24,10 +24,19 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    literal_column,
     text,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 metadata = MetaData()
+
+
+def written_out(column: Column, value: str | int) -> ColumnElement[bool]:
+    """``column = value`` with the value in the statement's text, not bound: a partial index whose
+    WHERE names that value serves only a query that names it too (SQLite plans without the bound
+    value, or re-plans on every call; PostgreSQL's generic plans never use it)."""
+    return column == literal_column(repr(value) if isinstance(value, str) else str(int(value)))
 
 
 class ReplicaState(enum.IntEnum):
@@ -138,6 +147,12 @@ workers = Table(
     Column("platform", Text, nullable=True),
     Column("platform_class", String(128), nullable=True),
 )
+# a grid's every worker ever is a long table: those seen lately (each lease counts them), and a
+# worker's kin (each lease keeps a task's replicas apart by owner, network and suspicion)
+Index("ix_workers_last_seen", workers.c.last_seen)
+Index("ix_workers_owner", workers.c.owner)
+Index("ix_workers_network", workers.c.network)
+Index("ix_workers_partner_quarantines", workers.c.partner_quarantines)
 
 #: facts about the grid itself, e.g. its id, which worker signatures bind
 grid_meta = Table(
@@ -198,6 +213,8 @@ jobs = Table(
 )
 # who may read a dataset blob: its jobs' owners and the workers leasing them (coordinator/access.py)
 Index("ix_jobs_dataset", jobs.c.dataset_hash)
+# running jobs (every lease, and the scheduler's once-a-second look): a grid's every job ever is a long table
+Index("ix_jobs_state", jobs.c.state)
 
 tasks = Table(
     "tasks",
@@ -280,6 +297,8 @@ result_batches = Table(
     Column("size", Integer, nullable=False),
     Column("received_at", Float, nullable=False),
 )
+# the foreign key's own index: deleting a lease that found no work checks its batches
+Index("ix_result_batches_lease", result_batches.c.lease_id)
 
 results = Table(
     "results",
@@ -327,6 +346,14 @@ Index(
     results.c.task_id,
     sqlite_where=text("status = 'accepted' AND final"),
     postgresql_where=text("status = 'accepted' AND final"),
+)
+# results waiting for a validation round: few at any time, however many a grid has recorded (the
+# catch-up round looks for them here)
+Index(
+    "ix_results_pending",
+    results.c.task_id,
+    sqlite_where=text("status = 'pending'"),
+    postgresql_where=text("status = 'pending'"),
 )
 # results that agreed with a task still provisional, unpaid until it is final: few, so finality
 # looks here for them instead of at every task it makes final

@@ -442,12 +442,19 @@ class SqlStore(
             row = conn.execute(select(s.jobs).where(s.jobs.c.id == job_id)).first()
         return _job(row) if row else None
 
-    def list_jobs(self, owner_token_id: int | None = None) -> list[JobRecord]:
+    def list_jobs(self, owner_token_id: int | None = None, states: Sequence[str] | None = None) -> list[JobRecord]:
         q = select(s.jobs).order_by(s.jobs.c.created_at.desc())
         if owner_token_id is not None:
             q = q.where(s.jobs.c.owner_token_id == owner_token_id)
+        if states is not None:
+            q = q.where(s.jobs.c.state.in_(list(states)))  # ix_jobs_state
         with self._read() as conn:
             return [_job(r) for r in conn.execute(q)]
+
+    def running_job_ids(self) -> set[str]:
+        with self._read() as conn:
+            return set(conn.execute(select(s.jobs.c.id).where(s.written_out(s.jobs.c.state, JobState.RUNNING.value)))
+                       .scalars())
 
     def cancel_job(self, job_id: str, now: float) -> JobRecord:
         with self._write() as conn:
@@ -849,10 +856,12 @@ class SqlStore(
             active = conn.execute(
                 select(func.count()).select_from(s.workers).where(s.workers.c.last_seen >= active_since)
             ).scalar_one()
-            # counting stops at ``cap``: callers only need to know "at least this many"
+            # counting stops at ``cap``: callers only need to know "at least this many"; the ready state
+            # written out, so that the count walks a partial index of ready replicas, not the whole table
             ready = conn.execute(
-                text("SELECT count(*) FROM (SELECT 1 FROM replicas WHERE state = :ready LIMIT :cap) AS q"),
-                {"ready": int(ReplicaState.READY), "cap": cap * min(max(active, 1), per_worker) if per_worker else cap},
+                text(f"SELECT count(*) FROM (SELECT 1 FROM replicas WHERE state = {int(ReplicaState.READY)} "
+                     "LIMIT :cap) AS q"),
+                {"cap": cap * min(max(active, 1), per_worker) if per_worker else cap},
             ).scalar_one()
         return ready, active
 
@@ -1260,7 +1269,7 @@ class SqlStore(
             expired = conn.execute(
                 self._locking(
                     select(s.leases.c.id, s.leases.c.worker_id).where(
-                        s.leases.c.state == "open", s.leases.c.expires_at < now
+                        s.written_out(s.leases.c.state, "open"), s.leases.c.expires_at < now  # ix_leases_open
                     ),
                     skip_locked=True,  # a lease whose results are being written now is left to that writer
                 )

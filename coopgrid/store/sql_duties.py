@@ -100,7 +100,7 @@ class DutyQueries:
         with self._write() as conn:
             if task_ids is None:
                 ids = sorted(set(conn.execute(
-                    select(s.results.c.task_id).where(s.results.c.status == ResultStatus.PENDING.value)
+                    select(s.results.c.task_id).where(s.written_out(s.results.c.status, ResultStatus.PENDING.value))
                 ).scalars()))
             else:
                 ids = sorted(set(task_ids))

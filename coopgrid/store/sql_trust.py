@@ -117,7 +117,7 @@ class TrustQueries:
 
     def tasks_to_validate(self, task_ids: Sequence[int] | None = None) -> list[TaskCheck]:
         """Tasks with pending results (only ``task_ids`` when given), with everything validation needs."""
-        pending = s.results.c.status == ResultStatus.PENDING.value
+        pending = s.written_out(s.results.c.status, ResultStatus.PENDING.value)  # ix_results_pending
         with self._read() as conn:
             if task_ids is None:
                 ids = sorted(set(conn.execute(select(s.results.c.task_id).where(pending)).scalars()))
