@@ -36,16 +36,29 @@ def relay(grid: Grid, raw: list[str], token: str | None = None) -> Any:
     return grid.client.post("/v1/ledger/transactions", json={"raw": raw}, headers=grid.headers(token))
 
 
-def paid_job(grid: Grid, funder: str, token: str, reward: int = 5) -> dict[str, Any]:
+def paid_job(grid: Grid, funder: str, token: str, reward: int = 5, min_stake: int = 0) -> dict[str, Any]:
     dataset = grid.upload(sequence(20).to_npz(), token)
     r = grid.client.post(
         "/v1/jobs",
         json={"task_type": "echo", "dataset": dataset, "task_size": 4, "reward_per_task": reward, "funder": funder,
-              "min_stake": 0, "trust": NO_REPLICATION},
+              "min_stake": min_stake, "trust": NO_REPLICATION},
         headers=grid.headers(token),
     )
     assert r.status_code == 201, r.text
     return r.json()
+
+
+def fund(grid: Grid, me: Identity, job: dict[str, Any], amount: int, token: str) -> dict[str, Any]:
+    """The funder's approve and fund, relayed; then the job is told it is funded."""
+    mint(grid, me.address, amount)
+    contract = grid.client.get(f"/v1/ledger/accounts/{me.address}").json()["contract"]
+    deadline = int(time.time()) + 86400
+    sent = relay(grid, signed(grid, me, [("approve", [contract, amount]),
+                                         ("fund", [bytes.fromhex(job["id"]), amount, deadline])]), token)
+    assert sent.status_code == 200, sent.text
+    funded = grid.client.post(f"/v1/jobs/{job['id']}/funded", headers=grid.headers(token))
+    assert funded.status_code == 200, funded.text
+    return funded.json()
 
 
 def test_a_paid_job_is_leased_only_once_its_submitter_funded_it(chain_grid: Grid) -> None:
@@ -73,6 +86,23 @@ def test_a_paid_job_is_leased_only_once_its_submitter_funded_it(chain_grid: Grid
     escrow = grid.client.get(f"/v1/jobs/{job['id']}/escrow", headers=grid.headers(alice)).json()
     assert (escrow["budget"], escrow["spent"], escrow["refundable"], escrow["closed"]) == ("25", "0", "0", False)
     assert grid.client.get(f"/v1/ledger/accounts/{me.address}").json()["tokens"] == "0"
+
+
+def test_a_job_asking_a_stake_is_refused_to_a_worker_without_it_from_its_very_first_lease(chain_grid: Grid) -> None:
+    # the coordinator knows the running jobs' rules (stake, gold, placement) between leases: a job
+    # that starts running must be known by the next lease, not a while later
+    grid = chain_grid
+    alice = grid.new_token("alice")
+    worker = Worker(grid, owner="w").register()
+    grid.submit_echo(1, 1, alice)
+    assert len(worker.lease()["replicas"]) == 1  # the free job's one task: the running jobs are known
+    me = Identity.generate()
+    job = paid_job(grid, me.address, alice, min_stake=100)
+    assert fund(grid, me, job, 25, alice)["state"] == "running"
+
+    refused = worker.post("/v1/leases", {"max_replicas": 10})
+    assert refused.status_code == 403, refused.text
+    assert "needs a stake of 100" in error_of(refused)["detail"]
 
 
 def test_the_relay_sends_the_ledgers_own_calls_and_nothing_else(chain_grid: Grid) -> None:
