@@ -605,6 +605,9 @@ def policy_series(bench: Bench, data_dir: Path, database: str, url: str | None) 
                             profile_as=f"policy-{database}-{policy.replace(' ', '').replace('#', '')}")
         time.sleep(1.2)
         s1 = db_totals(stats)
+        if os.environ.get("CG_KEEP_STATS"):
+            import shutil as _sh
+            _sh.copy(stats, Path(os.environ["CG_KEEP_STATS"]) / f"{database}-{policy.replace(' ', '').replace('#', '')}-{time.time():.0f}.json")
         if run.summary.get("echo_mismatches"):
             raise RuntimeError(f"echo returned {run.summary['echo_mismatches']} wrong outputs ({policy})")
         pj = PolicyJob(policy, run.rate, run.coordinator_cpu, s1[0] - s0[0], s1[1] - s0[1], run.tasks,

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     port: int = Field(8750, ge=0, le=65535, description="Port the HTTP API listens on (0 picks a free one).")
     lease_seconds: float = Field(60.0, gt=0, description="How long a worker holds leased replicas without a heartbeat.")
     max_lease_batch: int = Field(1000, ge=1, description="Most replicas one lease request may take.")
+    audit_wait_seconds: float = Field(
+        10.0, ge=0,
+        description="An audit of an accepted result waits this long to ride in a lease with other work before "
+        "it goes out in a lease of its own (a job's last audits would each cost a lease, a batch and a "
+        "validation round); it delays only that result's finality. 0: at once.",
+    )
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Largest model or dataset upload accepted.")
     max_dataset_bytes: int = Field(
         1 << 30,

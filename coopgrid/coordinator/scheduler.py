@@ -294,7 +294,7 @@ class Scheduler:
                            0 if worker.trusted else self.store.record_run(worker.id, request.task_types))
         lease = self.store.lease(
             worker.id, n, request.task_types, self.settings.lease_seconds, now, gold=gold, rng=self.rng,
-            audits=audits,
+            audits=audits, audits_due=now - self.settings.audit_wait_seconds if self.settings.audit_wait_seconds else None,
             separate_networks=self.settings.separate_networks, exclude_jobs=sorted(excluded),
             platform_class=worker.platform_class, homogeneous_jobs=running.homogeneous,
         )

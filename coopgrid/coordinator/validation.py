@@ -25,7 +25,7 @@ from coopgrid import tasks
 from coopgrid.coordinator.metrics import Metrics
 from coopgrid.errors import DatabaseUnavailable
 from coopgrid.coordinator.trust import Candidate, TrustPolicy, alone, confirmation, decide
-from coopgrid.store.base import Accept, CandidateRow, Lone, Store, TaskCheck, ValidationWrite
+from coopgrid.store.base import RULES_CACHED, Accept, CandidateRow, Lone, Store, TaskCheck, ValidationWrite
 from coopgrid.store.schema import ReplicaKind, ResultStatus, TaskState
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class Validator:
             p = TrustPolicy.model_validate(json.loads(policy) if policy else {})
             only = Candidate(0, 0, "", ResultStatus.PENDING.value, None, 0, ReplicaKind.NORMAL.value, False)
             more = decide(p, [only], 1, _always, self.rng, outstanding=0).more  # no run: nothing drawn
+            while len(self._lone_rules) >= RULES_CACHED:  # a long-lived grid's past jobs, oldest first
+                del self._lone_rules[next(iter(self._lone_rules))]
             rules = self._lone_rules[job_id] = (p, (
                 Lone(accept=False, more=more),
                 Lone(accept=True, final=True, rooted=True),  # a trusted worker's

@@ -360,6 +360,9 @@ class Lone:
 #: (job id, the job's policy as stored, the worker's run, vouched for by the operator, how many of its
 #: lone results in that job) -> a verdict for each
 LoneJudge = Callable[[str, str, int, bool, int], list[Lone]]
+#: jobs whose rules (task type, trust policy) a process keeps at hand; older ones are read again when
+#: needed (a grid that runs for a year has run more jobs than it should hold in memory)
+RULES_CACHED = 1024
 
 
 @dataclass
@@ -587,6 +590,7 @@ class Store(abc.ABC):
         platform_class: str | None = None,
         homogeneous_jobs: Sequence[str] = (),
         audits: bool = True,
+        audits_due: float | None = None,
     ) -> Lease | None:
         """Lease up to ``max_replicas`` ready replicas to a worker in one lease, plus ``gold`` replicas
         of tasks whose answer is known; None if none are ready.
@@ -595,7 +599,10 @@ class Store(abc.ABC):
         with ``separate_networks``, of the same network). In ``homogeneous_jobs`` every replica
         of a task (gold ones included) goes to workers of one platform class: this worker's is
         ``platform_class`` (None: it reported none). ``audits``: whether audit replicas may go to
-        this worker (:func:`coopgrid.coordinator.trust.may_audit`)."""
+        this worker (:func:`coopgrid.coordinator.trust.may_audit`). ``audits_due``: audits issued after
+        this time go only with other work (into a lease that has room), so that a job's last audits
+        do not each cost a lease, a batch and a round of their own; older ones go out like any
+        replica (None: every audit is due)."""
 
     @abc.abstractmethod
     def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: int = 0) -> tuple[int, int]:

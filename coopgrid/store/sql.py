@@ -25,6 +25,7 @@ from coopgrid.errors import ConfigError, Conflict, DatabaseUnavailable, JobNotFo
 from coopgrid.store import schema as s
 from coopgrid.store.dbstats import maybe_attach
 from coopgrid.store.base import (
+    RULES_CACHED,
     AcceptedOutput,
     IncomingResult,
     JobRecord,
@@ -591,6 +592,7 @@ class SqlStore(
         platform_class: str | None = None,
         homogeneous_jobs: Sequence[str] = (),
         audits: bool = True,
+        audits_due: float | None = None,
     ) -> Lease | None:
         types = list(task_types)
         placement = (
@@ -608,35 +610,43 @@ class SqlStore(
         # Placement: never a second replica of a task to the same worker or to a
         # worker of the same owner, and at most one replica of a task per lease.
         windowed = self.dialect == "postgresql"
-        candidates = (
-            "SELECT r.id FROM replicas r WHERE r.state = :ready"
-            + (" AND r.task_id > :after AND r.task_id <= :edge" if windowed else "")
-            + (type_filter.replace("job_id", "r.job_id") if types else "")
-            + (" AND r.job_id NOT IN :excluded" if exclude_jobs else "")
-            + ("" if audits else " AND r.kind != 'audit'")
-            + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.worker_id IN :kin"
-            " AND o.state IN (:leased, :done))"  # a replica that failed or expired may go back to its worker
-            # the lowest ready replica of its task; on PostgreSQL as "+ 0": with planner statistics it
-            # turned min(id) into a walk of ix_replicas_ready in id order, filtered by task (0.2 ms a
-            # candidate, 400 ms a lease of 1,000), where the task's own one or two rows were enough
-            + f" AND r.id = (SELECT min(r2.id{' + 0' if windowed else ''}) FROM replicas r2"
-            " WHERE r2.task_id = r.task_id AND r2.state = :ready)"
-            + (_same_class("r.task_id", "r.job_id") if homogeneous_jobs else "")
-            # task order, not replica order: replicas added by validation (a second opinion,
-            # an audit, a tie-breaker) go out before later tasks' first replicas
-            + " ORDER BY r.task_id, r.id LIMIT :n"
-        )
-        if self.dialect == "postgresql":
-            candidates += " FOR UPDATE SKIP LOCKED"
-        take = text(
-            f"UPDATE replicas SET state = :leased, worker_id = :worker, lease_id = :lease WHERE id IN ({candidates})"
-        ).bindparams(bindparam("kin", expanding=True))
-        if types:
-            take = take.bindparams(bindparam("types", expanding=True))
-        if exclude_jobs:
-            take = take.bindparams(bindparam("excluded", expanding=True))
-        if homogeneous_jobs:
-            take = take.bindparams(bindparam("homogeneous", expanding=True))
+
+        def take_of(kinds: str) -> Any:
+            candidates = (
+                "SELECT r.id FROM replicas r WHERE r.state = :ready"
+                + (" AND r.task_id > :after AND r.task_id <= :edge" if windowed else "")
+                + (type_filter.replace("job_id", "r.job_id") if types else "")
+                + (" AND r.job_id NOT IN :excluded" if exclude_jobs else "")
+                + kinds
+                + " AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.worker_id IN :kin"
+                " AND o.state IN (:leased, :done))"  # a replica that failed or expired may go back to its worker
+                # the lowest ready replica of its task; on PostgreSQL as "+ 0": with planner statistics it
+                # turned min(id) into a walk of ix_replicas_ready in id order, filtered by task (0.2 ms a
+                # candidate, 400 ms a lease of 1,000), where the task's own one or two rows were enough
+                + f" AND r.id = (SELECT min(r2.id{' + 0' if windowed else ''}) FROM replicas r2"
+                " WHERE r2.task_id = r.task_id AND r2.state = :ready)"
+                + (_same_class("r.task_id", "r.job_id") if homogeneous_jobs else "")
+                # task order, not replica order: replicas added by validation (a second opinion,
+                # an audit, a tie-breaker) go out before later tasks' first replicas
+                + " ORDER BY r.task_id, r.id LIMIT :n"
+            )
+            if self.dialect == "postgresql":
+                candidates += " FOR UPDATE SKIP LOCKED"
+            take = text(
+                f"UPDATE replicas SET state = :leased, worker_id = :worker, lease_id = :lease WHERE id IN ({candidates})"
+            ).bindparams(bindparam("kin", expanding=True))
+            if types:
+                take = take.bindparams(bindparam("types", expanding=True))
+            if exclude_jobs:
+                take = take.bindparams(bindparam("excluded", expanding=True))
+            if homogeneous_jobs:
+                take = take.bindparams(bindparam("homogeneous", expanding=True))
+            return take
+
+        # audits only where this worker may take them; recent ones only alongside other work (second pass)
+        waiting = audits and audits_due is not None
+        take = take_of("" if audits and not waiting else
+                       " AND (r.kind != 'audit' OR r.created_at <= :due)" if waiting else " AND r.kind != 'audit'")
         expires = now + lease_seconds
         with self._write() as conn:
             me = conn.execute(
@@ -655,15 +665,17 @@ class SqlStore(
                 "kin": kin,
                 **({"types": types} if types else {}),
                 **({"excluded": list(exclude_jobs)} if exclude_jobs else {}),
+                **({"due": audits_due} if waiting else {}),
                 **placement,
             }
             lease_id = conn.execute(
                 insert(s.leases).values(worker_id=worker_id, created_at=now, expires_at=expires, state="open")
             ).inserted_primary_key[0]
-            if windowed:
-                taken = self._take_in_windows(conn, take, {**params, "lease": lease_id}, max_replicas)
-            else:
-                taken = conn.execute(take, {**params, "lease": lease_id}).rowcount
+            taken = self._take(conn, take, {**params, "lease": lease_id}, max_replicas, windowed)
+            if waiting and 0 < taken < max_replicas:
+                # room left beside other work: the audits still waiting ride along
+                taken += self._take(conn, take_of(" AND r.kind = 'audit'"), {**params, "lease": lease_id},
+                                    max_replicas - taken, windowed)
             if gold and taken:
                 taken += self._add_gold(conn, worker_id, kin, lease_id, gold, types, now, rng or random.Random(),
                                         placement)
@@ -700,6 +712,12 @@ class SqlStore(
     #: ready replicas a PostgreSQL lease looks at per window, per replica it wants; windows per lease
     #: before it looks at the whole queue
     WINDOW_PER_REPLICA, WINDOWS = 2, 4
+
+    def _take(self, conn: Any, take: Any, params: dict[str, Any], n: int, windowed: bool) -> int:
+        """Run a lease's ``take`` for up to ``n`` replicas: in windows on PostgreSQL, at once on SQLite."""
+        if windowed:
+            return self._take_in_windows(conn, take, params, n)
+        return conn.execute(take, {**params, "n": n}).rowcount
 
     def _take_in_windows(self, conn: Any, take: Any, params: dict[str, Any], n: int) -> int:
         """Run the lease's ``take`` over the ready queue a window of task ids at a time.
@@ -1191,6 +1209,8 @@ class SqlStore(
                 select(s.jobs.c.id, s.jobs.c.task_type, s.jobs.c.policy).where(s.jobs.c.id.in_(unknown))
             ):
                 self._job_rules[j.id] = (j.task_type, j.policy, json.loads(j.policy).get("quorum", 2) == 1)
+            while len(self._job_rules) > RULES_CACHED:  # the oldest first: a long-lived grid's past jobs
+                del self._job_rules[next(iter(self._job_rules))]
         return {j: self._job_rules[j] for j in job_ids if j in self._job_rules}
 
     def _lock_judged_tasks(self, conn: Any, reps: list[Any]) -> None:

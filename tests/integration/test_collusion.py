@@ -10,6 +10,7 @@ are re-examined.
 from __future__ import annotations
 
 from pathlib import Path
+from random import Random
 
 from sqlalchemy import select
 
@@ -224,6 +225,37 @@ def test_an_auditor_that_confirms_an_established_workers_result_passes_a_check(g
     assert grid.task(job, 0)[0] == "done"
     assert grid.rep(own).checks_passed == 1  # its result was checked
     assert grid.rep(vet).checks_passed == 1  # and so was the auditor, by agreeing with a record
+
+
+def test_a_recent_audit_goes_out_alone_only_once_due_and_rides_with_other_work_before(grid: Grid) -> None:
+    # a job's last audits would otherwise each cost a lease, a batch and a validation round of their own
+    policy = {"gold_rate": 0, "audit_scale": 10}  # every lone acceptance audited
+    own, vet = grid.worker("owner"), grid.worker("vet")
+    grid.set_run(own, 50)
+    grid.set_run(vet, 50)
+
+    def audited(job) -> float:  # noqa: ANN001
+        grid.work(own)  # task 0 accepted alone: provisional, audited
+        assert grid.kinds(job, 0, READY) == ["audit"]
+        with grid.store.engine.connect() as conn:
+            return conn.execute(select(s.replicas.c.created_at).where(
+                s.replicas.c.task_id == grid.task_id(job, 0), s.replicas.c.kind == "audit")).scalar_one()
+
+    def lease(due: float):  # noqa: ANN202
+        return grid.store.lease(vet.id, 10, [], LEASE, grid.tick(), rng=Random(1), audits_due=due)
+
+    job = grid.job(2, policy)
+    issued = audited(job)
+    assert grid.lease(own) is not None  # task 1 held elsewhere: the audit is all there is
+    assert lease(due=issued - 1) is None  # not due: it waits for other work
+    alone = lease(due=issued)
+    assert alone is not None and [grid.kind(r.replica_id) for r in alone.replicas] == ["audit"]
+
+    job = grid.job(2, policy)
+    issued = audited(job)
+    both = lease(due=issued - 1)  # not due, but the lease has room beside task 1's first replica
+    assert both is not None
+    assert sorted((r.task_index, grid.kind(r.replica_id)) for r in both.replicas) == [(0, "audit"), (1, "normal")]
 
 
 def test_confirming_a_newcomers_quorum_is_no_check_of_the_auditor(grid: Grid) -> None:

@@ -207,7 +207,7 @@ def grid(store: SqlStore, request: pytest.FixtureRequest) -> Grid:
 
 def scheduler(store: SqlStore, tmp_path: Path) -> Scheduler:
     """The scheduler's leasing path (quarantine, quotas) on this store; nothing else of it is used."""
-    settings = Settings(data_dir=tmp_path, ledger="none")
+    settings = Settings(data_dir=tmp_path, ledger="none", audit_wait_seconds=0)  # audits at once (waiting: own test)
     return Scheduler(settings, store, None, None, None, Validator(store))  # type: ignore[arg-type]
 
 
