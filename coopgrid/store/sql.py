@@ -61,6 +61,13 @@ MAX_TASK_ERRORS = 3
 TASK_INSERT_CHUNK = 10_000
 
 
+#: the ready state written into lease statements, not bound: the partial indexes of ready replicas
+#: (ix_replicas_ready, ix_replicas_ready_task) serve only a statement that names it (PostgreSQL's
+#: generic plans, which a prepared statement gets after five runs, never use them for a bound value:
+#: each lease then read far more of the table, slower with every job the grid had run)
+READY = int(ReplicaState.READY)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -74,9 +81,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def _postgres_session(dbapi_conn: Any, _record: Any) -> None:
     # short statements by the thousand: JIT compiling one whose estimated cost crosses
-    # jit_above_cost (a lease over a big job, once the tables are analyzed) took longer than running it
+    # jit_above_cost (a lease over a big job, once the tables are analyzed) took longer than running it;
+    # likewise parallel workers: once a grid's tables had grown past min_parallel_table_scan_size, the
+    # planner gave a lease's 1,000-row lookups a parallel worker each (a process started per statement:
+    # 8 ms instead of 2), so every job ran slower than the one before
     with dbapi_conn.cursor() as cur:
         cur.execute("SET jit = off")
+        cur.execute("SET max_parallel_workers_per_gather = 0")
     dbapi_conn.commit()
 
 
@@ -613,7 +624,7 @@ class SqlStore(
 
         def take_of(kinds: str) -> Any:
             candidates = (
-                "SELECT r.id FROM replicas r WHERE r.state = :ready"
+                f"SELECT r.id FROM replicas r WHERE r.state = {READY}"
                 + (" AND r.task_id > :after AND r.task_id <= :edge" if windowed else "")
                 + (type_filter.replace("job_id", "r.job_id") if types else "")
                 + (" AND r.job_id NOT IN :excluded" if exclude_jobs else "")
@@ -624,7 +635,7 @@ class SqlStore(
                 # turned min(id) into a walk of ix_replicas_ready in id order, filtered by task (0.2 ms a
                 # candidate, 400 ms a lease of 1,000), where the task's own one or two rows were enough
                 + f" AND r.id = (SELECT min(r2.id{' + 0' if windowed else ''}) FROM replicas r2"
-                " WHERE r2.task_id = r.task_id AND r2.state = :ready)"
+                f" WHERE r2.task_id = r.task_id AND r2.state = {READY})"
                 + (_same_class("r.task_id", "r.job_id") if homogeneous_jobs else "")
                 # task order, not replica order: replicas added by validation (a second opinion,
                 # an audit, a tie-breaker) go out before later tasks' first replicas
@@ -729,12 +740,12 @@ class SqlStore(
         little (its own tasks' second replicas, other types) gets the rest of the queue in one last
         look, so no work it may take is ever out of its reach."""
         edge_of = text(
-            "SELECT max(task_id) FROM (SELECT task_id FROM replicas WHERE state = :ready AND task_id > :after "
+            f"SELECT max(task_id) FROM (SELECT task_id FROM replicas WHERE state = {READY} AND task_id > :after "
             "ORDER BY task_id LIMIT :scan) AS w"
         )
         taken, after = 0, 0
         for _ in range(self.WINDOWS):
-            edge = conn.execute(edge_of, {"ready": params["ready"], "after": after,
+            edge = conn.execute(edge_of, {"after": after,
                                           "scan": self.WINDOW_PER_REPLICA * n}).scalar()
             if edge is None:
                 return taken  # nothing ready beyond: the queue is done
