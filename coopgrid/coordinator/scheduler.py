@@ -278,7 +278,9 @@ class Scheduler:
         want = min(request.max_replicas, self.settings.max_lease_batch)
         # counted up to a batch per active worker, for at most 64 of them: enough to know each one's
         # share (a bigger grid shares 64 batches), without counting a million-replica queue every time
-        ready, active = self.store.queue_depth(now - self.settings.lease_seconds, cap=want, per_worker=64)
+        audits_due = now - self.settings.audit_wait_seconds if self.settings.audit_wait_seconds else None
+        ready, active = self.store.queue_depth(now - self.settings.lease_seconds, cap=want, per_worker=64,
+                                               audits_due=audits_due)
         if ready == 0:
             return None  # nothing to do: no write transaction for an idle poll
         running = self._running()
@@ -294,7 +296,7 @@ class Scheduler:
                            0 if worker.trusted else self.store.record_run(worker.id, request.task_types))
         lease = self.store.lease(
             worker.id, n, request.task_types, self.settings.lease_seconds, now, gold=gold, rng=self.rng,
-            audits=audits, audits_due=now - self.settings.audit_wait_seconds if self.settings.audit_wait_seconds else None,
+            audits=audits, audits_due=audits_due,
             separate_networks=self.settings.separate_networks, exclude_jobs=sorted(excluded),
             platform_class=worker.platform_class, homogeneous_jobs=running.homogeneous,
         )

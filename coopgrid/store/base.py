@@ -605,9 +605,11 @@ class Store(abc.ABC):
         replica (None: every audit is due)."""
 
     @abc.abstractmethod
-    def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: int = 0) -> tuple[int, int]:
+    def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: int = 0,
+                    audits_due: float | None = None) -> tuple[int, int]:
         """Ready replicas (counted up to ``cap``; with ``per_worker``, up to ``cap`` per active worker for
-        at most that many workers), and workers seen since ``active_since``."""
+        at most that many workers), and workers seen since ``active_since``. ``audits_due``: as for
+        :meth:`lease`, audits issued after it are not counted where they are most of a short queue."""
 
     @abc.abstractmethod
     def extend_lease(self, lease_id: int, worker_id: int, lease_seconds: float, now: float) -> float:

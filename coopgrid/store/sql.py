@@ -880,7 +880,11 @@ class SqlStore(
         hi = conn.execute(q.order_by(s.tasks.c.idx.desc()).limit(1)).scalar()
         return lo, hi
 
-    def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: int = 0) -> tuple[int, int]:
+    #: a ready queue this short is counted again without the audits still waiting to ride (queue_depth)
+    RECOUNT_BELOW = 4096
+
+    def queue_depth(self, active_since: float, cap: int = 1_000_000, per_worker: int = 0,
+                    audits_due: float | None = None) -> tuple[int, int]:
         with self._read() as conn:
             active = conn.execute(
                 select(func.count()).select_from(s.workers).where(s.workers.c.last_seen >= active_since)
@@ -888,10 +892,17 @@ class SqlStore(
             # counting stops at ``cap``: callers only need to know "at least this many"; the ready state
             # written out, so that the count walks a partial index of ready replicas, not the whole table
             ready = conn.execute(
-                text(f"SELECT count(*) FROM (SELECT 1 FROM replicas WHERE state = {int(ReplicaState.READY)} "
-                     "LIMIT :cap) AS q"),
+                text(f"SELECT count(*) FROM (SELECT 1 FROM replicas WHERE state = {READY} LIMIT :cap) AS q"),
                 {"cap": cap * min(max(active, 1), per_worker) if per_worker else cap},
             ).scalar_one()
+            if audits_due is not None and 0 < ready < self.RECOUNT_BELOW:
+                # a job's tail: audits that wait to ride with other work are no work on their own, and
+                # idle workers asking for them would each cost a lease attempt that finds nothing
+                ready = conn.execute(
+                    text(f"SELECT count(*) FROM replicas WHERE state = {READY} "
+                         "AND (kind != 'audit' OR created_at <= :due)"),
+                    {"due": audits_due},
+                ).scalar_one()
         return ready, active
 
     def extend_lease(self, lease_id: int, worker_id: int, lease_seconds: float, now: float) -> float:

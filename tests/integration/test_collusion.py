@@ -248,6 +248,8 @@ def test_a_recent_audit_goes_out_alone_only_once_due_and_rides_with_other_work_b
     issued = audited(job)
     assert grid.lease(own) is not None  # task 1 held elsewhere: the audit is all there is
     assert lease(due=issued - 1) is None  # not due: it waits for other work
+    assert grid.store.queue_depth(0, audits_due=issued - 1)[0] == 0  # so idle workers are not sent for it
+    assert grid.store.queue_depth(0, audits_due=issued)[0] == 1
     alone = lease(due=issued)
     assert alone is not None and [grid.kind(r.replica_id) for r in alone.replicas] == ["audit"]
 

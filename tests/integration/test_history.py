@@ -74,7 +74,7 @@ def scans_of_history(conn: Any, statement: str, parameters: Any) -> list[str]:
 
 
 def test_no_statement_of_a_jobs_path_scans_what_the_grid_ran_before(make_grid: Callable[..., Grid]) -> None:
-    grid = make_grid()
+    grid = make_grid(audit_wait_seconds=0.001)  # audits wait (that path's statements), but not for long
     workers = [Worker(grid, owner=o).register() for o in ("ann", "bob", "carl")]
     seen: dict[str, Any] = {}
 
