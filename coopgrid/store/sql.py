@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import secrets
 import threading
@@ -54,6 +55,8 @@ from coopgrid.store.sql_retention import RetentionQueries
 from coopgrid.store.sql_tokens import REVOKED, TokenQueries
 from coopgrid.store.sql_trust import TrustQueries
 from coopgrid.store.schema import JobState, ReplicaKind, ReplicaState, ResultStatus, TaskState
+
+log = logging.getLogger(__name__)
 
 #: how many attempts that end in an error a task gets before it is marked failed
 MAX_TASK_ERRORS = 3
@@ -106,6 +109,21 @@ def open_engine(url: str) -> Engine:
         maybe_attach(engine)
         return engine
     raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql+psycopg://...")
+
+
+def _check_autovacuum(engine: Engine) -> None:
+    """Warn an operator whose server does not vacuum: every lease, result and round leaves dead row
+    versions behind, and without autovacuum the tables keep them all (each job then runs a little
+    slower than the one before, and the database only grows)."""
+    with engine.connect() as conn:
+        on = conn.exec_driver_sql("SHOW autovacuum").scalar()
+    if on != "on":
+        log.warning(
+            "autovacuum is off on this PostgreSQL server: the grid's tables will keep every dead row "
+            "version and slow down job after job; turn it on (ALTER SYSTEM SET autovacuum = on; "
+            "SELECT pg_reload_conf()) or VACUUM the database regularly",
+            extra={"event": "autovacuum_off"},
+        )
 
 
 def _job(row: Any) -> JobRecord:
@@ -194,6 +212,8 @@ class SqlStore(
             from coopgrid.store.migrate import upgrade
 
             upgrade(engine)
+        if engine.dialect.name == "postgresql":
+            _check_autovacuum(engine)
         return cls(engine)
 
     def close(self) -> None:
