@@ -37,6 +37,7 @@ import contextlib
 import gc
 import getpass
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -597,6 +598,7 @@ def policy_series(bench: Bench, data_dir: Path, database: str, url: str | None) 
     quorum_one = {"name": "bench policy q1", "task_type": "echo", "task_size": 1, "trust": NO_REPLICATION}
     default = {"name": "bench policy default", "task_type": "echo", "task_size": 1}  # the coordinator's defaults
     series = PolicySeries(database, [], [])
+    order = itertools.count(1)  # jobs in the order they ran (--policy-stats)
 
     def job(policy: str, spec: dict[str, Any]) -> PolicyJob:
         time.sleep(args.settle)  # idle between jobs; also lets the stats file catch up (written once a second)
@@ -605,9 +607,10 @@ def policy_series(bench: Bench, data_dir: Path, database: str, url: str | None) 
                             profile_as=f"policy-{database}-{policy.replace(' ', '').replace('#', '')}")
         time.sleep(1.2)
         s1 = db_totals(stats)
-        if os.environ.get("CG_KEEP_STATS"):
-            import shutil as _sh
-            _sh.copy(stats, Path(os.environ["CG_KEEP_STATS"]) / f"{database}-{policy.replace(' ', '').replace('#', '')}-{time.time():.0f}.json")
+        if args.policy_stats is not None:  # the statements' totals so far, to compare jobs statement by statement
+            args.policy_stats.mkdir(parents=True, exist_ok=True)
+            shutil.copy(stats, args.policy_stats / f"{database}-{next(order):02d}-"
+                        f"{policy.replace(' ', '').replace('#', '')}.json")
         if run.summary.get("echo_mismatches"):
             raise RuntimeError(f"echo returned {run.summary['echo_mismatches']} wrong outputs ({policy})")
         pj = PolicyJob(policy, run.rate, run.coordinator_cpu, s1[0] - s0[0], s1[1] - s0[1], run.tasks,
@@ -857,6 +860,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="PostgreSQL for the policy rows (default: a fresh database on 127.0.0.1:5432, dropped after)")
     p.add_argument("--policy-tasks", type=int, default=20_000, help="echo tasks per policy job")
     p.add_argument("--policy-jobs", type=int, default=10, help="default-policy jobs in a row on one coordinator")
+    p.add_argument("--policy-stats", type=Path, default=None, metavar="DIR",
+                   help="after each policy job, copy the coordinator's per-statement totals so far (count, rows, "
+                   "seconds; COOPGRID_DB_STATS) to DIR, numbered in job order")
     p.add_argument("--policy-workers", type=int, default=4, help="worker processes for the policy rows")
     p.add_argument("--policy-ledger", default="none",
                    help="coordinator --ledger for the policy rows (sealing costs both policies the same)")
