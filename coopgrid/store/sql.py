@@ -688,7 +688,6 @@ class SqlStore(
                 return None  # quarantined by a round that committed since the caller looked
             kin = self._kin(conn, worker_id, me, separate_networks)
             params: dict[str, Any] = {
-                "ready": int(ReplicaState.READY),
                 "leased": int(ReplicaState.LEASED),
                 "done": int(ReplicaState.DONE),
                 "worker": worker_id,
