@@ -177,9 +177,12 @@ class EmbedTask(TaskType):
                 errors.append(reasons.get(k))
             task_index += [o.task_index] * o.n_items
             workers += [o.worker] * o.n_items
-        flat = np.stack([r if r is not None else np.zeros(dim, np.float32) for r in rows]).astype(np.float32).reshape(-1)
-        mask = np.repeat(np.array([r is None for r in rows]), 1)
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim, mask=pa.array(mask))
+        if dim:
+            flat = np.stack([r if r is not None else np.zeros(dim, np.float32) for r in rows]).astype(np.float32).reshape(-1)
+            mask = np.array([r is None for r in rows])
+            embedding = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim, mask=pa.array(mask))
+        else:  # nothing embedded (every item failed, or no output): Arrow makes no list of size 0 from values
+            embedding = pa.nulls(len(rows), pa.list_(pa.float32(), 0))
         table = pa.table(
             {
                 "item_id": pa.array(item_ids, pa.string()),

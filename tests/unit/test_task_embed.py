@@ -131,3 +131,18 @@ def test_tiny_encoder_is_a_publishable_model():
     enc = tasks.get("embed").load_model(m.onnx, spec)
     emb = enc.encode(CORPUS[:3], 8)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_job_whose_every_item_failed_still_reduces(encoder, tmp_path):
+    # with nothing embedded (dim 0) the reduce raised (Arrow makes no fixed-size list of size 0 from
+    # values), so such a job was never finished; so did a job without any accepted output
+    _, onnx_bytes = encoder
+    t = tasks.get("embed")
+    data = Dataset.from_items([b"\xff\xfe broken"] * 3, "text")
+    figures, _ = run_local(t, data, 2, {}, onnx_bytes, out=tmp_path / "e.parquet")
+    assert figures == {"dim": 0, "items_embedded": 0, "item_errors": 3}
+    out = pq.read_table(tmp_path / "e.parquet")
+    assert out.column("item_id").to_pylist() == data.item_ids() and out.column("embedding").null_count == 3
+    assert all("not UTF-8" in e for e in out.column("error").to_pylist())
+    assert t.reduce([], data, t.validate_params({}), tmp_path / "none.parquet") == {"dim": 0, "items_embedded": 0, "item_errors": 0}
+    assert pq.read_table(tmp_path / "none.parquet").num_rows == 0
