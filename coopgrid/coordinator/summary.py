@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from coopgrid import tasks
@@ -61,13 +62,18 @@ def put_file(blobs: BlobStore, path: Path) -> str:
         return blob.commit()
 
 
-def _add_figures(total: dict[str, Any], more: dict[str, Any]) -> None:
-    """Figures of consecutive pieces of one job: counts add up; anything else is the first piece's."""
-    for key, value in more.items():
-        if key in total and isinstance(value, int) and not isinstance(value, bool):
-            total[key] += value
+def _as_job_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A piece's rows under the job's schema: a column the piece lacks, or holds only as nulls of
+    another type (embed's embeddings of a piece where every item failed), as nulls of the job's
+    type; any other column cast to it (e.g. classify's int labels to the strings they read as)."""
+    columns = []
+    for field in schema:
+        col = table.column(field.name) if field.name in table.column_names else None
+        if col is None or (col.null_count == len(col) and col.type != field.type):
+            columns.append(pa.nulls(len(table), field.type))
         else:
-            total.setdefault(key, value)
+            columns.append(col.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 class Summarizer:
@@ -148,41 +154,49 @@ class Summarizer:
         return figures, output_hash
 
     def _reduce_streaming(self, job: JobRecord, task_type: Any, params: Any, out: Path) -> dict[str, Any]:
-        """Reduce shard by shard and, within a shard, REDUCE_CHUNK_ITEMS at a time, each piece's
-        Parquet appended to ``out`` as row groups: memory holds one shard and one piece, never the job."""
+        """Reduce shard by shard and, within a shard, REDUCE_CHUNK_ITEMS at a time, each piece to its
+        own Parquet file; then copy the pieces into ``out``, a row group each, under one schema.
+
+        The pieces' schemas may differ (a column only some have, a type picked from a piece's rows),
+        and the job's is only known once all are written (``task_type.job_schema``). Memory holds
+        one shard and one piece, never the job; the disk, the job's output about twice."""
         figures: dict[str, Any] = {}
-        piece = out.with_name("piece.parquet")
-        writer: pq.ParquetWriter | None = None
+        pieces: list[Path] = []
+        for dataset, chunk in self._pieces(job, task_type):
+            pieces.append(out.with_name(f"piece-{len(pieces)}.parquet"))
+            task_type.merge_figures(figures, task_type.reduce_piece(chunk, dataset, params, pieces[-1]))
+            del dataset, chunk  # or the shard stays alive while the next one is read
+        schema = task_type.job_schema([pq.read_schema(p) for p in pieces])
+        with pq.ParquetWriter(out, schema) as writer:
+            for piece in pieces:
+                writer.write_table(_as_job_schema(pq.read_table(piece), schema))
+                piece.unlink()
+        return task_type.finish_figures(figures, params)
+
+    def _pieces(self, job: JobRecord, task_type: Any) -> Iterator[tuple[Dataset, list[TaskOutput]]]:
+        """The job's accepted outputs in runs of whole tasks of about REDUCE_CHUNK_ITEMS items within a
+        shard, each with its shard (their first items relative to it); one shard loaded at a time."""
         outputs = _Peekable(self.store.accepted_outputs(job.id))
+        if outputs.peek() is None:  # nothing accepted: one empty piece, so that the output has its columns
+            yield Dataset.from_npz(self.blobs.get(job.dataset_hash), limits=None), []
+            return
         offset = 0
-        try:
-            for digest in [job.dataset_hash, *job.shards]:
-                dataset = Dataset.from_npz(self.blobs.get(digest), limits=None)
-                dataset.id_offset = offset
-                end = offset + len(dataset)
-                while True:
-                    chunk, n = [], 0
-                    while n < REDUCE_CHUNK_ITEMS and (o := outputs.peek()) is not None and o.first_item < end:
-                        next(outputs)
-                        chunk.append(TaskOutput(o.task_index, o.first_item - offset, o.n_items, o.worker_address,
-                                                task_type.decode(o.output)))
-                        n += o.n_items
-                    if not chunk and writer is not None:
-                        break
-                    _add_figures(figures, task_type.reduce(chunk, dataset, params, piece))
-                    table = pq.read_table(piece)
-                    if writer is None:
-                        writer = pq.ParquetWriter(out, table.schema)
-                    writer.write_table(table)
-                    del table, chunk
-                    if outputs.peek() is None or outputs.peek().first_item >= end:
-                        break
-                offset = end
-                del dataset
-        finally:
-            if writer is not None:
-                writer.close()
-        return figures
+        for digest in [job.dataset_hash, *job.shards]:
+            if outputs.peek() is None:
+                return
+            dataset = Dataset.from_npz(self.blobs.get(digest), limits=None)
+            dataset.id_offset = offset
+            end = offset + len(dataset)
+            while (o := outputs.peek()) is not None and o.first_item < end:
+                chunk, n = [], 0
+                while n < REDUCE_CHUNK_ITEMS and (o := outputs.peek()) is not None and o.first_item < end:
+                    next(outputs)
+                    chunk.append(TaskOutput(o.task_index, o.first_item - offset, o.n_items, o.worker_address,
+                                            task_type.decode(o.output)))
+                    n += o.n_items
+                yield dataset, chunk
+            offset = end
+            del dataset
 
     def figures(self, job: JobRecord, now: float) -> dict[str, Any]:
         counts = self.store.replica_counts(job.id)

@@ -2,7 +2,8 @@
 
 A task type is registered under the ``coopgrid.tasks`` entry-point group;
 the built-ins register exactly as a third-party package would. The
-coordinator calls :meth:`split` and :meth:`reduce`; workers call
+coordinator calls :meth:`split` and :meth:`reduce` (or, for a type that
+:attr:`~TaskType.streams`, :meth:`reduce_piece` and the hooks after it); workers call
 :meth:`load_model`, :meth:`run` and :meth:`canonical`; validation calls
 :meth:`agree`. docs/task-types.md shows how to write one.
 
@@ -22,11 +23,14 @@ import abc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from coopgrid.datasets import Dataset, pack
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class NoParams(BaseModel):
@@ -65,6 +69,35 @@ def store_blob_files(figures: dict[str, Any], out_dir: Path, put: Any) -> dict[s
     return figures
 
 
+def add_figures(total: dict[str, Any], more: dict[str, Any]) -> None:
+    """Figures of consecutive pieces of one job: counts add up; anything else is the first piece's."""
+    for key, value in more.items():
+        if key in total and isinstance(value, int) and not isinstance(value, bool):
+            total[key] += value
+        else:
+            total.setdefault(key, value)
+
+
+def unify_pieces(pieces: Sequence[pa.Schema]) -> pa.Schema:
+    """One schema for the rows of every piece: the columns in the pieces' order (a column only some
+    pieces have, such as an optional ``error``, between the columns around it, where the whole job's
+    reduce puts it), each of the type the pieces' types promote to (permissive: ints widen, a null
+    type takes the others'). A piece's rows are then filled with nulls where it lacks a column."""
+    import pyarrow as pa
+
+    names: list[str] = []
+    for schema in pieces:
+        at = 0
+        for name in schema.names:
+            if name in names:
+                at = names.index(name) + 1
+            else:
+                names.insert(at, name)
+                at += 1
+    unified = pa.unify_schemas(list(pieces), promote_options="permissive")
+    return pa.schema([unified.field(name) for name in names], metadata=unified.metadata)
+
+
 def item_errors(errors: dict[int, str]) -> list[list[Any]]:
     """Per-item failures as they go in an output: ``[[index in task, reason], ...]`` by index."""
     return [[i, errors[i][:500]] for i in sorted(errors)]
@@ -95,9 +128,13 @@ class TaskType(abc.ABC):
     Params: ClassVar[type[BaseModel]] = NoParams
     #: whether jobs of this type need a published model of the same task type
     needs_model: ClassVar[bool] = False
-    #: whether :meth:`reduce` may be called on consecutive runs of a job's outputs (a shard's, or a
-    #: chunk of tasks) whose output files are then concatenated and whose int figures are added:
-    #: what lets a sharded or million-task job reduce in bounded memory (coordinator/summary.py)
+    #: whether the job may be reduced in pieces: :meth:`reduce_piece` on consecutive runs of its
+    #: outputs within one shard (about REDUCE_CHUNK_ITEMS items, whole tasks), each piece's rows then
+    #: written to the output as row groups under :meth:`job_schema` of the pieces' schemas, and its
+    #: figures folded by :meth:`merge_figures` and :meth:`finish_figures`. What lets a sharded or
+    #: million-task job reduce in bounded memory (coordinator/summary.py). The result must be what
+    #: :meth:`reduce` of the whole job gives, so a type whose rows span items (ocr's documents) or
+    #: that needs all outputs at once (stats, preprocess) does not stream
     streams: ClassVar[bool] = False
     #: dataset kinds the type takes (see :mod:`coopgrid.datasets`); informative
     accepts: ClassVar[tuple[str, ...]] = ("array",)
@@ -123,6 +160,30 @@ class TaskType(abc.ABC):
     @abc.abstractmethod
     def reduce(self, outputs: Sequence[TaskOutput], dataset: Dataset, params: BaseModel, out: Path) -> dict[str, Any]:
         """Write the job's output file to ``out`` (Parquet) and return type-specific summary figures."""
+
+    # -- coordinator side, a streaming reduction (``streams``) --------------------
+
+    def reduce_piece(self, outputs: Sequence[TaskOutput], dataset: Dataset, params: BaseModel, out: Path) -> dict[str, Any]:
+        """Reduce one piece of a job: consecutive outputs of the shard ``dataset``, rows to ``out``.
+
+        Its figures are what :meth:`merge_figures` folds together. By default :meth:`reduce`'s,
+        for a type whose figures are counts; a type with a ratio returns the counts behind it."""
+        return self.reduce(outputs, dataset, params, out)
+
+    def merge_figures(self, total: dict[str, Any], piece: dict[str, Any]) -> None:
+        """Fold a piece's figures into the job's so far (pieces in item order): by default integer
+        counts add up and anything else is the first piece's (:func:`add_figures`)."""
+        add_figures(total, piece)
+
+    def finish_figures(self, total: dict[str, Any], params: BaseModel) -> dict[str, Any]:
+        """The job's figures from its merged pieces', the keys :meth:`reduce` of the whole job returns:
+        e.g. a ratio from the counts behind it, which are then dropped. By default as merged."""
+        return total
+
+    def job_schema(self, pieces: Sequence[pa.Schema]) -> pa.Schema:
+        """The output's schema from the pieces' (:func:`unify_pieces`). A type whose whole-job reduce
+        picks a column's type from all its rows picks it here from all the pieces' types."""
+        return unify_pieces(pieces)
 
     def gold_task(self, item: Any, output: Any, like: Dataset, params: BaseModel) -> tuple[bytes, int, bytes]:
         """A submitter's labelled item (a line of ``coopgrid submit --gold FILE``) as a task of a job
