@@ -154,6 +154,9 @@ class ClassifyTask(TaskType):
     # bench/platform_variation.py) when two classes tie that closely. Workers of one platform class
     # produce identical bits, so replicas stay within one class.
     homogeneous = True
+    # reduced in pieces: a piece's label type and accuracy are its own, the job's are picked from
+    # all pieces' (job_schema, finish_figures) as the whole-job reduce picks them from all labels
+    streams = True
 
     def split(self, dataset: Dataset, task_size: int, params: BaseModel) -> Iterator[tuple[bytes, int]]:
         if dataset.kind == "bytes":
@@ -283,50 +286,102 @@ class ClassifyTask(TaskType):
         return True
 
     def reduce(self, outputs: Sequence[TaskOutput], dataset: Dataset, params: BaseModel, out: Path) -> dict[str, Any]:
-        ids = dataset.item_ids()
+        # the whole job as one piece: its label type and figures are then the job's own
+        return self.finish_figures(self.reduce_piece(outputs, dataset, params, out), params)
+
+    def reduce_piece(self, outputs: Sequence[TaskOutput], dataset: Dataset, params: BaseModel, out: Path) -> dict[str, Any]:
         top_k = getattr(params, "top_k", 1)
-        cols: dict[str, list[Any]] = {k: [] for k in ("item_id", "label", "confidence", "top_labels", "top_scores", "error", "task_index", "worker")}
-        for o in sorted(outputs, key=lambda o: o.first_item):
-            reasons = dict((i, r) for i, r in o.output.get("errors", []))
-            cols["item_id"] += ids[o.first_item : o.first_item + o.n_items]
-            cols["label"] += o.output["labels"]
-            cols["confidence"] += o.output["confidence"]
-            for k, t in enumerate(o.output.get("top_k") or [None] * o.n_items):
-                cols["top_labels"].append([str(v) for v in t[0]] if t else None)
-                cols["top_scores"].append(t[1] if t else None)
-            cols["error"] += [reasons.get(k) for k in range(o.n_items)]
-            cols["task_index"] += [o.task_index] * o.n_items
-            cols["worker"] += [o.worker] * o.n_items
-        labels = [v for v in cols["label"] if v is not None]
-        label_type = pa.int64() if all(isinstance(v, int) and not isinstance(v, bool) for v in labels) else pa.string()
-        if label_type == pa.string():
+        ordered = sorted(outputs, key=lambda o: o.first_item)
+        cols = _columns(ordered, dataset)
+        strings = not all(isinstance(v, int) and not isinstance(v, bool) for v in cols["label"] if v is not None)
+        if strings:
             cols["label"] = [None if v is None else str(v) for v in cols["label"]]
-        columns = {
-            "item_id": pa.array(cols["item_id"], pa.string()),
-            "label": pa.array(cols["label"], label_type),
-            "confidence": pa.array(cols["confidence"], pa.float64()),
-        }
-        if top_k > 1:
-            columns["top_labels"] = pa.array(cols["top_labels"], pa.list_(pa.string()))
-            columns["top_scores"] = pa.array(cols["top_scores"], pa.list_(pa.float64()))
-        if any(e is not None for e in cols["error"]):
-            columns["error"] = pa.array(cols["error"], pa.string())
-        columns["task_index"] = pa.array(cols["task_index"], pa.int32())
-        columns["worker"] = pa.array(cols["worker"], pa.string())
-        pq.write_table(pa.table(columns), out)
+        pq.write_table(_table(cols, pa.string() if strings else pa.int64(), top_k), out)
         figures: dict[str, Any] = {}
         n_errors = sum(e is not None for e in cols["error"])
         if n_errors:
             figures["item_errors"] = n_errors
-        if dataset.y is not None and outputs:
-            truth = np.concatenate([dataset.y[o.first_item : o.first_item + o.n_items] for o in sorted(outputs, key=lambda o: o.first_item)])
-            got = np.array([str(v) for v in cols["label"]]) if label_type == pa.string() else np.array(
-                [v if v is not None else -(2**62) for v in cols["label"]]
-            )
-            truth_cmp = truth.astype(str) if label_type == pa.string() else truth
-            figures["accuracy"] = round(float((got == truth_cmp).mean()), 6)
-            figures["labelled_items"] = int(len(truth))
-            if top_k > 1:
-                hits = [t is not None and str(y) in t for t, y in zip(cols["top_labels"], truth.tolist())]
-                figures[f"top_{top_k}_accuracy"] = round(float(np.mean(hits)), 6)
+        if dataset.y is not None and ordered:
+            truth = np.concatenate([dataset.y[o.first_item : o.first_item + o.n_items] for o in ordered])
+            figures |= _label_counts(cols, truth, strings, top_k)
         return figures
+
+    def merge_figures(self, total: dict[str, Any], piece: dict[str, Any]) -> None:
+        strings = total.get(_STRINGS, False) or piece.get(_STRINGS, False)  # a flag, not a count
+        super().merge_figures(total, piece)
+        if strings:
+            total[_STRINGS] = True
+
+    def finish_figures(self, total: dict[str, Any], params: BaseModel) -> dict[str, Any]:
+        strings = total.pop(_STRINGS, False)
+        as_strings, as_ints = total.pop("_correct_as_strings", 0), total.pop("_correct_as_ints", 0)
+        top = total.pop("_top_k_correct", None)
+        if "labelled_items" in total:
+            n = total.pop("labelled_items")  # put back after accuracy, where the figures always had it
+            total["accuracy"] = round((as_strings if strings else as_ints) / n, 6)
+            total["labelled_items"] = n
+            if top is not None:
+                total[f"top_{getattr(params, 'top_k', 1)}_accuracy"] = round(top / n, 6)
+        return total
+
+    def job_schema(self, pieces: Sequence[pa.Schema]) -> pa.Schema:
+        # the whole job's labels are strings if any label is not an int: then so are every piece's
+        # (an int as the string str() makes, which is what Arrow's cast makes too)
+        if any(s.field("label").type == pa.string() for s in pieces):
+            pieces = [s.set(s.get_field_index("label"), pa.field("label", pa.string())) for s in pieces]
+        return super().job_schema(pieces)
+
+
+#: a piece's figure (dropped by finish_figures): whether some label of it is not an int
+_STRINGS = "_labels_are_strings"
+
+
+def _columns(outputs: Sequence[TaskOutput], dataset: Dataset) -> dict[str, list[Any]]:
+    """The items of ``outputs`` (in item order) as the output's columns, labels as the model gave them."""
+    cols: dict[str, list[Any]] = {k: [] for k in ("item_id", "label", "confidence", "top_labels", "top_scores", "error", "task_index", "worker")}
+    for o in outputs:
+        reasons = dict((i, r) for i, r in o.output.get("errors", []))
+        cols["item_id"] += dataset.item_ids(o.first_item, o.first_item + o.n_items)  # not the shard's every id, per piece
+        cols["label"] += o.output["labels"]
+        cols["confidence"] += o.output["confidence"]
+        for k, t in enumerate(o.output.get("top_k") or [None] * o.n_items):
+            cols["top_labels"].append([str(v) for v in t[0]] if t else None)
+            cols["top_scores"].append(t[1] if t else None)
+        cols["error"] += [reasons.get(k) for k in range(o.n_items)]
+        cols["task_index"] += [o.task_index] * o.n_items
+        cols["worker"] += [o.worker] * o.n_items
+    return cols
+
+
+def _table(cols: dict[str, list[Any]], label_type: pa.DataType, top_k: int) -> pa.Table:
+    """The output's rows; ``top_labels``/``top_scores`` with top_k > 1, ``error`` if some item failed."""
+    columns = {
+        "item_id": pa.array(cols["item_id"], pa.string()),
+        "label": pa.array(cols["label"], label_type),
+        "confidence": pa.array(cols["confidence"], pa.float64()),
+    }
+    if top_k > 1:
+        columns["top_labels"] = pa.array(cols["top_labels"], pa.list_(pa.string()))
+        columns["top_scores"] = pa.array(cols["top_scores"], pa.list_(pa.float64()))
+    if any(e is not None for e in cols["error"]):
+        columns["error"] = pa.array(cols["error"], pa.string())
+    columns["task_index"] = pa.array(cols["task_index"], pa.int32())
+    columns["worker"] = pa.array(cols["worker"], pa.string())
+    return pa.table(columns)
+
+
+def _label_counts(cols: dict[str, list[Any]], truth: np.ndarray, strings: bool, top_k: int) -> dict[str, Any]:
+    """The counts behind a piece's accuracy. Labels are compared with the truth as ints if every label
+    of the job is an int, else as strings, which another piece may decide: a piece of ints counts
+    both ways and finish_figures takes the job's (a float or text truth compares otherwise)."""
+    as_strings = np.array([str(v) for v in cols["label"]]) == truth.astype(str)
+    as_ints = None if strings else np.array([v if v is not None else -(2**62) for v in cols["label"]]) == truth
+    counts: dict[str, Any] = {
+        _STRINGS: strings,
+        "_correct_as_strings": int(as_strings.sum()),
+        "_correct_as_ints": 0 if as_ints is None else int(as_ints.sum()),
+        "labelled_items": int(len(truth)),
+    }
+    if top_k > 1:
+        counts["_top_k_correct"] = sum(t is not None and str(y) in t for t, y in zip(cols["top_labels"], truth.tolist()))
+    return counts

@@ -124,6 +124,9 @@ class EmbedTask(TaskType):
     accepts = ("bytes", "table")
     #: least cosine similarity between two replicas' embeddings of one item
     MIN_COSINE: ClassVar[float] = 0.999
+    # reduced in pieces: a piece's dim is its widest output's, the job's the widest piece's
+    # (merge_figures, job_schema), as the whole-job reduce takes the widest of all outputs
+    streams = True
 
     def split(self, dataset: Dataset, task_size: int, params: BaseModel) -> Iterator[tuple[bytes, int]]:
         assert isinstance(params, EmbedParams)
@@ -166,12 +169,11 @@ class EmbedTask(TaskType):
         return bool((cos >= self.MIN_COSINE).all())
 
     def reduce(self, outputs: Sequence[TaskOutput], dataset: Dataset, params: BaseModel, out: Path) -> dict[str, Any]:
-        ids = dataset.item_ids()
         dim = max((o.output["emb"].shape[1] for o in outputs), default=0)
         item_ids, rows, errors, task_index, workers = [], [], [], [], []
         for o in sorted(outputs, key=lambda o: o.first_item):
             reasons = dict((i, r) for i, r in o.output["errors"])
-            item_ids += ids[o.first_item : o.first_item + o.n_items]
+            item_ids += dataset.item_ids(o.first_item, o.first_item + o.n_items)  # not the shard's every id, per piece
             for k in range(o.n_items):
                 rows.append(None if k in reasons else o.output["emb"][k])
                 errors.append(reasons.get(k))
@@ -194,3 +196,14 @@ class EmbedTask(TaskType):
         )
         pq.write_table(table, out)
         return {"dim": int(dim), "items_embedded": sum(r is not None for r in rows), "item_errors": sum(e is not None for e in errors)}
+
+    def merge_figures(self, total: dict[str, Any], piece: dict[str, Any]) -> None:
+        dim = max(total.get("dim", 0), piece["dim"])  # the widest output's, as in the whole job
+        super().merge_figures(total, piece)
+        total["dim"] = dim
+
+    def job_schema(self, pieces: Sequence[pa.Schema]) -> pa.Schema:
+        # the whole job's embeddings are as wide as its widest output: a piece where every item
+        # failed wrote dim 0 (only nulls, which take the job's type)
+        widest = max((s.field("embedding") for s in pieces), key=lambda f: f.type.list_size)
+        return super().job_schema([s.set(s.get_field_index("embedding"), widest) for s in pieces])
