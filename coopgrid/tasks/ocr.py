@@ -114,6 +114,12 @@ class OcrTask(TaskType):
     accepts = ("bytes",)
     #: largest normalized edit distance between two replicas' texts of one item
     MAX_DISTANCE: ClassVar[float] = 0.05
+    # Reduced whole, not in pieces (streams): its rows are documents, items grouped by the id before
+    # PAGE_SEP over the whole job. A piece holds one shard's items, and a PDF's pages may span shards
+    # (they are cut by bytes, not by document); nor can a piece know that no later item has its
+    # document's id (an uploaded dataset's ids are the submitter's), which the whole job merges into
+    # the row where the id first came.
+    streams = False
 
     def __init__(self) -> None:
         self._apis: dict[tuple[str, int], Any] = {}

@@ -156,6 +156,10 @@ class PreprocessTask(TaskType):
     name = "preprocess"
     Params = PreprocessParams
     accepts = ("bytes", "table")
+    # Reduced whole, not in pieces (streams): besides its rows it writes the next job's dataset
+    # (dataset.npz, one blob of every kept item, built in memory), and a text is a duplicate of the
+    # first one like it anywhere in the job: both need the whole job.
+    streams = False
 
     @staticmethod
     def _mode(dataset: Dataset, p: PreprocessParams) -> str:

@@ -433,6 +433,10 @@ class StatsTask(TaskType):
     name = "stats"
     Params = StatsParams
     accepts = ("bytes", "table")
+    # Reduced whole, not in pieces (streams): its rows are one per column, from the sketches of every
+    # task merged, which no piece can write; and its outputs are those small sketches (and the bad
+    # rows' reasons), not a row per item, so holding them all costs little.
+    streams = False
 
     def split(self, dataset: Dataset, task_size: int, params: BaseModel) -> Iterator[tuple[bytes, int]]:
         assert isinstance(params, StatsParams)
