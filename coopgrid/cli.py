@@ -656,7 +656,7 @@ def output(
             blobs = (job.get("summary") or {}).get("blobs") or {}
             if artefact not in blobs:
                 fail(f"job {job_id} has no artefact {artefact!r}; it has: {', '.join(sorted(blobs)) or 'none'}")
-            path.write_bytes(client.call("GET", f"/v1/blobs/{blobs[artefact]}").content)
+            client.download(f"/v1/blobs/{blobs[artefact]}", path)
     console.print(f"wrote {escape(str(path))}", highlight=False)
 
 

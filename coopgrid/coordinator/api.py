@@ -324,16 +324,22 @@ def create_api(app: App) -> FastAPI:
         checked_name(digest)  # a malformed hash is 422 before anything is looked up
         if not await run_in_threadpool(can_read, app.store, who, digest, time.time()):
             raise unreadable(digest)
+        return await blob_response(digest, "application/octet-stream")
+
+    async def blob_response(digest: str, media_type: str) -> Response:
+        """A blob's bytes sent from its file or streamed from an object store, never held whole
+        (a million-item job's output is hundreds of MB); its sha256 in a header, for the reader to check."""
+        headers = {"x-coopgrid-sha256": digest}
         path = app.blobs.local_path(digest)
         if path is not None:
             if not path.exists():
                 raise unreadable(digest)
-            return FileResponse(path, media_type="application/octet-stream")
-        try:  # an object store: streamed through, never held whole
+            return FileResponse(path, media_type=media_type, headers=headers)
+        try:
             body = await run_in_threadpool(app.blobs.open, digest)
         except BlobNotFound:
             raise unreadable(digest) from None
-        return StreamingResponse(_chunks(body), media_type="application/octet-stream")
+        return StreamingResponse(_chunks(body), media_type=media_type, headers=headers)
 
     # -- models -------------------------------------------------------------------
 
@@ -387,18 +393,14 @@ def create_api(app: App) -> FastAPI:
         return job_view(app, job)
 
     @api.get("/v1/jobs/{job_id}/output", tags=["jobs"])
-    def job_output(job_id: str, tok: TokenDep) -> Response:
-        job = app.scheduler.job_for(job_id, tok)
+    async def job_output(job_id: str, tok: TokenDep) -> Response:
+        job = await run_in_threadpool(app.scheduler.job_for, job_id, tok)
         if job.output_hash is None:
             raise Conflict(
                 f"job {job_id} is {job.state} with {job.tasks_done}/{job.n_tasks} tasks done; it has no output yet",
                 job_id=job_id,
             )
-        return Response(
-            app.blobs.get(job.output_hash),
-            media_type="application/vnd.apache.parquet",
-            headers={"x-coopgrid-sha256": job.output_hash},
-        )
+        return await blob_response(job.output_hash, "application/vnd.apache.parquet")
 
     # -- workers ----------------------------------------------------------------
 
