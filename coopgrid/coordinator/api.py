@@ -31,6 +31,7 @@ from coopgrid import __version__
 from coopgrid.app import App
 from coopgrid.blobs.base import CHUNK, checked_name
 from coopgrid.coordinator.dashboard import install as install_dashboard
+from coopgrid.coordinator.dataset_urls import MAX_URL_LENGTH, dataset_blob
 from coopgrid.coordinator.duties import REAPER, SEALER
 from coopgrid.coordinator.deps import MAX_ID, Id, Index, TokenDep, signed_address
 from coopgrid.coordinator.edge import STATE_TOKEN, Edge, error_body, error_headers
@@ -40,7 +41,9 @@ from coopgrid.coordinator.retention import purge_sealed_jobs
 from coopgrid.coordinator.wakeup import RECHECK
 from coopgrid.errors import (
     BlobNotFound, ChainUnavailable, Conflict, CoopgridError, DatabaseUnavailable, Forbidden, InvalidInput, NotFound,
+    RateLimited,
 )
+from coopgrid.limits import DatasetLimits
 from coopgrid.platforms import platform_class
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
@@ -56,6 +59,18 @@ class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100)
     role: str = Field("submitter", pattern="^(operator|submitter)$")
+
+
+class DatasetUrl(BaseModel):
+    """POST /v1/datasets: a dataset the coordinator reads from a URL its operator allows."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=1, max_length=MAX_URL_LENGTH, description="http(s):// or file:/// URL of one file.")
+
+
+#: dataset URLs one coordinator process reads at once; more are told to come back (each holds a thread
+#: and up to max_upload_bytes of disk for as long as the far server takes)
+MAX_FETCHES = 2
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -312,6 +327,26 @@ def create_api(app: App) -> FastAPI:
             digest = await run_in_threadpool(blob.commit)
         await run_in_threadpool(app.store.grant_blob, digest, tok.id)  # whoever has the bytes may read them
         return {"sha256": digest, "size": blob.size}
+
+    fetches = threading.BoundedSemaphore(MAX_FETCHES)
+
+    @api.post("/v1/datasets", status_code=201, tags=["blobs"])
+    def fetch_dataset(body: DatasetUrl, tok: TokenDep) -> dict[str, Any]:
+        """Read a dataset from a URL under a prefix the operator allowed; stored and answered like an upload
+        (its sha256 goes in a job's ``dataset`` or ``shards``)."""
+        app.dataset_urls.check(body.url)  # refused before a slot is taken or anything is read
+        if not fetches.acquire(blocking=False):
+            raise RateLimited(f"this coordinator is already reading {MAX_FETCHES} dataset URLs; try again shortly",
+                              retry_after=5)
+        try:
+            limits = DatasetLimits(app.settings.max_dataset_bytes, app.settings.max_dataset_items)
+            view = dataset_blob(app.dataset_urls, body.url, app.blobs, limits, app.settings.data_dir)
+        finally:
+            fetches.release()
+        app.store.grant_blob(view["sha256"], tok.id)  # as for an upload: whoever brought the bytes may read them
+        log.info("dataset %s read from %s for %s (%d bytes)", view["sha256"][:12], body.url, tok.name, view["size"],
+                 extra={"event": "dataset_fetched", "url": body.url, "sha256": view["sha256"], "size": view["size"]})
+        return view
 
     @api.get("/v1/blobs/{digest}", tags=["blobs"])
     async def get_blob(digest: str, request: Request) -> Any:
