@@ -26,6 +26,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -45,6 +46,8 @@ READABLE = tuple(sorted(CSV_SUFFIXES | PARQUET_SUFFIXES | TEXT_SUFFIXES | {".jso
 MAX_URL_LENGTH = 2048
 #: seconds to connect, and to wait for each piece of the body
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+#: seconds one whole transfer may take (256 MiB at under 0.5 MB/s is a server not worth waiting for)
+MAX_FETCH_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,8 @@ def place_of(url: str, what: str = "the dataset URL") -> Place:
     if "%2f" in lowered or "%5c" in lowered or "\\" in raw or "%00" in lowered:
         raise InvalidInput(f"{what} {url!r} has an encoded slash, backslash or NUL in its path")
     path = unquote(raw)
-    if any(seg in (".", "..") for seg in path.split("/")):
+    # as servers read a segment: decoded twice by some, ';params' dropped by others (/..;/ on Tomcat)
+    if any(unquote(seg).split(";")[0] in (".", "..") for seg in path.split("/")):
         raise InvalidInput(f"{what} {url!r} has '.' or '..' segments in its path; give the path itself")
     return Place(scheme, host, port if port is not None else DEFAULT_PORTS[scheme], path)
 
@@ -166,11 +170,12 @@ class DatasetUrls:
     def _download(self, url: str, out: IO[bytes]) -> None:
         # the URL httpx will request must be the one checked: two parsers reading one string differently
         # is how allow-lists are walked past
-        asked = httpx.URL(url)
+        asked, place = httpx.URL(url), self.check(url)
         if (asked.scheme, asked.host, asked.port or DEFAULT_PORTS[asked.scheme], unquote(asked.path)) != (
-            self.check(url).scheme, self.check(url).host, self.check(url).port, self.check(url).path
+            place.scheme, place.host, place.port, place.path
         ):
             raise InvalidInput(f"{url} reads as two different URLs; write it plainly", url=url)
+        deadline = time.monotonic() + MAX_FETCH_SECONDS
         try:
             with httpx.stream("GET", url, follow_redirects=False, timeout=TIMEOUT) as response:
                 if response.is_redirect:
@@ -187,6 +192,9 @@ class DatasetUrls:
                 size = 0
                 for chunk in response.iter_bytes(1 << 20):
                     size += len(chunk)
+                    if time.monotonic() > deadline:  # a server trickling bytes holds one of few slots
+                        raise InvalidInput(f"{url} took over {MAX_FETCH_SECONDS:.0f} s to send; nothing was kept",
+                                           url=url)
                     if size > self.max_bytes:
                         raise self.too_large(url, size)
                     out.write(chunk)
