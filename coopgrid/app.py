@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from coopgrid.blobs import BlobStore, open_blob_store
 from coopgrid.config import Settings
 from coopgrid.coordinator.auth import Auth
+from coopgrid.coordinator.dataset_urls import DatasetUrls, parse_prefixes
 from coopgrid.coordinator.duties import Duties
 from coopgrid.coordinator.epochs import Sealer
 from coopgrid.coordinator.metrics import Metrics
@@ -44,6 +45,7 @@ class App:
     sealer: Sealer | None
     metrics: Metrics
     duties: Duties
+    dataset_urls: DatasetUrls
 
     def close(self) -> None:
         if self.ledger is not None:
@@ -170,6 +172,7 @@ def build(settings: Settings) -> App:
         sealer=sealer,
         metrics=metrics,
         duties=Duties(store, settings.duty_ttl),
+        dataset_urls=DatasetUrls(parse_prefixes(settings.dataset_urls), settings.max_upload_bytes),
     )
     metrics.watch(app)
     return app

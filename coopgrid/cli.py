@@ -103,6 +103,15 @@ def coordinator(
         str | None,
         typer.Option(envvar="AWS_ENDPOINT_URL", help="Endpoint of an S3-compatible store for an s3:// --blob-store."),
     ] = None,
+    dataset_urls: Annotated[
+        str,
+        typer.Option(
+            envvar="COOPGRID_DATASET_URLS",
+            help="Comma-separated URL prefixes (https://HOST/PATH/, file:///DIR/) under which submitters may have "
+            "the coordinator read datasets (submit --dataset-url). Default: none. Allow only public data: any "
+            "token holder can make the coordinator read anything under them.",
+        ),
+    ] = "",
     blob_url_seconds: Annotated[
         int,
         typer.Option(
@@ -156,7 +165,7 @@ def coordinator(
         settings = Settings(
             data_dir=data_dir, host=host, port=port, database_url=database_url, lease_seconds=lease_seconds,
             blob_store=blob_store, s3_endpoint_url=s3_endpoint_url, blob_url_seconds=blob_url_seconds,
-            ledger=ledger, rpc_url=rpc_url, contract=contract, chain_id=chain_id,
+            dataset_urls=dataset_urls, ledger=ledger, rpc_url=rpc_url, contract=contract, chain_id=chain_id,
             seal_every_results=seal_every_results, seal_every_seconds=seal_every_seconds,
             retention_seconds=retention_seconds, separate_networks=separate_networks, metrics_public=metrics_public,
         )
@@ -459,7 +468,16 @@ def _params(pairs: list[str]) -> dict[str, Any]:
 
 @app.command()
 def submit(
-    dataset: Annotated[str, typer.Option(help="digits, digits:N, sequence:N, an .npz file or a directory of images.")],
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="digits, digits:N, sequence:N, an .npz file, or a file or directory of images, PDFs, text, "
+                          "CSV or Parquet (read here and uploaded)."),
+    ] = None,
+    dataset_url: Annotated[
+        list[str] | None,
+        typer.Option(help="Instead of --dataset: a URL the coordinator reads the dataset from (CSV, Parquet, JSONL, "
+                          "text or .npz; under a prefix its operator allows). Repeat for shards, in item order."),
+    ] = None,
     task_type: Annotated[str, typer.Option(help="classify, echo, or any installed type.")] = "classify",
     model: Annotated[str | None, typer.Option(help="Model hash, name or name:version.")] = None,
     task_size: Annotated[int, typer.Option(min=1, help="Items per task.")] = 256,
@@ -511,6 +529,9 @@ def submit(
     from coopgrid.dataset_shards import shards
     from coopgrid.views import job_failed, summary_table, watch
 
+    if (dataset is None) == (not dataset_url):
+        fail("give the dataset either as --dataset (read here and uploaded) or as --dataset-url (read by the "
+             "coordinator), one of the two")
     if output is not None:
         check_output_path(output)  # before the job runs, not after
     labelled = []
@@ -529,7 +550,10 @@ def submit(
         def limit() -> int:
             return shard_bytes or int(client.json("GET", "/v1/info")["max_upload_bytes"])
 
-        digest, *more = [client.put_blob(data) for data in shards(dataset, task_type, manifest, limit)]
+        if dataset_url:
+            digest, *more = [fetched(client, url) for url in dataset_url]
+        else:
+            digest, *more = [client.put_blob(data) for data in shards(dataset, task_type, manifest, limit)]
         trust = {
             k: v
             for k, v in {"replicas": replicas, "quorum": quorum, "max_replicas": max_replicas,
@@ -577,6 +601,15 @@ def submit(
             bad = job["tasks_failed"] + job.get("tasks_inconclusive", 0)
             fail(f"job {job['id']} {job['state']}: {bad:,} of {job['tasks']:,} tasks failed or were inconclusive "
                  f"(reasons above; `coopgrid status {job['id']}` shows them again)", code=2)
+
+
+def fetched(client: Any, url: str) -> str:
+    """The blob of the dataset the coordinator read from ``url``, said as it goes (a big file takes a while)."""
+    err.print(f"the coordinator reads {escape(url)} ...", highlight=False)
+    view = client.fetch_dataset(url)
+    what = f"{view['items']:,} items, " if view.get("items") is not None else ""
+    err.print(f"  {what}{view['size']:,} bytes as {view['sha256'][:12]}", highlight=False)
+    return view["sha256"]
 
 
 @app.command()
@@ -656,7 +689,7 @@ def output(
             blobs = (job.get("summary") or {}).get("blobs") or {}
             if artefact not in blobs:
                 fail(f"job {job_id} has no artefact {artefact!r}; it has: {', '.join(sorted(blobs)) or 'none'}")
-            path.write_bytes(client.call("GET", f"/v1/blobs/{blobs[artefact]}").content)
+            client.download(f"/v1/blobs/{blobs[artefact]}", path)
     console.print(f"wrote {escape(str(path))}", highlight=False)
 
 

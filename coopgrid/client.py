@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,7 +10,8 @@ from typing import Any
 
 import httpx
 
-from coopgrid.errors import CoordinatorUnavailable, InvalidInput, JobNotFound, ModelNotFound
+from coopgrid.blobs.base import CHUNK
+from coopgrid.errors import CoordinatorUnavailable, IntegrityError, InvalidInput, JobNotFound, ModelNotFound
 from coopgrid.worker.client import error_from_response
 
 
@@ -73,6 +75,11 @@ class ApiClient:
     def put_blob(self, data: bytes) -> str:
         return self.json("PUT", "/v1/blobs", content=data)["sha256"]
 
+    def fetch_dataset(self, url: str) -> dict[str, Any]:
+        """Have the coordinator read a dataset from ``url`` (under a prefix its operator allows): its blob."""
+        # the coordinator answers once the whole file is read and packed, which a big file takes a while for
+        return self.json("POST", "/v1/datasets", json={"url": url}, timeout=max(self.http.timeout.read or 0, 900.0))
+
     def publish_model(self, onnx: bytes, spec: dict[str, Any]) -> dict[str, Any]:
         digest = self.put_blob(onnx)
         return self.json("POST", "/v1/models", json={**spec, "sha256": digest})
@@ -118,7 +125,37 @@ class ApiClient:
         return self.json("POST", f"/v1/jobs/{job_id}/cancel")
 
     def output(self, job_id: str, path: Path) -> Path:
-        path.write_bytes(self.call("GET", f"/v1/jobs/{job_id}/output").content)
+        return self.download(f"/v1/jobs/{job_id}/output", path)
+
+    def download(self, url: str, path: Path) -> Path:
+        """Stream ``url``'s bytes to ``path`` (never held whole), checked against the sha256 the
+        coordinator names; ``path`` is replaced only by bytes that match, so a cut or corrupt transfer
+        leaves no partial file behind."""
+        tmp = path.with_name(f".{path.name}.part")
+        try:
+            with self.http.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_from_response(response)
+                expected = response.headers.get("x-coopgrid-sha256")
+                digest = hashlib.sha256()
+                with tmp.open("wb") as fh:
+                    for chunk in response.iter_bytes(CHUNK):
+                        digest.update(chunk)
+                        fh.write(chunk)
+            if expected is not None and digest.hexdigest() != expected:
+                raise IntegrityError(
+                    f"the download of {url} hashes to {digest.hexdigest()}, not {expected}: it was corrupted on the way; "
+                    "download it again", expected=expected, actual=digest.hexdigest(),
+                )
+            tmp.replace(path)
+        except httpx.TransportError as exc:
+            raise CoordinatorUnavailable(
+                f"the download from the coordinator at {self.base_url} broke off ({type(exc).__name__}); "
+                "nothing was written: try again"
+            ) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def workers(self) -> list[dict[str, Any]]:

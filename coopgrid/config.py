@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         description="Leases carry presigned URLs of their input blobs (s3:// blob stores) valid this long, at most "
         "the lease's own time; workers fetch from the store itself. 0: workers fetch every input from the coordinator.",
     )
+    dataset_urls: str = Field(
+        "",
+        description="Comma-separated URL prefixes (https://HOST/PATH/, file:///DIR/) under which the coordinator "
+        "reads datasets for submitters (coopgrid submit --dataset-url). Empty: it reads none. Each allowed "
+        "prefix is a place any submitter can make the coordinator read, so allow only public data.",
+    )
     host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
     port: int = Field(8750, ge=0, le=65535, description="Port the HTTP API listens on (0 picks a free one).")
     lease_seconds: float = Field(60.0, gt=0, description="How long a worker holds leased replicas without a heartbeat.")

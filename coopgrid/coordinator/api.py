@@ -31,6 +31,7 @@ from coopgrid import __version__
 from coopgrid.app import App
 from coopgrid.blobs.base import CHUNK, checked_name
 from coopgrid.coordinator.dashboard import install as install_dashboard
+from coopgrid.coordinator.dataset_urls import MAX_URL_LENGTH, dataset_blob
 from coopgrid.coordinator.duties import REAPER, SEALER
 from coopgrid.coordinator.deps import MAX_ID, Id, Index, TokenDep, signed_address
 from coopgrid.coordinator.edge import STATE_TOKEN, Edge, error_body, error_headers
@@ -40,7 +41,9 @@ from coopgrid.coordinator.retention import purge_sealed_jobs
 from coopgrid.coordinator.wakeup import RECHECK
 from coopgrid.errors import (
     BlobNotFound, ChainUnavailable, Conflict, CoopgridError, DatabaseUnavailable, Forbidden, InvalidInput, NotFound,
+    RateLimited,
 )
+from coopgrid.limits import DatasetLimits
 from coopgrid.platforms import platform_class
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
@@ -56,6 +59,18 @@ class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100)
     role: str = Field("submitter", pattern="^(operator|submitter)$")
+
+
+class DatasetUrl(BaseModel):
+    """POST /v1/datasets: a dataset the coordinator reads from a URL its operator allows."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=1, max_length=MAX_URL_LENGTH, description="http(s):// or file:/// URL of one file.")
+
+
+#: dataset URLs one coordinator process reads at once; more are told to come back (each holds a thread
+#: and up to max_upload_bytes of disk for as long as the far server takes)
+MAX_FETCHES = 2
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -313,6 +328,26 @@ def create_api(app: App) -> FastAPI:
         await run_in_threadpool(app.store.grant_blob, digest, tok.id)  # whoever has the bytes may read them
         return {"sha256": digest, "size": blob.size}
 
+    fetches = threading.BoundedSemaphore(MAX_FETCHES)
+
+    @api.post("/v1/datasets", status_code=201, tags=["blobs"])
+    def fetch_dataset(body: DatasetUrl, tok: TokenDep) -> dict[str, Any]:
+        """Read a dataset from a URL under a prefix the operator allowed; stored and answered like an upload
+        (its sha256 goes in a job's ``dataset`` or ``shards``)."""
+        app.dataset_urls.check(body.url)  # refused before a slot is taken or anything is read
+        if not fetches.acquire(blocking=False):
+            raise RateLimited(f"this coordinator is already reading {MAX_FETCHES} dataset URLs; try again shortly",
+                              retry_after=5)
+        try:
+            limits = DatasetLimits(app.settings.max_dataset_bytes, app.settings.max_dataset_items)
+            view = dataset_blob(app.dataset_urls, body.url, app.blobs, limits, app.settings.data_dir)
+        finally:
+            fetches.release()
+        app.store.grant_blob(view["sha256"], tok.id)  # as for an upload: whoever brought the bytes may read them
+        log.info("dataset %s read from %s for %s (%d bytes)", view["sha256"][:12], body.url, tok.name, view["size"],
+                 extra={"event": "dataset_fetched", "url": body.url, "sha256": view["sha256"], "size": view["size"]})
+        return view
+
     @api.get("/v1/blobs/{digest}", tags=["blobs"])
     async def get_blob(digest: str, request: Request) -> Any:
         """A blob's bytes, for a caller that may read them (see coopgrid/coordinator/access.py).
@@ -324,16 +359,22 @@ def create_api(app: App) -> FastAPI:
         checked_name(digest)  # a malformed hash is 422 before anything is looked up
         if not await run_in_threadpool(can_read, app.store, who, digest, time.time()):
             raise unreadable(digest)
+        return await blob_response(digest, "application/octet-stream")
+
+    async def blob_response(digest: str, media_type: str) -> Response:
+        """A blob's bytes sent from its file or streamed from an object store, never held whole
+        (a million-item job's output is hundreds of MB); its sha256 in a header, for the reader to check."""
+        headers = {"x-coopgrid-sha256": digest}
         path = app.blobs.local_path(digest)
         if path is not None:
             if not path.exists():
                 raise unreadable(digest)
-            return FileResponse(path, media_type="application/octet-stream")
-        try:  # an object store: streamed through, never held whole
+            return FileResponse(path, media_type=media_type, headers=headers)
+        try:
             body = await run_in_threadpool(app.blobs.open, digest)
         except BlobNotFound:
             raise unreadable(digest) from None
-        return StreamingResponse(_chunks(body), media_type="application/octet-stream")
+        return StreamingResponse(_chunks(body), media_type=media_type, headers=headers)
 
     # -- models -------------------------------------------------------------------
 
@@ -387,18 +428,14 @@ def create_api(app: App) -> FastAPI:
         return job_view(app, job)
 
     @api.get("/v1/jobs/{job_id}/output", tags=["jobs"])
-    def job_output(job_id: str, tok: TokenDep) -> Response:
-        job = app.scheduler.job_for(job_id, tok)
+    async def job_output(job_id: str, tok: TokenDep) -> Response:
+        job = await run_in_threadpool(app.scheduler.job_for, job_id, tok)
         if job.output_hash is None:
             raise Conflict(
                 f"job {job_id} is {job.state} with {job.tasks_done}/{job.n_tasks} tasks done; it has no output yet",
                 job_id=job_id,
             )
-        return Response(
-            app.blobs.get(job.output_hash),
-            media_type="application/vnd.apache.parquet",
-            headers={"x-coopgrid-sha256": job.output_hash},
-        )
+        return await blob_response(job.output_hash, "application/vnd.apache.parquet")
 
     # -- workers ----------------------------------------------------------------
 

@@ -33,6 +33,7 @@ SECURITY: dict[tuple[str, str], list[dict[str, list[str]]]] = {
     ("post", "/v1/tokens/{ref}/revoke"): PEOPLE,
     ("put", "/v1/blobs"): PEOPLE,
     ("get", "/v1/blobs/{digest}"): EITHER,
+    ("post", "/v1/datasets"): PEOPLE,
     ("post", "/v1/models"): PEOPLE,
     ("get", "/v1/models"): PEOPLE,
     ("get", "/v1/models/{ref}"): PEOPLE,

@@ -23,7 +23,8 @@ def job_id_of(out) -> str:
 
 
 def test_datasets_above_the_upload_limit_go_in_shards(grid, tmp_path):
-    grid.start_coordinator("--ledger", "none", env={"COOPGRID_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)})
+    grid.start_coordinator("--ledger", "none", "--dataset-urls", f"file://{tmp_path}/near/",
+                           env={"COOPGRID_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)})
     grid.start_worker(0, "--batch", "20")
     grid.start_worker(1, "--batch", "20")
     with ApiClient(grid.url, grid.token) as client:
@@ -44,6 +45,19 @@ def test_datasets_above_the_upload_limit_go_in_shards(grid, tmp_path):
         assert job["summary"]["rows"] == len(truth["id"]) and job["summary"]["bad_items"] == 2
         x = {r["column"]: r for r in pq.read_table(tmp_path / "stats.parquet").to_pylist() if r["kind"] == "column"}["x"]
         assert x["count"] == len(truth["x"]) and x["min"] == truth["x"].min() and x["max"] == truth["x"].max()
+
+        # shards the coordinator reads itself, from files near it (--dataset-url), never through the submitter
+        near = write_csv_shards(tmp_path / "near", 600, shards=2, bad_rows=1)
+        files = sorted((tmp_path / "near").iterdir())
+        out = cli(grid, "submit", "--task-type", "stats", *[a for f in files for a in ("--dataset-url", f"file://{f}")],
+                  "--task-size", "100", "--param", 'columns=["x"]', "--replicas", "1", "--quorum", "1",
+                  "--no-adaptive", "--gold-rate", "0")
+        job = client.job(job_id_of(out))
+        assert job["state"] == "done" and len(job["dataset_shards"]) == 1
+        assert job["summary"]["rows"] == len(near["id"]) and job["summary"]["bad_items"] == 1
+        refused = cli(grid, "submit", "--task-type", "stats", "--dataset-url", f"file://{tmp_path}/csv/{files[0].name}",
+                      check=False)
+        assert refused.returncode != 0 and "only under the prefixes its operator allowed" in refused.stderr
 
         # items of an echo job, reduced shard by shard: every item once, in order, its own value
         out = cli(grid, "submit", "--task-type", "echo", "--dataset", "sequence:6000", "--task-size", "7",

@@ -32,9 +32,11 @@ from httpx import Response
 
 from coopgrid import tasks
 from coopgrid.app import App, build
+from coopgrid.client import ApiClient
 from coopgrid.config import Settings
 from coopgrid.coordinator.api import create_api
 from coopgrid.datasets import sequence
+from coopgrid.errors import IntegrityError
 from coopgrid.identity import Identity
 from coopgrid.protocol import ZERO_HASH, ResultRef, b64decode, b64encode, sha256_hex
 
@@ -267,6 +269,30 @@ def test_an_echo_job_runs_to_a_complete_output(grid: Grid) -> None:
     assert credited == {
         w.address: [(per_worker[w.address],) * 2 + (0,)] if w.address in per_worker else [] for w in (first, second)
     }
+
+
+def test_the_output_is_streamed_to_a_file_checked_against_its_hash_and_a_corrupt_one_leaves_nothing(
+    grid: Grid, tmp_path: Path
+) -> None:
+    job = grid.submit_echo(40, 8)
+    w = Worker(grid).register()
+    while (r := w.post("/v1/leases", {"max_replicas": 3})).status_code == 201:
+        assert w.submit(r.json()["lease_id"], w.batch(r.json())).status_code == 200
+    done = grid.wait_until_done(job["id"])
+    client = ApiClient("http://testserver", grid.operator)
+    client.http = TestClient(grid.client.app, headers=grid.headers())
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    out = client.output(job["id"], downloads / "out.parquet")
+    assert sha256_hex(out.read_bytes()) == done["output"]
+    assert pq.read_table(out).num_rows == 40
+
+    # the blob store's copy rots: the download is refused and no file (whole or partial) is left
+    stored = grid.app.blobs.local_path(done["output"])
+    stored.write_bytes(stored.read_bytes()[:-1] + b"x")
+    with pytest.raises(IntegrityError, match="corrupted on the way; download it again"):
+        client.output(job["id"], downloads / "again.parquet")
+    assert sorted(p.name for p in downloads.iterdir()) == ["out.parquet"]
 
 
 def test_a_complete_job_left_unreduced_is_finished_when_the_coordinator_restarts(
