@@ -621,6 +621,7 @@ def status(
         bool, typer.Option("--watch", help="Follow the job with a progress bar (without a job: your newest running one).")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Without a job: list this many, newest first.")] = 50,
     coordinator: Coordinator = DEFAULT_URL,
     token: TokenOpt = None,
 ) -> None:
@@ -629,14 +630,16 @@ def status(
 
     with _client(coordinator, token) as client:
         if job_id is None and watch_job:
-            running = [j for j in client.jobs() if j["state"] == "running"]  # newest first
+            running = client.jobs(state="running", limit=1)  # newest first
             if not running:
                 fail("no running job to watch; `coopgrid status` lists your jobs")
             job_id = running[0]["id"]
             console.print(f"watching job {job_id} ({escape(running[0]['name'])})", highlight=False)
         if job_id is None:
-            jobs = client.jobs()
+            jobs = client.jobs(limit=limit)
             console.print_json(json.dumps(jobs)) if as_json else console.print(jobs_table(jobs))
+            if len(jobs) == limit and not as_json:
+                err.print(f"the newest {limit} jobs; --limit N shows more", highlight=False)
             return
         job_id = client.resolve_job(job_id)
         job = watch(client, job_id, console) if watch_job else client.job(job_id)

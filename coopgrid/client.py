@@ -107,7 +107,7 @@ class ApiClient:
             return ref
         if len(ref_l) < MIN_PREFIX:
             raise InvalidInput(f"job id prefix {ref!r} is too short: give at least {MIN_PREFIX} characters")
-        full = unique_prefix(ref_l, [j["id"] for j in self.jobs()], "job id")
+        full = unique_prefix(ref_l, [j["id"] for j in self.jobs(prefix=ref_l, limit=6)], "job id")
         if full is None:
             raise JobNotFound(f"no job starts with {ref!r}; `coopgrid status` lists yours", job_id=ref)
         return full
@@ -118,8 +118,12 @@ class ApiClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.json("GET", f"/v1/jobs/{job_id}")
 
-    def jobs(self) -> list[dict[str, Any]]:
-        return self.json("GET", "/v1/jobs")
+    def jobs(self, limit: int | None = None, state: str | None = None, prefix: str | None = None,
+             before: str | None = None) -> list[dict[str, Any]]:
+        """Your jobs, newest first: one page (the coordinator's default size unless ``limit``)."""
+        params = {k: v for k, v in {"limit": limit, "state": state, "prefix": prefix, "before": before}.items()
+                  if v is not None}
+        return self.json("GET", "/v1/jobs", params=params)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self.json("POST", f"/v1/jobs/{job_id}/cancel")

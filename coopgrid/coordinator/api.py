@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Path, Request, Response
+from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -48,6 +48,7 @@ from coopgrid.platforms import platform_class
 from coopgrid.protocol import LeaseRequest, ResultBatch, WorkerRegistration
 from coopgrid.registry.models import ModelSpec
 from coopgrid.store.base import JobRecord, ModelRecord
+from coopgrid.store.schema import JobState
 from coopgrid.coordinator.access import can_read, unreadable
 from coopgrid.coordinator.scheduler import JobSpec
 from coopgrid.coordinator.trust import suspicion_scores
@@ -67,6 +68,10 @@ class DatasetUrl(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(min_length=1, max_length=MAX_URL_LENGTH, description="http(s):// or file:/// URL of one file.")
 
+
+#: jobs in a page of GET /v1/jobs: by default, and at most
+JOBS_PAGE = 100
+MAX_JOBS_PAGE = 1000
 
 #: dataset URLs one coordinator process reads at once; more are told to come back (each holds a thread
 #: and up to max_upload_bytes of disk for as long as the far server takes)
@@ -406,9 +411,27 @@ def create_api(app: App) -> FastAPI:
         return job_view(app, app.scheduler.submit(spec, tok))
 
     @api.get("/v1/jobs", tags=["jobs"])
-    def list_jobs(tok: TokenDep) -> list[dict[str, Any]]:
+    def list_jobs(
+        tok: TokenDep,
+        response: Response,
+        limit: Annotated[int, Query(ge=1, le=MAX_JOBS_PAGE, description="Jobs in this page.")] = JOBS_PAGE,
+        before: Annotated[
+            str | None,
+            Query(pattern=r"^[0-9a-f]{64}$", description="The next page: jobs older than this one (the last of the "
+                                                          "previous page, also in its x-coopgrid-next header)."),
+        ] = None,
+        state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+        prefix: Annotated[
+            str | None, Query(pattern=r"^[0-9a-f]{1,64}$", description="Only jobs whose id starts with this.")
+        ] = None,
+    ) -> list[dict[str, Any]]:
+        """Your jobs (an operator's: every job), newest first, a page at a time."""
         owner = None if tok.role == "operator" else tok.id
-        return [job_view(app, j, counts=False) for j in app.store.list_jobs(owner)]
+        after = app.scheduler.job_for(before, tok) if before else None  # someone else's job: 404, as anywhere
+        jobs = app.store.list_jobs(owner, [state.value] if state else None, limit=limit, before=after, prefix=prefix)
+        if len(jobs) == limit:
+            response.headers["x-coopgrid-next"] = jobs[-1].id
+        return [job_view(app, j, counts=False) for j in jobs]
 
     @api.get("/v1/jobs/{job_id}", tags=["jobs"])
     def get_job(job_id: str, tok: TokenDep) -> dict[str, Any]:

@@ -501,9 +501,13 @@ class Store(abc.ABC):
         """The job, or None."""
 
     @abc.abstractmethod
-    def list_jobs(self, owner_token_id: int | None = None, states: Sequence[str] | None = None) -> list[JobRecord]:
+    def list_jobs(
+        self, owner_token_id: int | None = None, states: Sequence[str] | None = None, limit: int | None = None,
+        before: JobRecord | None = None, prefix: str | None = None,
+    ) -> list[JobRecord]:
         """Jobs, newest first; only ``owner_token_id``'s, or those in ``states``, when given (the running
-        ones are a few of a long-lived grid's every job)."""
+        ones are a few of a long-lived grid's every job). A page: at most ``limit``, those older than
+        ``before`` (the last of the previous page), or those whose id starts with ``prefix`` (hex)."""
 
     @abc.abstractmethod
     def running_job_ids(self) -> set[str]:

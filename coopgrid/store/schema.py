@@ -215,6 +215,9 @@ jobs = Table(
 Index("ix_jobs_dataset", jobs.c.dataset_hash)
 # running jobs (every lease, and the scheduler's once-a-second look): a grid's every job ever is a long table
 Index("ix_jobs_state", jobs.c.state)
+# a page of jobs, newest first: a submitter's, or every job for an operator (GET /v1/jobs)
+Index("ix_jobs_owner_created", jobs.c.owner_token_id, jobs.c.created_at, jobs.c.id)
+Index("ix_jobs_created", jobs.c.created_at, jobs.c.id)
 
 tasks = Table(
     "tasks",

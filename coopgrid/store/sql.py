@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, or_, select, text, update
+from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from coopgrid.errors import ConfigError, Conflict, DatabaseUnavailable, JobNotFound, LeaseError
@@ -474,12 +474,24 @@ class SqlStore(
             row = conn.execute(select(s.jobs).where(s.jobs.c.id == job_id)).first()
         return _job(row) if row else None
 
-    def list_jobs(self, owner_token_id: int | None = None, states: Sequence[str] | None = None) -> list[JobRecord]:
-        q = select(s.jobs).order_by(s.jobs.c.created_at.desc())
+    def list_jobs(
+        self, owner_token_id: int | None = None, states: Sequence[str] | None = None, limit: int | None = None,
+        before: JobRecord | None = None, prefix: str | None = None,
+    ) -> list[JobRecord]:
+        # newest first through ix_jobs_owner_created / ix_jobs_created; the id breaks ties of one instant
+        q = select(s.jobs).order_by(s.jobs.c.created_at.desc(), s.jobs.c.id.desc())
         if owner_token_id is not None:
             q = q.where(s.jobs.c.owner_token_id == owner_token_id)
         if states is not None:
             q = q.where(s.jobs.c.state.in_(list(states)))  # ix_jobs_state
+        if before is not None:
+            q = q.where(tuple_(s.jobs.c.created_at, s.jobs.c.id) < tuple_(before.created_at, before.id))
+        if prefix:
+            if not all(c in "0123456789abcdef" for c in prefix):
+                raise ValueError(f"a job id prefix is hex, not {prefix!r}")
+            q = q.where(s.jobs.c.id.startswith(prefix, autoescape=True))
+        if limit is not None:
+            q = q.limit(limit)
         with self._read() as conn:
             return [_job(r) for r in conn.execute(q)]
 

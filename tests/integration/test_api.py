@@ -377,6 +377,39 @@ def test_requests_without_a_valid_token_are_refused(grid: Grid) -> None:
     assert grid.client.get("/v1/jobs", headers=grid.headers()).status_code == 200
 
 
+def test_jobs_are_listed_a_page_at_a_time_newest_first_and_filtered_by_state_and_id_prefix(grid: Grid) -> None:
+    alice, bob = grid.new_token("alice"), grid.new_token("bob")
+    mine = [grid.submit_echo(4, 2, alice)["id"] for _ in range(5)]
+    theirs = grid.submit_echo(4, 2, bob)["id"]
+    grid.client.post(f"/v1/jobs/{mine[1]}/cancel", headers=grid.headers(alice))
+
+    seen, before, pages = [], None, 0
+    while True:
+        r = grid.client.get("/v1/jobs", params={"limit": 2, **({"before": before} if before else {})},
+                            headers=grid.headers(alice))
+        assert r.status_code == 200, r.text
+        seen += [j["id"] for j in r.json()]
+        pages += 1
+        if (before := r.headers.get("x-coopgrid-next")) is None:
+            break
+        assert before == seen[-1]
+    assert seen == mine[::-1] and pages == 3  # every job once, newest first; never bob's
+    everyone = grid.client.get("/v1/jobs", params={"limit": 2}, headers=grid.headers()).json()
+    assert [j["id"] for j in everyone] == [theirs, mine[-1]]  # an operator pages through every job
+
+    cancelled = grid.client.get("/v1/jobs", params={"state": "cancelled"}, headers=grid.headers(alice)).json()
+    assert [j["id"] for j in cancelled] == [mine[1]]
+    r = grid.client.get("/v1/jobs", params={"prefix": mine[3][:10]}, headers=grid.headers(alice))
+    assert [j["id"] for j in r.json()] == [mine[3]] and "x-coopgrid-next" not in r.headers
+    assert grid.client.get("/v1/jobs", params={"prefix": theirs[:10]}, headers=grid.headers(alice)).json() == []
+
+    for bad in ({"limit": 0}, {"limit": 1001}, {"state": "lost"}, {"prefix": "XYZ"}, {"before": "x"}):
+        assert grid.client.get("/v1/jobs", params=bad, headers=grid.headers(alice)).status_code == 422, bad
+    # a page after someone else's job is no way to learn of it
+    r = grid.client.get("/v1/jobs", params={"before": theirs}, headers=grid.headers(alice))
+    assert r.status_code == 404 and error_of(r)["error"] == "JobNotFound"
+
+
 def test_a_submitter_sees_only_its_own_jobs(grid: Grid) -> None:
     alice, bob = grid.new_token("alice"), grid.new_token("bob")
     job = grid.submit_echo(10, 5, alice)["id"]

@@ -190,7 +190,7 @@ function overview(g) {
 
 const views = {
   async jobs() {
-    const jobs = await api("/v1/jobs");
+    const jobs = await api("/v1/jobs?limit=200");  // the newest; a long-lived grid has many more
     jobs.sort((a, b) => b.created_at - a.created_at);
     const scope = state.me.role === "operator" ? "every submitter's jobs" : "your jobs";
     const rows = jobs.map((j) => {
