@@ -32,7 +32,6 @@ class Escrow:
         self.settings = settings
         self.store = store
         self.ledger = ledger
-        self._closed: set[str] = set()
 
     def summary(self, job: JobRecord) -> dict[str, Any]:
         """Budget, spent, refundable of a job's escrow, and what each worker earned from it (strings:
@@ -104,15 +103,17 @@ class Escrow:
     def close_paid(self) -> list[str]:
         """Close on chain the finished jobs whose every paid result is committed; returns their ids."""
         closed = []
+        finished = [j for j in self.store.open_escrows() if j.state in (JobState.DONE.value, JobState.CANCELLED.value)]
+        if not finished:
+            return closed
         committed = {e.number for e in self.store.list_epochs([EpochState.COMMITTED])}
-        for job in self.store.list_jobs():
-            if not job.funder or job.id in self._closed or job.state not in (JobState.DONE.value, JobState.CANCELLED.value):
-                continue
+        for job in finished:
+            assert job.funder is not None
             if self.store.trust_counts(job.id)["tasks_provisional"] or self.store.job_unsealed(job.id, committed):
                 continue
             if not self.ledger.job_escrow("0x" + job.id, job.funder).closed:
                 self.ledger.close_job("0x" + job.id, job.funder)
                 log.info("job %s closed on chain: its funder %s can take the rest back", job.id, job.funder)
                 closed.append(job.id)
-            self._closed.add(job.id)
+            self.store.mark_escrow_closed(job.id)  # on chain first: a crash in between only looks again
         return closed

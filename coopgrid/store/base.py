@@ -706,6 +706,14 @@ class Store(abc.ABC):
     def activate_job(self, job_id: str, now: float) -> bool:
         """An unfunded job becomes running: its first replicas are made (once; False if it was not unfunded)."""
 
+    @abc.abstractmethod
+    def open_escrows(self) -> list[JobRecord]:
+        """Paid jobs whose escrow is not marked closed (unfunded, running, or finished and not yet closed)."""
+
+    @abc.abstractmethod
+    def mark_escrow_closed(self, job_id: str) -> None:
+        """The paid job's escrow is closed on chain: :meth:`open_escrows` no longer lists it."""
+
     # -- slashing (sql_slashes.py) --------------------------------------------------------
 
     @abc.abstractmethod

@@ -204,6 +204,8 @@ jobs = Table(
     # why the job's results are held out of sealing (an epoch with them could not be built or committed)
     Column("seal_error", Text, nullable=True),
     Column("funder", String(42), nullable=True),  # the account whose escrow pays a paid job
+    # a paid job's escrow is closed on chain (its funder took the rest back): the sealer stops looking at it
+    Column("escrow_closed", Boolean, nullable=False, server_default=text("false")),
     Column("min_stake", String(80), nullable=False, server_default=text("'0'")),  # to lease its replicas
     # JSON list of the dataset's further shards (blobs) after dataset_hash, in item order; NULL: one blob
     Column("shards", Text, nullable=True),
@@ -218,6 +220,9 @@ Index("ix_jobs_state", jobs.c.state)
 # a page of jobs, newest first: a submitter's, or every job for an operator (GET /v1/jobs)
 Index("ix_jobs_owner_created", jobs.c.owner_token_id, jobs.c.created_at, jobs.c.id)
 Index("ix_jobs_created", jobs.c.created_at, jobs.c.id)
+# paid jobs whose escrow is still open: the few the sealer's loop looks at to close, not every paid job ever
+Index("ix_jobs_escrow_open", jobs.c.id, sqlite_where=text("funder IS NOT NULL AND NOT escrow_closed"),
+      postgresql_where=text("funder IS NOT NULL AND NOT escrow_closed"))
 
 tasks = Table(
     "tasks",

@@ -227,6 +227,18 @@ class LedgerQueries:
         with self._read() as conn:
             return conn.execute(q).scalar_one()
 
+    def open_escrows(self) -> list[JobRecord]:
+        from coopgrid.store.sql import _job
+
+        with self._read() as conn:
+            rows = conn.execute(select(s.jobs).where(text("funder IS NOT NULL AND NOT escrow_closed"))  # ix_jobs_escrow_open
+                                .order_by(s.jobs.c.created_at))
+            return [_job(r) for r in rows]
+
+    def mark_escrow_closed(self, job_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(update(s.jobs).where(s.jobs.c.id == job_id).values(escrow_closed=True))
+
     def activate_job(self, job_id: str, now: float) -> bool:
         with self._write() as conn:
             changed = conn.execute(

@@ -192,11 +192,14 @@ def test_a_tasks_reward_is_shared_once_and_the_job_summary_adds_up(chain_grid: G
     assert {int(w["pending"]) for w in before["workers"]} <= {6, 7, 8}
     assert sum(int(grid.client.get(f"/v1/rewards/{w.address}").json()["pending"]) for w in (ann, bob)) == 14
 
+    assert [j.id for j in grid.app.store.open_escrows()] == [job["id"]]
     assert grid.client.post("/v1/ledger/seal", headers=grid.headers()).status_code == 200
     after = escrow()
     assert (after["budget"], after["spent"], after["pending"]) == ("14", "14", "0")
     assert sum(int(w["paid"]) for w in after["workers"]) == 14
     assert after["closed"] and after["refundable"] == "0"
+    # marked in the database: no sealer, after a restart or in another process, looks at it again
+    assert grid.app.store.open_escrows() == []
     for w in (ann, bob):
         status = grid.client.get(f"/v1/rewards/{w.address}").json()
         assert int(status["claimable"]) == next(int(x["paid"]) for x in after["workers"] if x["address"] == w.address)
