@@ -25,7 +25,6 @@ so the strict sequence of epoch numbers is kept.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -33,6 +32,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from coopgrid.blobs import BlobStore
 from coopgrid.config import Settings
@@ -246,9 +247,11 @@ class Sealer:
             state=EpochState.SEALED.value,
             results_root=results_tree.root,
             rewards_root=rewards_tree.root if rewards_tree else "0x" + ZERO_HASH,
-            results_dump=self.blobs.put(json.dumps(results_tree.dump()).encode()),
-            rewards_dump=self.blobs.put(json.dumps(rewards_tree.dump()).encode()) if rewards_tree else None,
-            spends_dump=self.blobs.put(json.dumps({j: [f, str(a)] for j, (f, a) in sorted(spends.items())}).encode()),
+            # orjson: a 35,000-leaf dump is ~10 MB of JSON, written per epoch beside the grid's work
+            # (every number in a dump is a string, as the JS library writes it, so none is too big for it)
+            results_dump=self.blobs.put(orjson.dumps(results_tree.dump())),
+            rewards_dump=self.blobs.put(orjson.dumps(rewards_tree.dump())) if rewards_tree else None,
+            spends_dump=self.blobs.put(orjson.dumps({j: [f, str(a)] for j, (f, a) in sorted(spends.items())})),
         )
 
     def _cumulative(self, n: int) -> tuple[dict[str, int], dict[str, tuple[str, int]]]:
@@ -258,11 +261,11 @@ class Sealer:
             return {}, {}
         totals: dict[str, int] = {}
         if e.rewards_dump:
-            tree = merkle.StandardMerkleTree.load(json.loads(self.blobs.get(e.rewards_dump)))
+            tree = merkle.StandardMerkleTree.load(orjson.loads(self.blobs.get(e.rewards_dump)))
             totals = {account: int(amount) for account, amount in tree.values}
         spends: dict[str, tuple[str, int]] = {}
         if e.spends_dump:
-            spends = {j: (f, int(a)) for j, (f, a) in json.loads(self.blobs.get(e.spends_dump)).items()}
+            spends = {j: (f, int(a)) for j, (f, a) in orjson.loads(self.blobs.get(e.spends_dump)).items()}
         return totals, spends
 
     def epoch_spends(self, e: EpochRecord) -> list[tuple[int, int]]:
@@ -362,7 +365,7 @@ class Sealer:
         if tree is None:
             e = self.store.get_epoch(n)
             if e is not None and e.results_dump:
-                tree = merkle.StandardMerkleTree.load(json.loads(self.blobs.get(e.results_dump)))
+                tree = merkle.StandardMerkleTree.load(orjson.loads(self.blobs.get(e.results_dump)))
             else:
                 tree = merkle.result_tree(leaf_value(r) for r in self.store.epoch_results(n))
             self._trees[n] = tree
@@ -376,7 +379,7 @@ class Sealer:
         e = self.store.get_epoch(n)
         if e is None or not e.rewards_dump:
             return None
-        return merkle.StandardMerkleTree.load(json.loads(self.blobs.get(e.rewards_dump)))
+        return merkle.StandardMerkleTree.load(orjson.loads(self.blobs.get(e.rewards_dump)))
 
     def result_proof(self, job_id: str, task_index: int) -> dict[str, Any] | None:
         """Everything needed to check one task's accepted result on chain, or None if not committed."""

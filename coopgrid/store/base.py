@@ -696,7 +696,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def epoch_shares(self, number: int) -> list[Any]:
         """The paid results (rewards.ShareRow) of the tasks whose accepted result is sealed in the epoch,
-        gold tests excluded: what :func:`coopgrid.coordinator.rewards.epoch_rewards` shares R among."""
+        gold tests and jobs without a reward excluded: what :func:`coopgrid.coordinator.rewards.epoch_rewards`
+        shares R among."""
 
     @abc.abstractmethod
     def job_unsealed(self, job_id: str, committed: set[int]) -> int:
