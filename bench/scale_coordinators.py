@@ -13,6 +13,12 @@ through the same number of real ``coopgrid worker`` processes started through th
 
 The figure is tasks/s from the start of submission (dataset upload + ``POST /v1/jobs``) to the job's
 ``finished_at``; printed beside the target (scaled >= 1.5x baseline) with each side's coordinator CPU.
+
+Beside it, where the CPU went during each job: the coordinators', the workers' and every PostgreSQL
+server process's CPU seconds, and the machine's busy share (/proc/stat). Their sum per task gives this
+machine's ceiling: its cores divided by the grid's CPU per task, the rate no number of coordinator
+processes can pass here. Where that ceiling is below 1.5x the one-coordinator rate, the target
+cannot be met on this machine whatever the coordinators do; it needs more cores (or machines).
 Every process started is stopped on the way out and the databases are dropped.
 """
 
@@ -33,7 +39,7 @@ from rich.table import Table
 from coopgrid.client import ApiClient
 from coopgrid.datasets import sequence
 from coopgrid.local import LocalGrid
-from dispatch import cpu_seconds  # bench/dispatch.py (this script's directory)
+from dispatch import CLK_TCK, cpu_seconds  # bench/dispatch.py (this script's directory)
 
 TARGET = 1.5
 NO_REPLICATION = {"replicas": 1, "quorum": 1, "adaptive": False, "gold_rate": 0}
@@ -48,6 +54,28 @@ def admin() -> tuple[psycopg.Connection, str]:
         except psycopg.OperationalError:
             continue
     sys.exit("no PostgreSQL server at 127.0.0.1:5432 lets root or postgres in (trust auth); start one")
+
+
+def postgres_cpu() -> float:
+    """CPU seconds so far of every PostgreSQL server process on this machine (the bench's backends among them)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if text.split("(", 1)[1].split(")", 1)[0] == "postgres":
+            total += cpu_seconds(int(stat.parent.name))
+    return total
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    busy = user + nice + system + irq + softirq + steal
+    return busy / CLK_TCK, (busy + idle + iowait) / CLK_TCK
 
 
 def run(label: str, coordinators: int, workers: int, tasks: int, root: Path) -> dict[str, float]:
@@ -74,14 +102,23 @@ def run(label: str, coordinators: int, workers: int, tasks: int, root: Path) -> 
             client.wait_for(warm["id"], lambda j: j["state"] == "done", timeout=120)
             blob = sequence(tasks).to_npz()
             cpu0 = [cpu_seconds(g.coordinator.pid) for g in grids]
+            workers0 = sum(cpu_seconds(w.pid) for w in pool.workers)
+            postgres0, machine0 = postgres_cpu(), machine_cpu()
             start = time.time()
             job = client.submit({"task_type": "echo", "dataset": client.put_blob(blob), "task_size": 1,
                                  "trust": NO_REPLICATION})
             done = client.wait_for(job["id"], lambda j: j["state"] == "done", timeout=1800, poll=0.5)
             cpu = [cpu_seconds(g.coordinator.pid) - c for g, c in zip(grids, cpu0)]
+            worker_cpu = sum(cpu_seconds(w.pid) for w in pool.workers) - workers0
+            pg_cpu = postgres_cpu() - postgres0
+            busy, total = (b - a for a, b in zip(machine0, machine_cpu()))
         elapsed = done["finished_at"] - start
         assert done["tasks_done"] == tasks, done
-        return {"rate": tasks / elapsed, "seconds": elapsed, "cpu": sum(cpu), "cpu_each": cpu}
+        grid_cpu = sum(cpu) + worker_cpu + pg_cpu
+        return {"rate": tasks / elapsed, "seconds": elapsed, "cpu": sum(cpu), "cpu_each": cpu, "workers": worker_cpu,
+                "postgres": pg_cpu, "grid_cpu": grid_cpu, "busy": busy / total,
+                # tasks/s if every core of this machine did nothing but this grid's work at this CPU per task
+                "ceiling": tasks / grid_cpu * (os.cpu_count() or 1)}
     finally:
         pool.stop(timeout=20)
         for g in grids:
@@ -113,6 +150,21 @@ def main() -> None:
                   " + ".join(f"{c:.1f}" for c in two["cpu_each"]), f"{two['rate'] / one['rate']:.2f}x",
                   f">= {TARGET:.1f}x")
     console.print(table)
+    budget = Table(title="where the CPU went (the machine's ceiling: its cores / the grid's CPU per task)")
+    for col in ("setup", "coordinators s", "workers s", "PostgreSQL s", "grid CPU per task", "machine busy",
+                "ceiling tasks/s", "ceiling / 1 coordinator"):
+        budget.add_column(col, justify="right" if col != "setup" else "left")
+    for label, r in (("1 coordinator", one), ("2 coordinators", two)):
+        budget.add_row(label, f"{r['cpu']:.1f}", f"{r['workers']:.1f}", f"{r['postgres']:.1f}",
+                       f"{r['grid_cpu'] / args.tasks * 1e3:.3f} ms", f"{r['busy']:.0%}", f"{r['ceiling']:,.0f}",
+                       f"{r['ceiling'] / one['rate']:.2f}x")
+    console.print(budget)
+    console.print(
+        f"No number of coordinators can run this job faster than the ceiling on {os.cpu_count()} cores: "
+        f"{one['ceiling'] / one['rate']:.2f}x the one-coordinator rate at its CPU per task, "
+        f"{two['ceiling'] / one['rate']:.2f}x at the two-coordinator CPU per task (target {TARGET:.1f}x).",
+        highlight=False,
+    )
     console.print(f"load average after: {os.getloadavg()[0]:.1f}", highlight=False)
 
 
