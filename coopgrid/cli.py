@@ -692,7 +692,7 @@ def output(
             blobs = (job.get("summary") or {}).get("blobs") or {}
             if artefact not in blobs:
                 fail(f"job {job_id} has no artefact {artefact!r}; it has: {', '.join(sorted(blobs)) or 'none'}")
-            client.download(f"/v1/blobs/{blobs[artefact]}", path)
+            client.download(f"/v1/blobs/{blobs[artefact]}", path, expected=blobs[artefact])
     console.print(f"wrote {escape(str(path))}", highlight=False)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,27 +133,37 @@ class ApiClient:
     def output(self, job_id: str, path: Path) -> Path:
         return self.download(f"/v1/jobs/{job_id}/output", path)
 
-    def download(self, url: str, path: Path) -> Path:
-        """Stream ``url``'s bytes to ``path`` (never held whole), checked against the sha256 the
-        coordinator names; ``path`` is replaced only by bytes that match, so a cut or corrupt transfer
-        leaves no partial file behind."""
-        tmp = path.with_name(f".{path.name}.part")
+    def download(self, url: str, path: Path, expected: str | None = None) -> Path:
+        """Stream ``url``'s bytes to ``path`` (never held whole), checked against their sha256:
+        ``expected``, else the one the coordinator names (x-coopgrid-sha256, which must be there).
+        ``path`` is replaced only by bytes that match, so a cut or corrupt transfer leaves no file."""
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        tmp = Path(name)
         try:
             with self.http.stream("GET", url) as response:
-                if response.status_code >= 400:
+                if response.status_code != 200:
                     response.read()
-                    raise error_from_response(response)
-                expected = response.headers.get("x-coopgrid-sha256")
+                    raise error_from_response(response) if response.status_code >= 400 else CoordinatorUnavailable(
+                        f"{self.base_url}{url} answered HTTP {response.status_code}, not the file: is the "
+                        "coordinator URL right (not a proxy's redirect)?"
+                    )
+                named = response.headers.get("x-coopgrid-sha256")
+                expected = expected or named
+                if expected is None:
+                    raise IntegrityError(f"{url} came without the sha256 it must be checked against "
+                                         "(x-coopgrid-sha256); is this a coopgrid coordinator, or an old one?")
                 digest = hashlib.sha256()
-                with tmp.open("wb") as fh:
+                with os.fdopen(fd, "wb") as fh:
+                    fd = -1
                     for chunk in response.iter_bytes(CHUNK):
                         digest.update(chunk)
                         fh.write(chunk)
-            if expected is not None and digest.hexdigest() != expected:
+            if digest.hexdigest() != expected:
                 raise IntegrityError(
                     f"the download of {url} hashes to {digest.hexdigest()}, not {expected}: it was corrupted on the way; "
                     "download it again", expected=expected, actual=digest.hexdigest(),
                 )
+            tmp.chmod(0o644)  # as a file written plainly would be (mkstemp's are the owner's alone)
             tmp.replace(path)
         except httpx.TransportError as exc:
             raise CoordinatorUnavailable(
@@ -159,6 +171,8 @@ class ApiClient:
                 "nothing was written: try again"
             ) from exc
         finally:
+            if fd != -1:
+                os.close(fd)
             tmp.unlink(missing_ok=True)
         return path
 

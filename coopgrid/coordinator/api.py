@@ -31,7 +31,7 @@ from coopgrid import __version__
 from coopgrid.app import App
 from coopgrid.blobs.base import CHUNK, checked_name
 from coopgrid.coordinator.dashboard import install as install_dashboard
-from coopgrid.coordinator.dataset_urls import MAX_URL_LENGTH, dataset_blob
+from coopgrid.coordinator.dataset_urls import MAX_URL_LENGTH, dataset_blob, shown
 from coopgrid.coordinator.duties import REAPER, SEALER
 from coopgrid.coordinator.deps import MAX_ID, Id, Index, TokenDep, signed_address
 from coopgrid.coordinator.edge import STATE_TOKEN, Edge, error_body, error_headers
@@ -334,23 +334,33 @@ def create_api(app: App) -> FastAPI:
         return {"sha256": digest, "size": blob.size}
 
     fetches = threading.BoundedSemaphore(MAX_FETCHES)
+    fetching: set[int] = set()  # tokens with a fetch under way
+    fetching_lock = threading.Lock()
 
     @api.post("/v1/datasets", status_code=201, tags=["blobs"])
     def fetch_dataset(body: DatasetUrl, tok: TokenDep) -> dict[str, Any]:
         """Read a dataset from a URL under a prefix the operator allowed; stored and answered like an upload
         (its sha256 goes in a job's ``dataset`` or ``shards``)."""
         app.dataset_urls.check(body.url)  # refused before a slot is taken or anything is read
-        if not fetches.acquire(blocking=False):
-            raise RateLimited(f"this coordinator is already reading {MAX_FETCHES} dataset URLs; try again shortly",
-                              retry_after=5)
+        with fetching_lock:
+            if tok.id in fetching or not fetches.acquire(blocking=False):
+                raise RateLimited(
+                    "this token is already having a dataset URL read; one at a time" if tok.id in fetching else
+                    f"this coordinator is already reading {MAX_FETCHES} dataset URLs; try again shortly", retry_after=5,
+                )
+            fetching.add(tok.id)  # one token cannot hold every slot
         try:
             limits = DatasetLimits(app.settings.max_dataset_bytes, app.settings.max_dataset_items)
             view = dataset_blob(app.dataset_urls, body.url, app.blobs, limits, app.settings.data_dir)
         finally:
-            fetches.release()
+            with fetching_lock:
+                fetching.discard(tok.id)
+                fetches.release()
         app.store.grant_blob(view["sha256"], tok.id)  # as for an upload: whoever brought the bytes may read them
-        log.info("dataset %s read from %s for %s (%d bytes)", view["sha256"][:12], body.url, tok.name, view["size"],
-                 extra={"event": "dataset_fetched", "url": body.url, "sha256": view["sha256"], "size": view["size"]})
+        url = shown(body.url)
+        view["url"] = url
+        log.info("dataset %s read from %s for %s (%d bytes)", view["sha256"][:12], url, tok.name, view["size"],
+                 extra={"event": "dataset_fetched", "url": url, "sha256": view["sha256"], "size": view["size"]})
         return view
 
     @api.get("/v1/blobs/{digest}", tags=["blobs"])

@@ -22,9 +22,10 @@ The result is a dataset blob like an uploaded one: granted to the caller, then n
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
-import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -156,16 +157,29 @@ class DatasetUrls:
         return dest
 
     def _copy_file(self, place: Place, url: str, out: IO[bytes]) -> None:
-        real = Path(place.path).resolve()
         allowed = [Path(p.path).resolve() for p in self.prefixes if p.scheme == "file" and place.within(p)]
-        if not any(real == a or real.is_relative_to(a) for a in allowed):
-            raise Forbidden(f"{url} leads (through a symlink) out of the directories the operator allowed", url=url)
-        if not real.is_file():
-            raise InvalidInput(f"{url}: no such file on the coordinator", url=url)
-        if real.stat().st_size > self.max_bytes:
-            raise self.too_large(url, real.stat().st_size)
-        with real.open("rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
+        try:
+            fd = os.open(place.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise InvalidInput(f"{url}: no such file on the coordinator", url=url) from None
+        except OSError as exc:  # ELOOP: the file itself is a symlink
+            raise Forbidden(f"{url} is a symlink or cannot be opened ({exc.strerror}); give the file itself",
+                            url=url) from None
+        with os.fdopen(fd, "rb") as src:
+            # judged by what was opened, not by the path before: a directory on the way swapped for a
+            # symlink in between leads nowhere else
+            opened = Path(f"/proc/self/fd/{fd}")
+            real = Path(os.readlink(opened)) if opened.exists() else Path(place.path).resolve()
+            if not any(real == a or real.is_relative_to(a) for a in allowed):
+                raise Forbidden(f"{url} leads (through a symlink) out of the directories the operator allowed", url=url)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InvalidInput(f"{url}: not a regular file on the coordinator", url=url)
+            size = 0
+            while chunk := src.read(1 << 20):  # a file still growing stops at the limit, not at the disk's end
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise self.too_large(url, size)
+                out.write(chunk)
 
     def _download(self, url: str, out: IO[bytes]) -> None:
         # the URL httpx will request must be the one checked: two parsers reading one string differently
@@ -176,30 +190,36 @@ class DatasetUrls:
         ):
             raise InvalidInput(f"{url} reads as two different URLs; write it plainly", url=url)
         deadline = time.monotonic() + MAX_FETCH_SECONDS
+        name = shown(url)
         try:
-            with httpx.stream("GET", url, follow_redirects=False, timeout=TIMEOUT) as response:
+            # the bytes as stored: a Content-Encoding would be unpacked a network read at a time, each
+            # read of a nested gzip growing a thousandfold before any limit could see it
+            with httpx.stream("GET", url, follow_redirects=False, timeout=TIMEOUT,
+                              headers={"accept-encoding": "identity"}) as response:
                 if response.is_redirect:
-                    raise InvalidInput(
-                        f"{url} redirects to {response.headers.get('location', '?')}; the coordinator does not follow "
-                        "redirects: give the final URL (under an allowed prefix)", url=url,
-                    )
+                    raise InvalidInput(f"{name} redirects elsewhere; the coordinator does not follow redirects: give "
+                                       "the final URL (under an allowed prefix)", url=name)
                 if response.status_code != 200:
-                    raise InvalidInput(f"{url} answered HTTP {response.status_code}; nothing was read", url=url,
+                    raise InvalidInput(f"{name} answered HTTP {response.status_code}; nothing was read", url=name,
                                        upstream_status=response.status_code)
+                encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise InvalidInput(f"{name} is sent with Content-Encoding {encoding!r}; the coordinator reads files "
+                                       "as stored (store it without one)", url=name)
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                    raise self.too_large(url, int(declared))
+                    raise self.too_large(name, int(declared))
                 size = 0
-                for chunk in response.iter_bytes(1 << 20):
+                for chunk in response.iter_raw():  # each network read as it comes: the deadline is seen
                     size += len(chunk)
                     if time.monotonic() > deadline:  # a server trickling bytes holds one of few slots
-                        raise InvalidInput(f"{url} took over {MAX_FETCH_SECONDS:.0f} s to send; nothing was kept",
-                                           url=url)
+                        raise InvalidInput(f"{name} took over {MAX_FETCH_SECONDS:.0f} s to send; nothing was kept",
+                                           url=name)
                     if size > self.max_bytes:
-                        raise self.too_large(url, size)
+                        raise self.too_large(name, size)
                     out.write(chunk)
         except httpx.HTTPError as exc:
-            raise InvalidInput(f"the coordinator could not read {url}: {type(exc).__name__}: {exc}", url=url) from None
+            raise InvalidInput(f"the coordinator could not read {name} ({type(exc).__name__})", url=name) from None
 
     def too_large(self, url: str, size: int) -> TooLarge:
         return TooLarge(
@@ -207,6 +227,13 @@ class DatasetUrls:
             f"files below that and give each with its own --dataset-url", url=url, limit=self.max_bytes,
             declared=size,
         )
+
+
+def shown(url: str) -> str:
+    """``url`` as logs and messages show it: without its query and fragment (a presigned URL's
+    signature is a credential)."""
+    parts = urlsplit(url)
+    return parts._replace(query="", fragment="").geturl()
 
 
 def scratch(data_dir: Path) -> tempfile.TemporaryDirectory[str]:

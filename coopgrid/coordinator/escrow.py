@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from coopgrid.config import Settings
-from coopgrid.errors import Conflict
+from coopgrid.errors import ChainUnavailable, Conflict, LedgerError
 from coopgrid.ledger import Ledger
 from coopgrid.store.base import JobRecord, Store
 from coopgrid.store.schema import EpochState, JobState
@@ -111,9 +111,17 @@ class Escrow:
             assert job.funder is not None
             if self.store.trust_counts(job.id)["tasks_provisional"] or self.store.job_unsealed(job.id, committed):
                 continue
-            if not self.ledger.job_escrow("0x" + job.id, job.funder).closed:
-                self.ledger.close_job("0x" + job.id, job.funder)
-                log.info("job %s closed on chain: its funder %s can take the rest back", job.id, job.funder)
-                closed.append(job.id)
+            try:
+                escrow = self.ledger.job_escrow("0x" + job.id, job.funder)
+                # a job cancelled before it was ever funded has no escrow on chain to close
+                if escrow.funded and not escrow.closed:
+                    self.ledger.close_job("0x" + job.id, job.funder)
+                    log.info("job %s closed on chain: its funder %s can take the rest back", job.id, job.funder)
+                    closed.append(job.id)
+            except ChainUnavailable:
+                raise  # every other job would wait on the same chain: the sealer's next round tries again
+            except LedgerError as exc:  # one job's escrow must not hold up every later one's
+                log.warning("closing job %s's escrow failed (%s); trying again on the next round", job.id, exc)
+                continue
             self.store.mark_escrow_closed(job.id)  # on chain first: a crash in between only looks again
         return closed

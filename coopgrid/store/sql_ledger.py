@@ -239,7 +239,7 @@ class LedgerQueries:
 
         with self._read() as conn:
             rows = conn.execute(select(s.jobs).where(text("funder IS NOT NULL AND NOT escrow_closed"))  # ix_jobs_escrow_open
-                                .order_by(s.jobs.c.created_at))
+                                .order_by(s.jobs.c.id))
             return [_job(r) for r in rows]
 
     def mark_escrow_closed(self, job_id: str) -> None:

@@ -287,6 +287,12 @@ def test_the_output_is_streamed_to_a_file_checked_against_its_hash_and_a_corrupt
     assert sha256_hex(out.read_bytes()) == done["output"]
     assert pq.read_table(out).num_rows == 40
 
+    # a known hash is checked too (an artefact's, named in the job's summary)
+    with pytest.raises(IntegrityError):
+        client.download(f"/v1/blobs/{done['output']}", downloads / "artefact", expected="0" * 64)
+    assert client.download(f"/v1/blobs/{done['output']}", downloads / "same", expected=done["output"]).exists()
+    (downloads / "same").unlink()
+
     # the blob store's copy rots: the download is refused and no file (whole or partial) is left
     stored = grid.app.blobs.local_path(done["output"])
     stored.write_bytes(stored.read_bytes()[:-1] + b"x")

@@ -4,6 +4,7 @@ under the prefixes its operator allows, never past them, through the upload limi
 from __future__ import annotations
 
 import functools
+import gzip
 import http.server
 import threading
 from collections.abc import Iterator
@@ -20,7 +21,11 @@ MORE = "city,temp\n" + "".join(f"d{i},{100 + i}\n" for i in range(10))
 
 
 class Files(http.server.SimpleHTTPRequestHandler):
-    """Serves a directory; /moved/... redirects into /open/."""
+    """Serves a directory; /moved/... redirects into /open/; /open/packed.csv comes gzip-encoded
+    (nested twice: a bomb to whoever unpacks it); /open/slow.csv waits for the test's word."""
+
+    release = threading.Event()
+    asked = threading.Event()
 
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
         if self.path.startswith("/moved/"):
@@ -28,6 +33,17 @@ class Files(http.server.SimpleHTTPRequestHandler):
             self.send_header("Location", "/open/" + self.path.removeprefix("/moved/"))
             self.end_headers()
             return
+        if self.path == "/open/packed.csv":
+            body = gzip.compress(gzip.compress(b"x\n" + b"0\n" * 5_000_000))
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip, gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if self.path == "/open/slow.csv":
+            Files.asked.set()
+            Files.release.wait(30)
         super().do_GET()
 
     def log_message(self, *args: object) -> None:
@@ -44,6 +60,7 @@ def site(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     (root / "open" / "b.csv").write_text(MORE)
     (root / "open" / "big.csv").write_text(CSV * 200)
     (root / "open" / "photo.png").write_bytes(b"\x89PNG\r\n")
+    (root / "open" / "slow.csv").write_text(CSV)
     (root / "secret" / "keys.csv").write_text("key\nsecret\n")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Files, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -104,6 +121,7 @@ def test_a_job_runs_on_shards_the_coordinator_read_from_allowed_urls(make_grid, 
         ("/open/missing.csv", 422, "answered HTTP 404"),
         ("/open/big.csv", 413, "split it into files below"),
         ("/open/photo.png", 422, "decoded on the submitter's machine"),
+        ("/open/packed.csv", 422, "Content-Encoding"),
     ],
 )
 def test_a_url_outside_what_the_operator_allowed_or_over_the_limits_is_refused_saying_why(
@@ -155,3 +173,24 @@ def test_a_file_url_reads_only_inside_its_allowed_directory_not_through_a_symlin
     r = fetch(grid, f"file://{root}/open/escape.csv")
     assert r.status_code == 403 and "symlink" in error_of(r)["detail"]
     assert fetch(grid, f"file://{root}/secret/keys.csv").status_code == 403
+
+
+def test_a_token_has_one_url_read_at_a_time_and_a_slot_is_freed_when_it_ends(make_grid, site) -> None:
+    base, _ = site
+    grid = make_grid(dataset_urls=f"{base}/open/")
+    alice, bob = grid.new_token("alice"), grid.new_token("bob")
+    Files.asked.clear()
+    Files.release.clear()
+    first: list = []
+    reading = threading.Thread(target=lambda: first.append(fetch(grid, f"{base}/open/slow.csv", alice)))
+    reading.start()
+    try:
+        assert Files.asked.wait(10)
+        r = fetch(grid, f"{base}/open/a.csv", alice)
+        assert r.status_code == 429 and "one at a time" in error_of(r)["detail"]
+        assert fetch(grid, f"{base}/open/a.csv", bob).status_code == 201  # another token is served meanwhile
+    finally:
+        Files.release.set()
+        reading.join(30)
+    assert first[0].status_code == 201, first[0].text
+    assert fetch(grid, f"{base}/open/a.csv", alice).status_code == 201  # alice's slot is hers again
