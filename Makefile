@@ -56,8 +56,10 @@ korean:
 		|| echo "apt-get could not install tesseract-ocr-kor fonts-nanum; the Korean OCR tests will be skipped"; \
 	fi
 
+# two passes: the tests in parallel processes, then alone those that restart a shared server
 test: $(STAMP) $(ANVIL) browser korean
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not serial"
+	$(PY) -m pytest -n 0 -m serial
 
 bench: $(STAMP)
 	$(PY) bench/dispatch.py

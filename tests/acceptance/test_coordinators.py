@@ -74,6 +74,7 @@ def restart_postgres() -> None:
             time.sleep(0.2)
 
 
+@pytest.mark.serial  # restarts the PostgreSQL server every other test uses
 def test_a_job_survives_a_killed_coordinator_and_a_database_restart(pg_database, tmp_path) -> None:
     url = pg_database()
     # duties change hands 3 s after their holder dies (10 s by default): within the job
