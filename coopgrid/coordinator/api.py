@@ -333,8 +333,7 @@ def create_api(app: App) -> FastAPI:
         await run_in_threadpool(app.store.grant_blob, digest, tok.id)  # whoever has the bytes may read them
         return {"sha256": digest, "size": blob.size}
 
-    fetches = threading.BoundedSemaphore(MAX_FETCHES)
-    fetching: set[int] = set()  # tokens with a fetch under way
+    fetching: set[int] = set()  # tokens with a fetch under way: one each, MAX_FETCHES in all
     fetching_lock = threading.Lock()
 
     @api.post("/v1/datasets", status_code=201, tags=["blobs"])
@@ -343,19 +342,18 @@ def create_api(app: App) -> FastAPI:
         (its sha256 goes in a job's ``dataset`` or ``shards``)."""
         app.dataset_urls.check(body.url)  # refused before a slot is taken or anything is read
         with fetching_lock:
-            if tok.id in fetching or not fetches.acquire(blocking=False):
-                raise RateLimited(
-                    "this token is already having a dataset URL read; one at a time" if tok.id in fetching else
-                    f"this coordinator is already reading {MAX_FETCHES} dataset URLs; try again shortly", retry_after=5,
-                )
-            fetching.add(tok.id)  # one token cannot hold every slot
+            if tok.id in fetching:  # one token cannot hold every slot
+                raise RateLimited("this token is already having a dataset URL read; one at a time", retry_after=5)
+            if len(fetching) >= MAX_FETCHES:
+                raise RateLimited(f"this coordinator is already reading {MAX_FETCHES} dataset URLs; try again "
+                                  "shortly", retry_after=5)
+            fetching.add(tok.id)
         try:
             limits = DatasetLimits(app.settings.max_dataset_bytes, app.settings.max_dataset_items)
             view = dataset_blob(app.dataset_urls, body.url, app.blobs, limits, app.settings.data_dir)
         finally:
             with fetching_lock:
                 fetching.discard(tok.id)
-                fetches.release()
         app.store.grant_blob(view["sha256"], tok.id)  # as for an upload: whoever brought the bytes may read them
         url = shown(body.url)
         view["url"] = url

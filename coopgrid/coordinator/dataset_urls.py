@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from coopgrid.blobs.base import BlobStore
+from coopgrid.coordinator.summary import put_file
 from coopgrid.datasets import CSV_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES
 from coopgrid.errors import ConfigError, Forbidden, InvalidInput, TooLarge
 from coopgrid.limits import DatasetLimits
@@ -153,7 +154,7 @@ class DatasetUrls:
             if place.scheme == "file":
                 self._copy_file(place, url, out)
             else:
-                self._download(url, out)
+                self._download(url, place, out)
         return dest
 
     def _copy_file(self, place: Place, url: str, out: IO[bytes]) -> None:
@@ -181,10 +182,10 @@ class DatasetUrls:
                     raise self.too_large(url, size)
                 out.write(chunk)
 
-    def _download(self, url: str, out: IO[bytes]) -> None:
+    def _download(self, url: str, place: Place, out: IO[bytes]) -> None:
         # the URL httpx will request must be the one checked: two parsers reading one string differently
         # is how allow-lists are walked past
-        asked, place = httpx.URL(url), self.check(url)
+        asked = httpx.URL(url)
         if (asked.scheme, asked.host, asked.port or DEFAULT_PORTS[asked.scheme], unquote(asked.path)) != (
             place.scheme, place.host, place.port, place.path
         ):
@@ -265,8 +266,5 @@ def dataset_blob(urls: DatasetUrls, url: str, blobs: BlobStore, limits: DatasetL
         size = path.stat().st_size
         if size > urls.max_bytes:
             raise urls.too_large(url, size)
-        with path.open("rb") as fh, blobs.writer() as blob:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                blob.write(chunk)
-            digest = blob.commit()
+        digest = put_file(blobs, path)
     return {"sha256": digest, "size": size, "items": items, "kind": kind, "url": url}

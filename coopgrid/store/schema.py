@@ -221,8 +221,8 @@ Index("ix_jobs_state", jobs.c.state)
 Index("ix_jobs_owner_created", jobs.c.owner_token_id, jobs.c.created_at, jobs.c.id)
 Index("ix_jobs_created", jobs.c.created_at, jobs.c.id)
 # paid jobs whose escrow is still open: the few the sealer's loop looks at to close, not every paid job ever
-Index("ix_jobs_escrow_open", jobs.c.id, sqlite_where=text("funder IS NOT NULL AND NOT escrow_closed"),
-      postgresql_where=text("funder IS NOT NULL AND NOT escrow_closed"))
+ESCROW_OPEN = "funder IS NOT NULL AND NOT escrow_closed"  # the index serves a query written exactly so
+Index("ix_jobs_escrow_open", jobs.c.id, sqlite_where=text(ESCROW_OPEN), postgresql_where=text(ESCROW_OPEN))
 
 tasks = Table(
     "tasks",

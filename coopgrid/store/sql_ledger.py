@@ -238,7 +238,7 @@ class LedgerQueries:
         from coopgrid.store.sql import _job
 
         with self._read() as conn:
-            rows = conn.execute(select(s.jobs).where(text("funder IS NOT NULL AND NOT escrow_closed"))  # ix_jobs_escrow_open
+            rows = conn.execute(select(s.jobs).where(text(s.ESCROW_OPEN))  # ix_jobs_escrow_open
                                 .order_by(s.jobs.c.id))
             return [_job(r) for r in rows]
 
